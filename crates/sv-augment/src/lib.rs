@@ -1,0 +1,1 @@
+//! sv-augment: (being written)

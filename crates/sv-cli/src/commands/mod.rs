@@ -1,0 +1,5 @@
+//! One module per top-level command; each exposes `Args`/`Cmd` and `run`, which
+//! returns the process exit code.
+
+pub mod shard;
+pub mod synth;

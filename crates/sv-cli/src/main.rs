@@ -1,0 +1,58 @@
+//! `supervision`: the command line of SuperVision. Clap types live here; each
+//! command turns its flags into a plain library config and draws progress.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// SuperVision: prepare ImageNet into memory-mapped shards, compute its statistics,
+/// stream augmented batches and train AlexNet as the 2012 paper did.
+#[derive(Parser, Debug)]
+#[command(name = "supervision", version, about, long_about = None)]
+struct Cli {
+    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a small synthetic ImageNet look-alike (train tree, flat val, labels).
+    Synth(commands::synth::Args),
+    /// Build, verify, inspect and export shard datasets.
+    #[command(subcommand)]
+    Shard(commands::shard::Cmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Synth(args) => commands::synth::run(args),
+        Command::Shard(cmd) => commands::shard::run(cmd),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

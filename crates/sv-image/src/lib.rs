@@ -1,0 +1,1 @@
+//! sv-image: (being written)

@@ -1,0 +1,1 @@
+//! sv-pipeline: (being written)

@@ -1,0 +1,1 @@
+//! sv-stats: (being written)

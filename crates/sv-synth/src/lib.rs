@@ -1,0 +1,1 @@
+//! sv-synth: (being written)

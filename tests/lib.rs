@@ -1,0 +1,66 @@
+//! Helpers for the end-to-end tests: find (or build) the real `supervision` binary
+//! and run it on data the tests generate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Path of the `supervision` binary of this build (target/<profile>/supervision).
+///
+/// `cargo test --workspace` builds it already; when a single package is tested it is
+/// built here once, so the tests never run a stale binary from another profile.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/cli-<hash>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let bin = profile_dir.join(format!("supervision{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "sv-cli", "--bin", "supervision"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p sv-cli failed");
+        }
+        bin
+    })
+}
+
+/// A `supervision` command with a clean environment for logging.
+pub fn supervision() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// Run `supervision ARGS...`, returning its output; panics with stdout/stderr when the
+/// exit status differs from `expect_success`.
+pub fn run(args: &[&str], expect_success: bool) -> Output {
+    let out = supervision().args(args).output().expect("spawn supervision");
+    if out.status.success() != expect_success {
+        panic!(
+            "supervision {args:?} exited {:?} (expected success={expect_success})\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Run and expect success; returns stdout as text.
+pub fn ok(args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(args, true).stdout).into_owned()
+}
+
+/// Run and expect failure; returns stderr as text.
+pub fn fails(args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(args, false).stderr).into_owned()
+}
+
+/// A path as &str (the tests create their paths; they are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
