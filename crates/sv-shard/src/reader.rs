@@ -1,0 +1,461 @@
+//! Memory-mapped reading with every length and offset validated before use.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use sv_core::{ClassInfo, Geometry};
+
+use crate::format::{DATA_OFFSET, Header, INDEX_ENTRY_SIZE, IndexEntry};
+use crate::manifest::{Codec, Manifest, ShardEntry};
+use crate::{Result, ShardError};
+
+/// Map `file` read-only.
+///
+/// # Safety
+///
+/// The caller must have checked that the file is at least as long as every byte it
+/// will read through the map (a map of a truncated file raises SIGBUS on access),
+/// and the dataset must not be modified while it is open: shards are written once,
+/// under a temporary name, and never changed in place afterwards.
+unsafe fn map_readonly(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: as documented above; the map is read-only and private to this process.
+    unsafe { Mmap::map(file) }
+}
+
+/// One open, validated shard file.
+pub struct ShardReader {
+    path: PathBuf,
+    name: String,
+    map: Mmap,
+    header: Header,
+}
+
+impl std::fmt::Debug for ShardReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardReader")
+            .field("path", &self.path)
+            .field("records", &self.header.records)
+            .finish()
+    }
+}
+
+impl ShardReader {
+    /// Open `path`, check it against what the manifest says (`expect`), map it and
+    /// validate its header and index. `classes` bounds the labels.
+    pub fn open(
+        path: &Path,
+        expect: &ShardEntry,
+        codec: Codec,
+        side: u32,
+        classes: usize,
+    ) -> Result<ShardReader> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ShardError::MissingShard {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(ShardError::io(path, "open", e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| ShardError::io(path, "stat", e))?
+            .len();
+        if len != expect.bytes {
+            return Err(ShardError::corrupt(
+                path,
+                format!(
+                    "file is {len} bytes but the manifest says {} (truncated or replaced?)",
+                    expect.bytes
+                ),
+            ));
+        }
+        if len < DATA_OFFSET {
+            return Err(ShardError::corrupt(
+                path,
+                format!("file is {len} bytes, shorter than the {DATA_OFFSET}-byte header"),
+            ));
+        }
+        // SAFETY: the length was checked against the manifest above and every access
+        // below is bounded by `len`; shard files are immutable once renamed into place.
+        let map = unsafe { map_readonly(&file) }.map_err(|e| ShardError::io(path, "mmap", e))?;
+        if map.len() as u64 != len {
+            return Err(ShardError::corrupt(path, "file changed size while opening"));
+        }
+        let header = Header::decode(&map).map_err(|what| ShardError::corrupt(path, what))?;
+        let reader = ShardReader {
+            path: path.to_path_buf(),
+            name: expect.name.clone(),
+            map,
+            header,
+        };
+        reader.validate(expect, codec, side, classes)?;
+        Ok(reader)
+    }
+
+    fn validate(&self, expect: &ShardEntry, codec: Codec, side: u32, classes: usize) -> Result<()> {
+        let h = &self.header;
+        let bad = |what: String| Err(ShardError::corrupt(&self.path, what));
+        if h.codec != codec {
+            return bad(format!(
+                "codec is {} but the manifest says {codec}",
+                h.codec
+            ));
+        }
+        if h.side != side {
+            return bad(format!("side is {} but the manifest says {side}", h.side));
+        }
+        if h.records != expect.records {
+            return bad(format!(
+                "holds {} records but the manifest says {}",
+                h.records, expect.records
+            ));
+        }
+        if h.file_len() != Some(self.map.len() as u64) {
+            return bad(format!(
+                "header implies {:?} bytes but the file is {}",
+                h.file_len(),
+                self.map.len()
+            ));
+        }
+        let index = self.index_bytes();
+        let crc = crc32fast::hash(index);
+        if crc != h.index_crc {
+            return bad(format!(
+                "index checksum mismatch (stored {:08x}, computed {crc:08x})",
+                h.index_crc
+            ));
+        }
+        let stride = Geometry { side }.image_bytes() as u64;
+        for i in 0..h.records as usize {
+            let e = self.entry(i);
+            let end = e.offset.checked_add(u64::from(e.len));
+            let inside = e.offset >= DATA_OFFSET && end.is_some_and(|end| end <= h.index_offset);
+            let fixed = codec != Codec::Raw
+                || (u64::from(e.len) == stride && e.offset == DATA_OFFSET + i as u64 * stride);
+            if !inside || !fixed || e.len == 0 {
+                return bad(format!(
+                    "record {i}: index entry (offset {}, length {}) lies outside the data \
+                     region {DATA_OFFSET}..{}",
+                    e.offset, e.len, h.index_offset
+                ));
+            }
+            if e.label as usize >= classes {
+                return bad(format!(
+                    "record {i}: label {} is out of range ({classes} classes)",
+                    e.label
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn index_bytes(&self) -> &[u8] {
+        // In bounds: validate() checked index_offset + 24 n == file length.
+        &self.map[self.header.index_offset as usize..]
+    }
+
+    fn entry(&self, i: usize) -> IndexEntry {
+        let at = i * INDEX_ENTRY_SIZE;
+        IndexEntry::decode(&self.index_bytes()[at..at + INDEX_ENTRY_SIZE])
+    }
+
+    /// Records in this shard.
+    pub fn len(&self) -> usize {
+        self.header.records as usize
+    }
+
+    /// Whether the shard holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.header.records == 0
+    }
+
+    /// The shard's file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The shard's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole mapped file (for whole-file checksums).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Local record `local` (`< len()`), which is record `index` of its dataset.
+    pub(crate) fn record(&self, local: usize, index: usize, codec: Codec, side: u32) -> Record<'_> {
+        let e = self.entry(local);
+        let start = e.offset as usize;
+        Record {
+            index,
+            label: e.label,
+            // In bounds: validate() checked every entry against the data region.
+            payload: &self.map[start..start + e.len as usize],
+            crc: e.crc,
+            local,
+            shard: self,
+            codec,
+            side,
+        }
+    }
+}
+
+/// An open dataset: the manifest and every shard, mapped and validated.
+pub struct Dataset {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<ShardReader>,
+    /// Global index of each shard's first record, plus the total at the end.
+    starts: Vec<usize>,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("dir", &self.dir)
+            .field("records", &self.len())
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl Dataset {
+    /// Open the dataset in `dir`: read the manifest, then check and map every shard.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = Manifest::load(&dir)?;
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut starts = Vec::with_capacity(manifest.shards.len() + 1);
+        let mut next = 0usize;
+        for entry in &manifest.shards {
+            let reader = ShardReader::open(
+                &dir.join(&entry.name),
+                entry,
+                manifest.codec,
+                manifest.side,
+                manifest.classes.len(),
+            )?;
+            starts.push(next);
+            next += reader.len();
+            shards.push(reader);
+        }
+        starts.push(next);
+        Ok(Dataset {
+            dir,
+            manifest,
+            shards,
+            starts,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The dataset directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records in the dataset.
+    pub fn len(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// Whether the dataset holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Geometry of the stored images.
+    pub fn geometry(&self) -> Geometry {
+        self.manifest.geometry()
+    }
+
+    /// Payload codec.
+    pub fn codec(&self) -> Codec {
+        self.manifest.codec
+    }
+
+    /// The classes labels refer to.
+    pub fn classes(&self) -> &[ClassInfo] {
+        &self.manifest.classes
+    }
+
+    /// Number of shard files.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The open shards.
+    pub fn shards(&self) -> &[ShardReader] {
+        &self.shards
+    }
+
+    /// Global record indices held by shard `shard`.
+    pub fn shard_range(&self, shard: usize) -> Range<usize> {
+        match (self.starts.get(shard), self.starts.get(shard + 1)) {
+            (Some(&a), Some(&b)) => a..b,
+            _ => 0..0,
+        }
+    }
+
+    fn locate(&self, index: usize) -> Result<(usize, usize)> {
+        if index >= self.len() {
+            return Err(ShardError::OutOfRange {
+                index,
+                len: self.len(),
+            });
+        }
+        // The last shard whose start is <= index.
+        let shard = self.starts.partition_point(|&s| s <= index) - 1;
+        Ok((shard, index - self.starts[shard]))
+    }
+
+    /// Record `index` of the dataset, in O(1) (a binary search over the shards).
+    pub fn record(&self, index: usize) -> Result<Record<'_>> {
+        let (s, local) = self.locate(index)?;
+        Ok(self.shards[s].record(local, index, self.manifest.codec, self.manifest.side))
+    }
+
+    /// Label of record `index`, without touching its payload.
+    pub fn label(&self, index: usize) -> Result<u32> {
+        let (s, local) = self.locate(index)?;
+        Ok(self.shards[s].entry(local).label)
+    }
+}
+
+/// One record, borrowed from the memory map.
+#[derive(Clone, Copy)]
+pub struct Record<'a> {
+    /// Index in the dataset.
+    pub index: usize,
+    /// Class label.
+    pub label: u32,
+    /// The stored payload (raw pixels or JPEG bytes).
+    pub payload: &'a [u8],
+    crc: u32,
+    local: usize,
+    shard: &'a ShardReader,
+    codec: Codec,
+    side: u32,
+}
+
+impl std::fmt::Debug for Record<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("index", &self.index)
+            .field("label", &self.label)
+            .field("shard", &self.shard.name)
+            .field("local", &self.local)
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl<'a> Record<'a> {
+    /// Name of the shard file holding the record.
+    pub fn shard_name(&self) -> &str {
+        &self.shard.name
+    }
+
+    /// Index of the record inside its shard.
+    pub fn local_index(&self) -> usize {
+        self.local
+    }
+
+    fn error(&self, what: String) -> ShardError {
+        ShardError::Record {
+            path: self.shard.path.clone(),
+            record: self.local,
+            index: self.index,
+            what,
+        }
+    }
+
+    /// Check the payload against its stored CRC-32.
+    pub fn verify(&self) -> Result<()> {
+        let crc = crc32fast::hash(self.payload);
+        if crc == self.crc {
+            Ok(())
+        } else {
+            Err(self.error(format!(
+                "checksum mismatch (stored {:08x}, computed {crc:08x})",
+                self.crc
+            )))
+        }
+    }
+
+    /// The image as `side x side x 3` HWC RGB: the mapped bytes themselves for raw
+    /// records, decoded into `scratch` for JPEG records.
+    pub fn pixels<'b>(&'b self, scratch: &'b mut Vec<u8>) -> Result<&'b [u8]>
+    where
+        'a: 'b,
+    {
+        match self.codec {
+            Codec::Raw => Ok(self.payload),
+            Codec::Jpeg => {
+                scratch.resize(Geometry { side: self.side }.image_bytes(), 0);
+                self.decode_into(scratch)?;
+                Ok(scratch)
+            }
+        }
+    }
+
+    /// Write the image (`side x side x 3` HWC RGB) into `out`.
+    pub fn decode_into(&self, out: &mut [u8]) -> Result<()> {
+        let want = Geometry { side: self.side }.image_bytes();
+        if out.len() != want {
+            return Err(ShardError::Invalid(format!(
+                "output buffer is {} bytes, expected {want}",
+                out.len()
+            )));
+        }
+        match self.codec {
+            Codec::Raw => {
+                out.copy_from_slice(self.payload);
+                Ok(())
+            }
+            Codec::Jpeg => self.decode_jpeg(out),
+        }
+    }
+
+    fn decode_jpeg(&self, out: &mut [u8]) -> Result<()> {
+        use zune_core::bytestream::ZCursor;
+        use zune_core::colorspace::ColorSpace;
+        use zune_core::options::DecoderOptions;
+        let side = self.side as usize;
+        let options = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGB)
+            .set_max_width(side)
+            .set_max_height(side);
+        let mut decoder =
+            zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(self.payload), options);
+        decoder
+            .decode_headers()
+            .map_err(|e| self.error(format!("JPEG header: {e:?}")))?;
+        match decoder.dimensions() {
+            Some((w, h)) if w == side && h == side => {}
+            other => {
+                return Err(self.error(format!("JPEG is {other:?} pixels, expected {side}x{side}")));
+            }
+        }
+        if decoder.output_buffer_size() != Some(out.len()) {
+            return Err(self.error(format!(
+                "JPEG decodes to {:?} bytes, expected {}",
+                decoder.output_buffer_size(),
+                out.len()
+            )));
+        }
+        decoder
+            .decode_into(out)
+            .map_err(|e| self.error(format!("JPEG decode: {e:?}")))
+    }
+}

@@ -1,0 +1,362 @@
+//! Writing shards and manifests: temp file, sync, rename, so a final name only ever
+//! holds a complete file.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sv_core::{ClassInfo, Geometry, Split};
+
+use crate::format::{DATA_OFFSET, Header, INDEX_ENTRY_SIZE, IndexEntry, VERSION};
+use crate::manifest::{Codec, FORMAT_NAME, MANIFEST_FILE, Manifest, ShardEntry};
+use crate::{Result, ShardError};
+
+/// Default bound on a shard file's size: 1 GiB.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 1 << 30;
+
+/// Encode one image (`side x side x 3` HWC RGB) as a record payload into `out`
+/// (cleared first).
+pub fn encode_payload(
+    codec: Codec,
+    side: u32,
+    jpeg_quality: u8,
+    pixels: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let want = Geometry { side }.image_bytes();
+    if pixels.len() != want {
+        return Err(ShardError::Invalid(format!(
+            "image buffer is {} bytes, expected {want} ({side}x{side}x3)",
+            pixels.len()
+        )));
+    }
+    out.clear();
+    match codec {
+        Codec::Raw => out.extend_from_slice(pixels),
+        Codec::Jpeg => {
+            let side16 = u16::try_from(side)
+                .map_err(|_| ShardError::Invalid(format!("side {side} is too large for JPEG")))?;
+            let encoder = jpeg_encoder::Encoder::new(&mut *out, jpeg_quality.clamp(1, 100));
+            encoder
+                .encode(pixels, side16, side16, jpeg_encoder::ColorType::Rgb)
+                .map_err(|e| ShardError::Invalid(format!("JPEG encoding failed: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one shard file.
+pub struct ShardWriter {
+    dir: PathBuf,
+    name: String,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    codec: Codec,
+    side: u32,
+    entries: Vec<IndexEntry>,
+    data_crc: crc32fast::Hasher,
+    pos: u64,
+}
+
+impl ShardWriter {
+    /// Start `dir/<name>` (written as `dir/<name>.tmp` until [`finish`](Self::finish)).
+    pub fn create(dir: &Path, name: &str, codec: Codec, side: u32) -> Result<ShardWriter> {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let file = File::create(&tmp).map_err(|e| ShardError::io(&tmp, "create", e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0u8; DATA_OFFSET as usize])
+            .map_err(|e| ShardError::io(&tmp, "write", e))?;
+        Ok(ShardWriter {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            tmp,
+            out,
+            codec,
+            side,
+            entries: Vec::new(),
+            data_crc: crc32fast::Hasher::new(),
+            pos: DATA_OFFSET,
+        })
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// File size if a payload of `len` bytes were added now.
+    pub fn size_with(&self, len: usize) -> u64 {
+        self.pos + len as u64 + ((self.entries.len() + 1) * INDEX_ENTRY_SIZE) as u64
+    }
+
+    /// Append one encoded payload.
+    pub fn push(&mut self, label: u32, payload: &[u8]) -> Result<()> {
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            ShardError::Invalid(format!("payload of {} bytes is too large", payload.len()))
+        })?;
+        if self.codec == Codec::Raw && payload.len() != (Geometry { side: self.side }).image_bytes()
+        {
+            return Err(ShardError::Invalid(format!(
+                "raw payload is {} bytes, expected {}",
+                payload.len(),
+                Geometry { side: self.side }.image_bytes()
+            )));
+        }
+        self.out
+            .write_all(payload)
+            .map_err(|e| ShardError::io(&self.tmp, "write", e))?;
+        self.data_crc.update(payload);
+        self.entries.push(IndexEntry {
+            offset: self.pos,
+            len,
+            label,
+            crc: crc32fast::hash(payload),
+        });
+        self.pos += u64::from(len);
+        Ok(())
+    }
+
+    /// Write the index and header, sync, and rename to the final name.
+    pub fn finish(mut self) -> Result<ShardEntry> {
+        let mut index = Vec::with_capacity(self.entries.len() * INDEX_ENTRY_SIZE);
+        for e in &self.entries {
+            index.extend_from_slice(&e.encode());
+        }
+        let header = Header {
+            codec: self.codec,
+            side: self.side,
+            records: self.entries.len() as u64,
+            index_offset: self.pos,
+            index_crc: crc32fast::hash(&index),
+        };
+        let head = header.encode();
+        let io = |e, op| ShardError::io(&self.tmp, op, e);
+        self.out.write_all(&index).map_err(|e| io(e, "write"))?;
+        self.out
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io(e, "seek"))?;
+        self.out.write_all(&head).map_err(|e| io(e, "write"))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| ShardError::io(&self.tmp, "write", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| ShardError::io(&self.tmp, "sync", e))?;
+        drop(file);
+
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.combine(&self.data_crc);
+        let mut idx_crc = crc32fast::Hasher::new();
+        idx_crc.update(&index);
+        crc.combine(&idx_crc);
+
+        let final_path = self.dir.join(&self.name);
+        std::fs::rename(&self.tmp, &final_path)
+            .map_err(|e| ShardError::io(&final_path, "rename", e))?;
+        sync_dir(&self.dir)?;
+        Ok(ShardEntry {
+            name: self.name,
+            records: header.records,
+            bytes: self.pos + index.len() as u64,
+            crc32: format!("{:08x}", crc.finalize()),
+        })
+    }
+}
+
+/// Settings for a new dataset.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Train or val.
+    pub split: Split,
+    /// Image side (256 for the paper).
+    pub side: u32,
+    /// Payload codec.
+    pub codec: Codec,
+    /// JPEG quality (1-100), jpeg codec only.
+    pub jpeg_quality: u8,
+    /// The classes labels refer to.
+    pub classes: Vec<ClassInfo>,
+    /// A shard is closed before it would grow past this many bytes.
+    pub max_shard_bytes: u64,
+}
+
+impl WriterConfig {
+    /// The manifest for these settings and shards.
+    pub fn manifest(&self, shards: Vec<ShardEntry>) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            version: VERSION,
+            split: self.split,
+            side: self.side,
+            channels: sv_core::CHANNELS as u32,
+            codec: self.codec,
+            jpeg_quality: (self.codec == Codec::Jpeg).then_some(self.jpeg_quality),
+            records: shards.iter().map(|s| s.records).sum(),
+            classes: self.classes.clone(),
+            shards,
+        }
+    }
+
+    /// File name of shard number `n`.
+    pub fn shard_name(&self, n: usize) -> String {
+        format!("{}-{n:05}.svs", self.split)
+    }
+}
+
+/// Writes a whole dataset: records in order, shards rotated by size, manifest last.
+pub struct DatasetWriter {
+    dir: PathBuf,
+    config: WriterConfig,
+    current: Option<ShardWriter>,
+    done: Vec<ShardEntry>,
+    scratch: Vec<u8>,
+}
+
+impl DatasetWriter {
+    /// Start a new dataset in `dir` (created if missing).
+    pub fn create(dir: impl AsRef<Path>, config: WriterConfig) -> Result<DatasetWriter> {
+        Self::resume(dir, config, Vec::new())
+    }
+
+    /// Continue a dataset whose first shards (`done`, in order) are already complete.
+    pub fn resume(
+        dir: impl AsRef<Path>,
+        config: WriterConfig,
+        done: Vec<ShardEntry>,
+    ) -> Result<DatasetWriter> {
+        let dir = dir.as_ref().to_path_buf();
+        if config.classes.is_empty() {
+            return Err(ShardError::Invalid("the class list is empty".into()));
+        }
+        if config.side == 0 {
+            return Err(ShardError::Invalid("side must be positive".into()));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| ShardError::io(&dir, "create directory", e))?;
+        Ok(DatasetWriter {
+            dir,
+            config,
+            current: None,
+            done,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WriterConfig {
+        &self.config
+    }
+
+    /// Shards completed so far.
+    pub fn completed(&self) -> &[ShardEntry] {
+        &self.done
+    }
+
+    /// Encode and append one image (`side x side x 3` HWC RGB).
+    pub fn push(&mut self, label: u32, pixels: &[u8]) -> Result<Option<ShardEntry>> {
+        let mut payload = std::mem::take(&mut self.scratch);
+        let r = encode_payload(
+            self.config.codec,
+            self.config.side,
+            self.config.jpeg_quality,
+            pixels,
+            &mut payload,
+        )
+        .and_then(|()| self.push_encoded(label, &payload));
+        self.scratch = payload;
+        r
+    }
+
+    /// Append one payload already encoded with [`encode_payload`]. Returns the shard
+    /// that was closed to make room, if one was.
+    pub fn push_encoded(&mut self, label: u32, payload: &[u8]) -> Result<Option<ShardEntry>> {
+        if label as usize >= self.config.classes.len() {
+            return Err(ShardError::Invalid(format!(
+                "label {label} is out of range: {} classes",
+                self.config.classes.len()
+            )));
+        }
+        let mut closed = None;
+        if let Some(cur) = &self.current
+            && cur.records() > 0
+            && cur.size_with(payload.len()) > self.config.max_shard_bytes
+        {
+            closed = self.close_current()?;
+        }
+        if self.current.is_none() {
+            let name = self.config.shard_name(self.done.len());
+            self.current = Some(ShardWriter::create(
+                &self.dir,
+                &name,
+                self.config.codec,
+                self.config.side,
+            )?);
+        }
+        if let Some(cur) = self.current.as_mut() {
+            cur.push(label, payload)?;
+        }
+        Ok(closed)
+    }
+
+    fn close_current(&mut self) -> Result<Option<ShardEntry>> {
+        match self.current.take() {
+            Some(w) => {
+                let entry = w.finish()?;
+                self.done.push(entry.clone());
+                Ok(Some(entry))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Close the last shard and write the manifest. Returns the last shard closed
+    /// (if any records were pending) and the manifest.
+    pub fn finish_with_last(mut self) -> Result<(Option<ShardEntry>, Manifest)> {
+        let last = self.close_current()?;
+        let manifest = self.config.manifest(self.done);
+        write_manifest(&self.dir, &manifest)?;
+        Ok((last, manifest))
+    }
+
+    /// Close the last shard and write the manifest.
+    pub fn finish(self) -> Result<Manifest> {
+        Ok(self.finish_with_last()?.1)
+    }
+}
+
+/// Write `dir/manifest.json` atomically (temp file, sync, rename).
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    let mut text = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| ShardError::Invalid(format!("manifest serialisation: {e}")))?;
+    text.push(b'\n');
+    write_atomic(&tmp, &path, &text)
+}
+
+/// Write `bytes` to `tmp`, sync, rename onto `path`, sync the directory.
+pub(crate) fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(tmp).map_err(|e| ShardError::io(tmp, "create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| ShardError::io(tmp, "write", e))?;
+    f.sync_all().map_err(|e| ShardError::io(tmp, "sync", e))?;
+    drop(f);
+    std::fs::rename(tmp, path).map_err(|e| ShardError::io(path, "rename", e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Persists the rename; directories cannot be opened for sync on every platform.
+    #[cfg(unix)]
+    {
+        let d = File::open(dir).map_err(|e| ShardError::io(dir, "open directory", e))?;
+        d.sync_all()
+            .map_err(|e| ShardError::io(dir, "sync directory", e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
