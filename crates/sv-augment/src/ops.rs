@@ -1,0 +1,422 @@
+//! The copy loops: crop (+ mirror) into uint8 HWC/CHW, and crop + lighting +
+//! normalisation into float32 CHW. Each checks its buffer sizes once, then runs
+//! bounds-check-free inner loops over exact-length row slices so they vectorise.
+
+use crate::{AugmentError, Window};
+
+/// Memory order of one output image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Height, width, channel (interleaved RGB, the stored order): a crop is a row
+    /// `memcpy`.
+    #[default]
+    Hwc,
+    /// Channel, height, width (planar, what convolution layers take).
+    Chw,
+}
+
+/// The mean subtracted before dividing by the std, on the 0-255 scale.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mean {
+    /// One mean per channel (R, G, B).
+    Channel([f32; 3]),
+    /// A per-pixel mean image, `side x side x 3` HWC, indexed at each output value's
+    /// source position (Caffe's `compute_image_mean`).
+    Image(Vec<f32>),
+}
+
+/// Mean subtraction and std division for the float output, on the 0-255 scale.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalize {
+    /// Subtracted first.
+    pub mean: Mean,
+    /// Divided by after subtracting the mean; must be positive.
+    pub std: [f32; 3],
+}
+
+impl Default for Normalize {
+    fn default() -> Self {
+        Normalize::imagenet()
+    }
+}
+
+impl Normalize {
+    /// torchvision's ImageNet statistics (mean 0.485/0.456/0.406, std
+    /// 0.229/0.224/0.225 of `[0, 1]` pixels), scaled to 0-255.
+    pub fn imagenet() -> Normalize {
+        Normalize {
+            mean: Mean::Channel([0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0]),
+            std: [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0],
+        }
+    }
+
+    /// Mean subtraction only (std 1), as the paper did.
+    pub fn mean_only(mean: Mean) -> Normalize {
+        Normalize {
+            mean,
+            std: [1.0; 3],
+        }
+    }
+
+    /// Check the settings for images of `side`: positive finite std, a mean image of
+    /// `side * side * 3` values.
+    pub fn validate(&self, side: u32) -> Result<(), AugmentError> {
+        if !self.std.iter().all(|&s| s.is_finite() && s > 0.0) {
+            return Err(AugmentError::Config(format!(
+                "normalisation std must be positive and finite, got {:?}",
+                self.std
+            )));
+        }
+        match &self.mean {
+            Mean::Channel(m) if !m.iter().all(|v| v.is_finite()) => Err(AugmentError::Config(
+                format!("channel mean must be finite, got {m:?}"),
+            )),
+            Mean::Channel(_) => Ok(()),
+            Mean::Image(img) => {
+                let expected = image_len(side);
+                if img.len() != expected {
+                    Err(AugmentError::Size {
+                        what: "mean image",
+                        expected,
+                        found: img.len(),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn image_len(side: u32) -> usize {
+    side as usize * side as usize * 3
+}
+
+fn check(
+    src_len: usize,
+    dst_len: usize,
+    side: u32,
+    crop: u32,
+    w: Window,
+) -> Result<(), AugmentError> {
+    let expected = image_len(side);
+    if src_len != expected {
+        return Err(AugmentError::Size {
+            what: "source image",
+            expected,
+            found: src_len,
+        });
+    }
+    let fits = |o: u32| o.checked_add(crop).is_some_and(|end| end <= side);
+    if crop == 0 || !fits(w.x) || !fits(w.y) {
+        return Err(AugmentError::Window {
+            x: w.x,
+            y: w.y,
+            crop,
+            side,
+        });
+    }
+    let expected = image_len(crop);
+    if dst_len != expected {
+        return Err(AugmentError::Size {
+            what: "destination",
+            expected,
+            found: dst_len,
+        });
+    }
+    Ok(())
+}
+
+/// Byte range of crop row `r` in a `side` HWC image (checked by [`check`]).
+#[inline]
+fn row_range(side: u32, crop: u32, w: Window, r: usize) -> std::ops::Range<usize> {
+    let start = ((w.y as usize + r) * side as usize + w.x as usize) * 3;
+    start..start + crop as usize * 3
+}
+
+/// Copy the `crop x crop` window `w` of `src` (`side x side x 3` HWC) into `dst`
+/// (`crop * crop * 3` values in `layout`), mirrored when `w.flip`.
+pub fn crop_u8(
+    src: &[u8],
+    side: u32,
+    crop: u32,
+    w: Window,
+    layout: Layout,
+    dst: &mut [u8],
+) -> Result<(), AugmentError> {
+    check(src.len(), dst.len(), side, crop, w)?;
+    let c = crop as usize;
+    match layout {
+        Layout::Hwc => {
+            for (r, out) in dst.chunks_exact_mut(c * 3).enumerate() {
+                let row = &src[row_range(side, crop, w, r)];
+                if w.flip {
+                    flip_row(row, out);
+                } else {
+                    out.copy_from_slice(row);
+                }
+            }
+        }
+        Layout::Chw => {
+            let (p0, rest) = dst.split_at_mut(c * c);
+            let (p1, p2) = rest.split_at_mut(c * c);
+            let planes = p0
+                .chunks_exact_mut(c)
+                .zip(p1.chunks_exact_mut(c))
+                .zip(p2.chunks_exact_mut(c));
+            for (r, ((o0, o1), o2)) in planes.enumerate() {
+                let row = &src[row_range(side, crop, w, r)];
+                if w.flip {
+                    planar_row(row.chunks_exact(3).rev(), o0, o1, o2);
+                } else {
+                    planar_row(row.chunks_exact(3), o0, o1, o2);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reversed pixel copy: output pixel `j` is input pixel `n - 1 - j`.
+#[inline]
+fn flip_row(row: &[u8], out: &mut [u8]) {
+    for (o, i) in out.chunks_exact_mut(3).zip(row.chunks_exact(3).rev()) {
+        o[0] = i[0];
+        o[1] = i[1];
+        o[2] = i[2];
+    }
+}
+
+#[inline]
+fn planar_row<'a>(px: impl Iterator<Item = &'a [u8]>, o0: &mut [u8], o1: &mut [u8], o2: &mut [u8]) {
+    for (((p, a), b), c) in px.zip(o0.iter_mut()).zip(o1.iter_mut()).zip(o2.iter_mut()) {
+        *a = p[0];
+        *b = p[1];
+        *c = p[2];
+    }
+}
+
+/// Crop window `w` of `src`, add the lighting offset `light` (grey levels, per
+/// channel), normalise with `norm` and write `3 x crop x crop` float32 CHW into
+/// `dst`: `dst[c][i][j] = (src + light[c] - mean[c]) / std[c]`.
+pub fn crop_f32(
+    src: &[u8],
+    side: u32,
+    crop: u32,
+    w: Window,
+    light: [f32; 3],
+    norm: &Normalize,
+    dst: &mut [f32],
+) -> Result<(), AugmentError> {
+    check(src.len(), dst.len(), side, crop, w)?;
+    norm.validate(side)?;
+    let c = crop as usize;
+    let inv = norm.std.map(|s| 1.0 / s);
+    let (p0, rest) = dst.split_at_mut(c * c);
+    let (p1, p2) = rest.split_at_mut(c * c);
+    let planes = p0
+        .chunks_exact_mut(c)
+        .zip(p1.chunks_exact_mut(c))
+        .zip(p2.chunks_exact_mut(c));
+    match &norm.mean {
+        Mean::Channel(mean) => {
+            // v * scale + bias == (v + light - mean) / std, one FMA-shaped op per value
+            let bias = [0, 1, 2].map(|k| (light[k] - mean[k]) * inv[k]);
+            for (r, ((o0, o1), o2)) in planes.enumerate() {
+                let row = &src[row_range(side, crop, w, r)];
+                if w.flip {
+                    affine_row(row.chunks_exact(3).rev(), inv, bias, o0, o1, o2);
+                } else {
+                    affine_row(row.chunks_exact(3), inv, bias, o0, o1, o2);
+                }
+            }
+        }
+        Mean::Image(mean) => {
+            for (r, ((o0, o1), o2)) in planes.enumerate() {
+                let range = row_range(side, crop, w, r);
+                let row = &src[range.clone()];
+                let mrow = &mean[range];
+                if w.flip {
+                    let px = row.chunks_exact(3).rev().zip(mrow.chunks_exact(3).rev());
+                    mean_image_row(px, light, inv, o0, o1, o2);
+                } else {
+                    let px = row.chunks_exact(3).zip(mrow.chunks_exact(3));
+                    mean_image_row(px, light, inv, o0, o1, o2);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn affine_row<'a>(
+    px: impl Iterator<Item = &'a [u8]>,
+    scale: [f32; 3],
+    bias: [f32; 3],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    o2: &mut [f32],
+) {
+    for (((p, a), b), c) in px.zip(o0.iter_mut()).zip(o1.iter_mut()).zip(o2.iter_mut()) {
+        *a = f32::from(p[0]) * scale[0] + bias[0];
+        *b = f32::from(p[1]) * scale[1] + bias[1];
+        *c = f32::from(p[2]) * scale[2] + bias[2];
+    }
+}
+
+#[inline]
+fn mean_image_row<'a>(
+    px: impl Iterator<Item = (&'a [u8], &'a [f32])>,
+    light: [f32; 3],
+    inv: [f32; 3],
+    o0: &mut [f32],
+    o1: &mut [f32],
+    o2: &mut [f32],
+) {
+    for ((((p, m), a), b), c) in px.zip(o0.iter_mut()).zip(o1.iter_mut()).zip(o2.iter_mut()) {
+        *a = (f32::from(p[0]) + light[0] - m[0]) * inv[0];
+        *b = (f32::from(p[1]) + light[1] - m[1]) * inv[1];
+        *c = (f32::from(p[2]) + light[2] - m[2]) * inv[2];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4x4 image whose value at (y, x, c) is 100*c + 10*y + x.
+    fn image4() -> Vec<u8> {
+        let mut v = Vec::new();
+        for y in 0..4u8 {
+            for x in 0..4u8 {
+                for c in 0..3u8 {
+                    v.push(100 * c + 10 * y + x);
+                }
+            }
+        }
+        v
+    }
+
+    fn win(x: u32, y: u32, flip: bool) -> Window {
+        Window { x, y, flip }
+    }
+
+    #[test]
+    fn crop_hwc_by_hand() {
+        let img = image4();
+        let mut out = [0u8; 2 * 2 * 3];
+        crop_u8(&img, 4, 2, win(1, 2, false), Layout::Hwc, &mut out).unwrap();
+        // rows y=2,3; columns x=1,2
+        assert_eq!(
+            out,
+            [21, 121, 221, 22, 122, 222, 31, 131, 231, 32, 132, 232]
+        );
+        crop_u8(&img, 4, 2, win(1, 2, true), Layout::Hwc, &mut out).unwrap();
+        assert_eq!(
+            out,
+            [22, 122, 222, 21, 121, 221, 32, 132, 232, 31, 131, 231]
+        );
+    }
+
+    #[test]
+    fn crop_chw_by_hand() {
+        let img = image4();
+        let mut out = [0u8; 3 * 3 * 3];
+        crop_u8(&img, 4, 3, win(0, 1, true), Layout::Chw, &mut out).unwrap();
+        // channel 0, rows 1..4, columns 2,1,0
+        assert_eq!(&out[..9], &[12, 11, 10, 22, 21, 20, 32, 31, 30]);
+        assert_eq!(&out[9..12], &[112, 111, 110]);
+        assert_eq!(&out[18..21], &[212, 211, 210]);
+    }
+
+    #[test]
+    fn f32_channel_mean_by_hand() {
+        let img = image4();
+        let norm = Normalize {
+            mean: Mean::Channel([10.0, 100.0, 200.0]),
+            std: [2.0, 4.0, 5.0],
+        };
+        let mut out = [0f32; 3 * 2 * 2];
+        let light = [1.0, -2.0, 0.5];
+        crop_f32(&img, 4, 2, win(2, 0, true), light, &norm, &mut out).unwrap();
+        // source columns 3, 2 of rows 0, 1
+        let want_c0 = [3.0, 2.0, 13.0, 12.0].map(|v: f32| (v + 1.0 - 10.0) / 2.0);
+        let want_c1 = [103.0, 102.0, 113.0, 112.0].map(|v: f32| (v - 2.0 - 100.0) / 4.0);
+        let want_c2 = [203.0, 202.0, 213.0, 212.0].map(|v: f32| (v + 0.5 - 200.0) / 5.0);
+        for (got, want) in out
+            .iter()
+            .zip(want_c0.iter().chain(&want_c1).chain(&want_c2))
+        {
+            assert!((got - want).abs() < 1e-5, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn f32_mean_image_follows_the_source_position() {
+        let img = image4();
+        // mean image = the image itself minus 1: every output is (1 + light) / std
+        let mean: Vec<f32> = img.iter().map(|&v| f32::from(v) - 1.0).collect();
+        let norm = Normalize {
+            mean: Mean::Image(mean),
+            std: [1.0, 2.0, 4.0],
+        };
+        let mut out = [0f32; 3 * 3 * 3];
+        crop_f32(
+            &img,
+            4,
+            3,
+            win(1, 1, true),
+            [1.0, 1.0, 1.0],
+            &norm,
+            &mut out,
+        )
+        .unwrap();
+        assert!(out[..9].iter().all(|&v| v == 2.0));
+        assert!(out[9..18].iter().all(|&v| v == 1.0));
+        assert!(out[18..].iter().all(|&v| v == 0.5));
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let img = image4();
+        let mut out = [0u8; 12];
+        assert!(matches!(
+            crop_u8(&img[1..], 4, 2, win(0, 0, false), Layout::Hwc, &mut out),
+            Err(AugmentError::Size {
+                what: "source image",
+                ..
+            })
+        ));
+        assert!(matches!(
+            crop_u8(&img, 4, 2, win(3, 0, false), Layout::Hwc, &mut out),
+            Err(AugmentError::Window { .. })
+        ));
+        assert!(matches!(
+            crop_u8(&img, 4, 2, win(0, 0, false), Layout::Hwc, &mut out[1..]),
+            Err(AugmentError::Size {
+                what: "destination",
+                ..
+            })
+        ));
+        let mut f = [0f32; 12];
+        let bad = Normalize {
+            mean: Mean::Image(vec![0.0; 5]),
+            std: [1.0; 3],
+        };
+        assert!(crop_f32(&img, 4, 2, win(0, 0, false), [0.0; 3], &bad, &mut f).is_err());
+        let zero_std = Normalize {
+            mean: Mean::Channel([0.0; 3]),
+            std: [1.0, 0.0, 1.0],
+        };
+        assert!(crop_f32(&img, 4, 2, win(0, 0, false), [0.0; 3], &zero_std, &mut f).is_err());
+    }
+
+    #[test]
+    fn full_window_hwc_is_the_image() {
+        let img = image4();
+        let mut out = vec![0u8; img.len()];
+        crop_u8(&img, 4, 4, win(0, 0, false), Layout::Hwc, &mut out).unwrap();
+        assert_eq!(out, img);
+    }
+}
