@@ -115,10 +115,10 @@ mod tests {
         }
         // linear in the draws, summed over components
         let o2 = l.offset([0.0, -2.0, 1.0]);
-        for i in 0..3 {
+        for (i, got) in o2.iter().enumerate() {
             let want =
                 255.0 * 0.1 * (l.eigvec[i][1] * -2.0 * l.eigval[1] + l.eigvec[i][2] * l.eigval[2]);
-            assert!((o2[i] - want).abs() < 1e-4);
+            assert!((got - want).abs() < 1e-4);
         }
     }
 
