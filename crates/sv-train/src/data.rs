@@ -1,0 +1,224 @@
+//! Training data sources for [`crate::trainer::Trainer`].
+//!
+//! [`ShardSource`] reads a shard set directly on the prefetch thread: a seeded
+//! permutation per epoch, and for every sample a random crop, a reflection flag and PCA
+//! lighting offsets drawn from the keyed generator `sample_rng(seed, epoch, index)`, so
+//! a batch depends only on (seed, epoch, batch index) and a run resumes exactly from
+//! any position. Flips and lighting travel as flags and offsets and are applied on the
+//! device.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+use sv_core::{sample_rng, stream_rng};
+use sv_shard::Dataset;
+
+use crate::error::{Result, TrainError};
+use crate::prefetch::{HostMemory, StagedBatch, stage};
+use crate::trainer::TrainData;
+
+/// The PCA lighting of the paper, section 4.1: each use of an image adds
+/// `sum_i p_i * alpha_i * lambda_i` with `alpha_i ~ N(0, sigma)`, on the 0-255 scale.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lighting {
+    /// Eigenvalues `lambda_i` of the RGB covariance (0-255 scale units).
+    pub eigval: [f64; 3],
+    /// Eigenvectors as columns: `eigvec[c][i]` is channel `c` of vector `i`.
+    pub eigvec: [[f64; 3]; 3],
+    /// Standard deviation of the alphas (0.1 in the paper).
+    pub sigma: f64,
+}
+
+impl Lighting {
+    /// The RGB offset for one draw of alphas.
+    pub fn offset(&self, alpha: [f64; 3]) -> [f32; 3] {
+        let mut out = [0f32; 3];
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = (0..3)
+                .map(|i| self.eigvec[c][i] * alpha[i] * self.eigval[i])
+                .sum::<f64>() as f32;
+        }
+        out
+    }
+}
+
+/// How training crops are made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentConfig {
+    /// Crop side (the model's input side).
+    pub crop: usize,
+    /// Random reflections.
+    pub mirror: bool,
+    /// PCA lighting, when statistics are known.
+    pub lighting: Option<Lighting>,
+}
+
+/// A [`TrainData`] reading one shard set directly.
+pub struct ShardSource {
+    data: Arc<Dataset>,
+    batch_size: usize,
+    seed: u64,
+    aug: AugmentConfig,
+}
+
+impl std::fmt::Debug for ShardSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardSource")
+            .field("dir", &self.data.dir())
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+impl ShardSource {
+    /// Batches of `batch_size` crops from `data`; the last partial batch of an epoch is
+    /// dropped so every step sees a full batch.
+    pub fn new(
+        data: Arc<Dataset>,
+        batch_size: usize,
+        seed: u64,
+        aug: AugmentConfig,
+    ) -> Result<ShardSource> {
+        let side = data.geometry().side as usize;
+        if aug.crop == 0 || aug.crop > side {
+            return Err(TrainError::Config(format!(
+                "{}: images are {side}x{side}, crops of {} do not fit",
+                data.dir().display(),
+                aug.crop
+            )));
+        }
+        if batch_size == 0 {
+            return Err(TrainError::Config("batch size must be positive".into()));
+        }
+        Ok(ShardSource {
+            data,
+            batch_size,
+            seed,
+            aug,
+        })
+    }
+}
+
+/// The sample order of `epoch`: a full seeded shuffle of `0..len`.
+pub fn epoch_order(seed: u64, epoch: u64, len: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..len as u32).collect();
+    order.shuffle(&mut stream_rng(seed, 0x7EA1, epoch));
+    order
+}
+
+struct EpochIter {
+    data: Arc<Dataset>,
+    order: Vec<u32>,
+    next_batch: u64,
+    batches: u64,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    aug: AugmentConfig,
+    memory: HostMemory,
+    image: Vec<u8>,
+    pixels: Vec<u8>,
+    labels: Vec<i64>,
+    flips: Vec<bool>,
+    light: Vec<f32>,
+}
+
+impl EpochIter {
+    fn make(&mut self) -> Result<StagedBatch> {
+        let side = self.data.geometry().side as usize;
+        let crop = self.aug.crop;
+        let row = crop * 3;
+        let start = self.next_batch as usize * self.batch_size;
+        self.labels.clear();
+        self.flips.clear();
+        self.light.clear();
+        let normal = Normal::new(0.0, self.aug.lighting.map_or(0.0, |l| l.sigma).max(0.0))
+            .map_err(|e| TrainError::Config(format!("lighting sigma: {e}")))?;
+        for slot in 0..self.batch_size {
+            let index = self.order[start + slot] as usize;
+            let rec = self
+                .data
+                .record(index)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let pixels = rec
+                .pixels(&mut self.image)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let mut rng = sample_rng(self.seed, self.epoch, index as u64);
+            let y = rng.random_range(0..=side - crop);
+            let x = rng.random_range(0..=side - crop);
+            let flip = self.aug.mirror && rng.random_bool(0.5);
+            let out = &mut self.pixels[slot * crop * row..(slot + 1) * crop * row];
+            for r in 0..crop {
+                let src = ((y + r) * side + x) * 3;
+                out[r * row..(r + 1) * row].copy_from_slice(&pixels[src..src + row]);
+            }
+            self.labels.push(i64::from(rec.label));
+            self.flips.push(flip);
+            if let Some(l) = self.aug.lighting {
+                let alpha = [
+                    normal.sample(&mut rng),
+                    normal.sample(&mut rng),
+                    normal.sample(&mut rng),
+                ];
+                self.light.extend_from_slice(&l.offset(alpha));
+            }
+        }
+        let lighting = self.aug.lighting.map(|_| self.light.as_slice());
+        stage(
+            &self.pixels,
+            crop,
+            &self.labels,
+            Some(&self.flips),
+            lighting,
+            self.memory,
+            self.epoch,
+            self.next_batch,
+        )
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<StagedBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_batch >= self.batches {
+            return None;
+        }
+        let b = self.make();
+        self.next_batch += 1;
+        Some(b)
+    }
+}
+
+impl TrainData for ShardSource {
+    fn batches_per_epoch(&self) -> u64 {
+        (self.data.len() / self.batch_size) as u64
+    }
+
+    fn epoch(
+        &mut self,
+        epoch: u64,
+        start: u64,
+        memory: HostMemory,
+    ) -> Result<Box<dyn Iterator<Item = Result<StagedBatch>> + Send>> {
+        let crop = self.aug.crop;
+        Ok(Box::new(EpochIter {
+            data: self.data.clone(),
+            order: epoch_order(self.seed, epoch, self.data.len()),
+            next_batch: start,
+            batches: self.batches_per_epoch(),
+            batch_size: self.batch_size,
+            seed: self.seed,
+            epoch,
+            aug: self.aug,
+            memory,
+            image: Vec::new(),
+            pixels: vec![0; self.batch_size * crop * crop * 3],
+            labels: Vec::with_capacity(self.batch_size),
+            flips: Vec::with_capacity(self.batch_size),
+            light: Vec::with_capacity(self.batch_size * 3),
+        }))
+    }
+}

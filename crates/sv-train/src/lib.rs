@@ -1,0 +1,74 @@
+//! sv-train: AlexNet on libtorch (through tch), as the 2012 paper trained it.
+//!
+//! - [`model`]: `alexnet` (two towers as channel groups, LRN, 227 input, the paper's
+//!   init), `alexnet-owt` (torchvision's single tower, its parameter names), and tiny
+//!   versions of both for CPU tests; summaries with parameter counts.
+//! - [`lrn`]: local response normalisation, exact, from `avg_pool3d` window sums.
+//! - [`optim`]: the paper's momentum and weight-decay rule, written out on tensors.
+//! - [`schedule`]: divide-by-10-on-plateau, fixed steps, constant.
+//! - [`input`]: uint8 crops to normalised float on the device (flips, PCA lighting).
+//! - [`prefetch`]: the double-buffered prefetch thread and pinned staging.
+//! - [`trainer`]: the loop, metrics windows, data-wait measurement, checkpoints, resume.
+//! - [`eval`]: top-1/top-5 error, centre crop and ten-crop.
+//! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
+//! - [`metrics`]: the JSON-lines metrics log and top-k counting.
+//! - [`data`]: the training data source over sv-pipeline's loader.
+//!
+//! This is the only crate of the workspace that links libtorch.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod data;
+mod error;
+pub mod eval;
+pub mod input;
+pub mod lrn;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod prefetch;
+pub mod schedule;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
+pub use tch::Device;
+
+/// Picks the device for `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(i) => cuda(i),
+            None => Err(TrainError::Config(format!(
+                "unknown device `{s}` (auto, cpu, cuda, cuda:N)"
+            ))),
+        },
+    }
+}
+
+fn cuda(i: usize) -> Result<Device> {
+    if !tch::Cuda::is_available() {
+        return Err(TrainError::Config(
+            "CUDA requested but libtorch sees no CUDA device".into(),
+        ));
+    }
+    let n = tch::Cuda::device_count() as usize;
+    if i >= n {
+        return Err(TrainError::Config(format!(
+            "cuda:{i} requested, {n} CUDA devices present"
+        )));
+    }
+    // cuDNN picks the fastest convolution algorithms for the fixed batch shape.
+    tch::Cuda::cudnn_set_benchmark(true);
+    Ok(Device::Cuda(i))
+}
+
+/// Whether libtorch can use a CUDA device here.
+pub fn cuda_available() -> bool {
+    tch::Cuda::is_available()
+}

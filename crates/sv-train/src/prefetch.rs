@@ -1,0 +1,371 @@
+//! Double-buffered prefetch. A background thread pulls batch i+1 from the data source
+//! and stages it as host tensors (in page-locked memory when CUDA is present, so the
+//! device copy can be asynchronous) while the training thread runs step i; the
+//! training thread then starts the copy to the device without blocking
+//! ([`StagedBatch::upload`]) and measures how long it waited for the thread.
+//!
+//! Pinned blocks come from libtorch's caching host allocator, which records an event
+//! on every asynchronous copy out of a block and reuses the block only after that event
+//! has completed, so a staged batch may be dropped as soon as its copy is enqueued.
+//! `Tensor` is `Send` but not `Sync`: each staged batch is owned by one thread at a time.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, TorchContext, TrainError};
+use crate::input::DeviceNorm;
+
+/// One batch on the host, ready to be copied to the device.
+pub struct StagedBatch {
+    /// uint8 `[N, H, W, 3]` crops.
+    pub images: Tensor,
+    /// int64 `[N]` labels.
+    pub labels: Tensor,
+    /// bool `[N]`: flip these horizontally on the device (None: already flipped).
+    pub flips: Option<Tensor>,
+    /// float `[N, 3]` RGB lighting offsets, 0-255 scale (None: no lighting).
+    pub lighting: Option<Tensor>,
+    /// Epoch this batch belongs to.
+    pub epoch: u64,
+    /// Index of this batch within its epoch.
+    pub index: u64,
+}
+
+impl std::fmt::Debug for StagedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedBatch")
+            .field("epoch", &self.epoch)
+            .field("index", &self.index)
+            .field("size", &self.images.size())
+            .finish()
+    }
+}
+
+/// A batch on the device: normalised input and labels.
+pub struct DeviceBatch {
+    /// float `[N, 3, H, W]`.
+    pub input: Tensor,
+    /// int64 `[N]`.
+    pub labels: Tensor,
+    /// Epoch this batch belongs to.
+    pub epoch: u64,
+    /// Index within the epoch.
+    pub index: u64,
+}
+
+/// Where staged host tensors live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostMemory {
+    /// Ordinary pageable memory (CPU training, or no CUDA).
+    Pageable,
+    /// Page-locked memory for asynchronous copies to a CUDA device. Only valid when
+    /// `tch::Cuda::is_available()`: pinning fails without a driver.
+    Pinned,
+}
+
+impl HostMemory {
+    /// Pinned exactly when training on a CUDA device.
+    pub fn for_device(device: Device) -> HostMemory {
+        if device.is_cuda() && tch::Cuda::is_available() {
+            HostMemory::Pinned
+        } else {
+            HostMemory::Pageable
+        }
+    }
+}
+
+/// Builds a [`StagedBatch`] from borrowed host buffers: `images` is `n` HWC crops of
+/// `side x side x 3` bytes, `lighting` `n * 3` floats, `flips` `n` flags.
+#[allow(clippy::too_many_arguments)]
+pub fn stage(
+    images: &[u8],
+    side: usize,
+    labels: &[i64],
+    flips: Option<&[bool]>,
+    lighting: Option<&[f32]>,
+    memory: HostMemory,
+    epoch: u64,
+    index: u64,
+) -> Result<StagedBatch> {
+    let n = labels.len();
+    if images.len() != n * side * side * 3 {
+        return Err(TrainError::Data(format!(
+            "batch {index} of epoch {epoch}: {} image bytes for {n} crops of {side}x{side}",
+            images.len()
+        )));
+    }
+    if flips.is_some_and(|f| f.len() != n) || lighting.is_some_and(|l| l.len() != n * 3) {
+        return Err(TrainError::Data(format!(
+            "batch {index} of epoch {epoch}: flip/lighting lengths do not match {n} labels"
+        )));
+    }
+    let dims = [n as i64, side as i64, side as i64, 3];
+    let images = match memory {
+        HostMemory::Pageable => Tensor::f_from_data_size(images, &dims, Kind::Uint8),
+        // from_blob wraps the borrowed bytes without a copy; pin_memory then makes the
+        // one copy into a pinned block, which the returned tensor owns.
+        HostMemory::Pinned => {
+            // SAFETY: `images` outlives the blob tensor, which is dropped before return,
+            // and its length was checked against `dims` above.
+            let blob = unsafe {
+                Tensor::f_from_blob(images.as_ptr(), &dims, &[], Kind::Uint8, Device::Cpu)
+            };
+            blob.and_then(|b| b.f_pin_memory(Device::Cuda(0)))
+        }
+    }
+    .ctx(|| "stage images".into())?;
+    let pin = |t: Tensor| match memory {
+        HostMemory::Pageable => Ok(t),
+        HostMemory::Pinned => t.f_pin_memory(Device::Cuda(0)),
+    };
+    let labels = Tensor::f_from_slice(labels)
+        .and_then(pin)
+        .ctx(|| "stage labels".into())?;
+    let flips = flips
+        .map(|f| Tensor::f_from_slice(f).and_then(pin))
+        .transpose()
+        .ctx(|| "stage flips".into())?;
+    let lighting = lighting
+        .map(|l| {
+            Tensor::f_from_slice(l)
+                .and_then(|t| t.f_reshape([n as i64, 3]))
+                .and_then(pin)
+        })
+        .transpose()
+        .ctx(|| "stage lighting".into())?;
+    Ok(StagedBatch {
+        images,
+        labels,
+        flips,
+        lighting,
+        epoch,
+        index,
+    })
+}
+
+impl StagedBatch {
+    /// Starts the copy to `device` (asynchronous from pinned memory) and enqueues the
+    /// normalisation there.
+    pub fn upload(self, device: Device, norm: &DeviceNorm) -> Result<DeviceBatch> {
+        let non_blocking = device.is_cuda();
+        let up = |t: &Tensor| t.f_to_device_(device, t.kind(), non_blocking, false);
+        let images = up(&self.images).ctx(|| "copy images to the device".into())?;
+        let labels = up(&self.labels).ctx(|| "copy labels to the device".into())?;
+        let flips = self
+            .flips
+            .as_ref()
+            .map(up)
+            .transpose()
+            .ctx(|| "copy flips".into())?;
+        let lighting = self
+            .lighting
+            .as_ref()
+            .map(up)
+            .transpose()
+            .ctx(|| "copy lighting".into())?;
+        let input = norm.apply(&images, flips.as_ref(), lighting.as_ref())?;
+        Ok(DeviceBatch {
+            input,
+            labels,
+            epoch: self.epoch,
+            index: self.index,
+        })
+    }
+}
+
+/// The background thread and the channel it fills.
+pub struct Prefetcher {
+    rx: Option<Receiver<Result<StagedBatch>>>,
+    handle: Option<JoinHandle<()>>,
+    waited: Duration,
+}
+
+impl std::fmt::Debug for Prefetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetcher")
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+impl Prefetcher {
+    /// Starts a thread draining `source`, keeping up to `depth` staged batches ready
+    /// (1 gives double buffering: one in the channel while the consumer holds another).
+    pub fn spawn<I>(source: I, depth: usize) -> Result<Prefetcher>
+    where
+        I: Iterator<Item = Result<StagedBatch>> + Send + 'static,
+    {
+        let (tx, rx): (SyncSender<Result<StagedBatch>>, _) = sync_channel(depth.max(1));
+        let handle = std::thread::Builder::new()
+            .name("sv-prefetch".into())
+            .spawn(move || {
+                for item in source {
+                    let failed = item.is_err();
+                    // A closed channel means the consumer is gone: stop pulling.
+                    if tx.send(item).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .map_err(|_| TrainError::Thread("sv-prefetch"))?;
+        Ok(Prefetcher {
+            rx: Some(rx),
+            handle: Some(handle),
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// The next batch, blocking until the thread has it; None at the end of the source.
+    /// The time spent blocked accumulates in [`Prefetcher::take_waited`].
+    pub fn next_batch(&mut self) -> Option<Result<StagedBatch>> {
+        let rx = self.rx.as_ref()?;
+        let t = Instant::now();
+        let item = rx.recv().ok();
+        self.waited += t.elapsed();
+        if item.is_none() {
+            // The thread ended; a panic there is an error, not an end of data.
+            if let Some(h) = self.handle.take()
+                && h.join().is_err()
+            {
+                return Some(Err(TrainError::Thread("sv-prefetch")));
+            }
+        }
+        item
+    }
+
+    /// Time blocked in [`Prefetcher::next_batch`] since the last call.
+    pub fn take_waited(&mut self) -> Duration {
+        std::mem::take(&mut self.waited)
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing the channel makes the thread's next send fail, so it stops after
+        // at most the batch it is producing.
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn batch(i: u64) -> Result<StagedBatch> {
+        let px = vec![i as u8; 2 * 2 * 2 * 3];
+        stage(
+            &px,
+            2,
+            &[i as i64, 0],
+            None,
+            None,
+            HostMemory::Pageable,
+            0,
+            i,
+        )
+    }
+
+    #[test]
+    fn delivers_in_order_then_ends() {
+        let mut p = Prefetcher::spawn((0..20).map(batch), 1).unwrap();
+        for i in 0..20 {
+            let b = p.next_batch().unwrap().unwrap();
+            assert_eq!(b.index, i);
+            assert_eq!(b.labels.int64_value(&[0]), i as i64);
+            assert_eq!(b.images.int64_value(&[0, 0, 0, 0]), i as i64);
+        }
+        assert!(p.next_batch().is_none());
+        assert!(p.next_batch().is_none());
+    }
+
+    #[test]
+    fn stays_bounded_and_stops_when_dropped() {
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let source = (0..).map(move |i| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            batch(i)
+        });
+        let mut p = Prefetcher::spawn(source, 1).unwrap();
+        let _ = p.next_batch().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // One taken, one in the channel, at most one being sent.
+        assert!(
+            pulled.load(Ordering::SeqCst) <= 3,
+            "pulled {}",
+            pulled.load(Ordering::SeqCst)
+        );
+        drop(p); // joins the thread: an endless source must not hang the drop
+        let after = pulled.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(pulled.load(Ordering::SeqCst), after, "thread stopped");
+    }
+
+    #[test]
+    fn errors_reach_the_consumer_and_end_the_stream() {
+        let source = (0..5).map(|i| {
+            if i == 2 {
+                Err(TrainError::Data("bad record".into()))
+            } else {
+                batch(i)
+            }
+        });
+        let mut p = Prefetcher::spawn(source, 1).unwrap();
+        assert!(p.next_batch().unwrap().is_ok());
+        assert!(p.next_batch().unwrap().is_ok());
+        assert!(matches!(p.next_batch(), Some(Err(TrainError::Data(_)))));
+        assert!(p.next_batch().is_none());
+    }
+
+    #[test]
+    fn panics_in_the_source_are_errors() {
+        let source = (0..3).map(|i| {
+            if i == 1 {
+                panic!("source broke")
+            } else {
+                batch(i)
+            }
+        });
+        let mut p = Prefetcher::spawn(source, 1).unwrap();
+        assert!(p.next_batch().unwrap().is_ok());
+        assert!(matches!(p.next_batch(), Some(Err(TrainError::Thread(_)))));
+    }
+
+    #[test]
+    fn stage_checks_lengths() {
+        assert!(
+            stage(
+                &[0u8; 11],
+                1,
+                &[1, 2, 3, 4],
+                None,
+                None,
+                HostMemory::Pageable,
+                0,
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            stage(
+                &[0u8; 12],
+                1,
+                &[1, 2, 3, 4],
+                Some(&[true]),
+                None,
+                HostMemory::Pageable,
+                0,
+                0
+            )
+            .is_err()
+        );
+    }
+}
