@@ -1,0 +1,265 @@
+//! End-to-end library tests on generated shard sets (CPU, tiny model): exact resume,
+//! learning above chance, evaluation modes and checkpoint round trips.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sv_core::{ClassInfo, Split};
+use sv_shard::{Codec, Dataset, DatasetWriter, WriterConfig};
+use sv_train::Device;
+use sv_train::checkpoint;
+use sv_train::data::{AugmentConfig, Lighting, ShardSource};
+use sv_train::eval::EvalMode;
+use sv_train::input::Normalization;
+use sv_train::schedule::ScheduleConfig;
+use sv_train::trainer::{LAST_CHECKPOINT, TrainConfig, Trainer};
+
+const SIDE: u32 = 72;
+
+/// torch's generator is process-global: tests that seed it must not interleave.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn classes(n: usize) -> Vec<ClassInfo> {
+    (0..n)
+        .map(|i| ClassInfo {
+            wnid: format!("n{i:08}"),
+            name: format!("class {i}"),
+        })
+        .collect()
+}
+
+/// Class c: a bright square whose position and colour depend on c, on noise.
+fn make_set(
+    dir: &Path,
+    split: Split,
+    n_classes: usize,
+    per_class: usize,
+    seed: u64,
+) -> Arc<Dataset> {
+    let cfg = WriterConfig {
+        split,
+        side: SIDE,
+        codec: Codec::Raw,
+        jpeg_quality: 90,
+        classes: classes(n_classes),
+        max_shard_bytes: 1 << 20,
+    };
+    let mut w = DatasetWriter::create(dir, cfg).unwrap();
+    let side = SIDE as usize;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..per_class {
+        for c in 0..n_classes {
+            let mut px = vec![0u8; side * side * 3];
+            for p in px.iter_mut() {
+                *p = (rnd() % 96) as u8;
+            }
+            let (qy, qx) = ((c / 2) * side / 2, (c % 2) * side / 2);
+            let jitter = (rnd() % 8) as usize + i % 3;
+            for y in qy + 4 + jitter..qy + side / 2 - 4 {
+                for x in qx + 4..qx + side / 2 - 4 {
+                    let o = (y * side + x) * 3;
+                    px[o + c % 3] = 230;
+                    px[o + (c + 1) % 3] = 160;
+                }
+            }
+            w.push(c as u32, &px).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    Arc::new(Dataset::open(dir).unwrap())
+}
+
+fn config(max_steps: Option<u64>) -> TrainConfig {
+    TrainConfig {
+        model: "alexnet-tiny".into(),
+        batch_size: 8,
+        epochs: 3,
+        max_steps,
+        lr: 0.01,
+        schedule: ScheduleConfig::Plateau {
+            patience: 1,
+            threshold: 0.0,
+            factor: 0.1,
+            min_lr: 1e-6,
+        },
+        seed: 11,
+        checkpoint_every: 2,
+        log_every: 2,
+        final_ten_crop: false,
+        ..TrainConfig::default()
+    }
+}
+
+fn source(data: &Arc<Dataset>, seed: u64) -> ShardSource {
+    let lighting = Lighting {
+        eigval: [30.0, 5.0, 1.0],
+        eigvec: [[0.58, -0.7, 0.4], [0.58, 0.0, -0.8], [0.58, 0.7, 0.4]],
+        sigma: 0.1,
+    };
+    ShardSource::new(
+        data.clone(),
+        8,
+        seed,
+        AugmentConfig {
+            crop: 63,
+            mirror: true,
+            lighting: Some(lighting),
+        },
+    )
+    .unwrap()
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = checkpoint::load(path).unwrap();
+    ck.params
+        .iter()
+        .chain(ck.velocities.iter())
+        .map(|(n, t)| (n.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 10, 1); // 40 images, 5 batches
+    let val = make_set(&tmp.path().join("val"), Split::Val, 4, 2, 2);
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+    };
+    // 8 steps cross an epoch end (validation + schedule) at step 5.
+    let straight = tmp.path().join("straight");
+    let mut t = Trainer::new(config(Some(8)), classes(4), norm, Device::Cpu, &straight).unwrap();
+    let out = t
+        .run(&mut source(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    assert_eq!(out.steps, 8);
+    assert_eq!(t.position(), (1, 3));
+
+    let split = tmp.path().join("split");
+    let mut a = Trainer::new(config(Some(3)), classes(4), norm, Device::Cpu, &split).unwrap();
+    a.run(&mut source(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    assert_eq!(a.position(), (0, 3));
+    drop(a);
+    let mut b = Trainer::resume(
+        &split.join(LAST_CHECKPOINT),
+        config(Some(8)),
+        Device::Cpu,
+        &split,
+    )
+    .unwrap();
+    assert_eq!(b.step(), 3);
+    b.run(&mut source(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    assert_eq!(b.schedule(), t.schedule());
+
+    let w1 = weights(&straight.join(LAST_CHECKPOINT));
+    let w2 = weights(&split.join(LAST_CHECKPOINT));
+    assert_eq!(w1.len(), w2.len());
+    for ((n1, a), (n2, b)) in w1.iter().zip(&w2) {
+        assert_eq!(n1, n2);
+        assert!(a == b, "{n1} differs after resume");
+    }
+    // A different seed gives different weights: the comparison above can fail.
+    let other = tmp.path().join("other");
+    let mut c = Trainer::new(
+        TrainConfig {
+            seed: 12,
+            ..config(Some(8))
+        },
+        classes(4),
+        norm,
+        Device::Cpu,
+        &other,
+    )
+    .unwrap();
+    c.run(&mut source(&train, 12), Some(&val), &mut |_| {})
+        .unwrap();
+    assert_ne!(weights(&other.join(LAST_CHECKPOINT))[0].1, w1[0].1);
+}
+
+#[test]
+fn tiny_model_learns_well_above_chance() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 32, 3); // 128 images
+    let val = make_set(&tmp.path().join("val"), Split::Val, 4, 12, 4); // 48 images
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+    };
+    let cfg = TrainConfig {
+        epochs: 3,
+        max_steps: None,
+        lr: 0.01,
+        schedule: ScheduleConfig::Constant,
+        checkpoint_every: 0,
+        log_every: 8,
+        final_ten_crop: true,
+        ..config(None)
+    };
+    let mut t = Trainer::new(
+        cfg,
+        classes(4),
+        norm,
+        Device::Cpu,
+        tmp.path().join("out").as_path(),
+    )
+    .unwrap();
+    let out = t
+        .run(&mut source(&train, 5), Some(&val), &mut |_| {})
+        .unwrap();
+    let (mode, r) = out.final_eval.unwrap();
+    assert_eq!(mode, EvalMode::TenCrop);
+    assert_eq!(r.images, 48);
+    // Chance is 75% top-1 error with 4 classes; the bar is 25% (accuracy >= 75%).
+    assert!(
+        r.top1_err <= 0.25,
+        "top-1 error {} after {} steps",
+        r.top1_err,
+        out.steps
+    );
+    assert_eq!(r.top5_err, 0.0, "4 classes: always in the top 5");
+    let centre = t.evaluate(&val, EvalMode::Centre, None).unwrap();
+    assert!(
+        centre.top1_err <= 0.25,
+        "centre top-1 error {}",
+        centre.top1_err
+    );
+    let metrics = sv_train::metrics::read_metrics(&tmp.path().join("out/metrics.jsonl")).unwrap();
+    assert!(metrics.len() >= 3 + 3 + 1, "{} records", metrics.len());
+}
+
+#[test]
+fn bench_compute_runs_on_cpu() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        model: "alexnet-owt-tiny".into(),
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(
+        cfg,
+        classes(3),
+        Normalization::default(),
+        Device::Cpu,
+        tmp.path(),
+    )
+    .unwrap();
+    let ips = t.bench_compute(2, 1).unwrap();
+    assert!(ips > 0.0);
+    assert_eq!(t.step(), 3);
+}
