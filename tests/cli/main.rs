@@ -1,2 +1,4 @@
 //! End-to-end tests: each module drives the real `supervision` binary on data it
 //! generates (synthetic images, generated shards) and checks behaviour, not speed.
+
+mod shard;
