@@ -9,22 +9,21 @@
 //! - Per-element (mean image) sums go first into `u16` lanes, which hold 257 images
 //!   (257 x 255 = 65,535), and are then flushed into `u64` totals.
 //! - The six distinct products of the covariance (RR, GG, BB, RG, RB, GB) go into
-//!   `u32` lanes for at most [`FLUSH_BLOCKS`] blocks of 16 pixels (each product is at
-//!   most 255 x 255 = 65,025), then into `u64` totals. The `u64` totals hold
+//!   32-bit lanes, flushed into `u64` totals well before they could overflow (each
+//!   product is at most 255 x 255 = 65,025). The `u64` totals hold
 //!   `u64::MAX / 65,025` pixels: 4.3 billion 256x256 images; past that
 //!   [`Accumulator::add_image`] returns [`StatsError::Limit`].
 //!
 //! # Why the loop has this shape
 //!
-//! The pass is bound by memory bandwidth, so the inner loop must run in SIMD
-//! registers. Pixels are interleaved (R G B R G B ...), which defeats a per-channel
-//! loop; instead the bytes are taken in blocks of 48 (16 pixels), and lane `j` of
-//! three 48-lane accumulators collects `b[j]^2`, `b[j] * b[j+1]` and `b[j] * b[j+2]`.
-//! Because 48 is a multiple of 3, lane `j` always holds channel `j % 3`, so after the
-//! loop the lanes fold into the six products (lanes pairing a pixel's blue with the
-//! next pixel's red are discarded). This is plain element-wise code over fixed-size
-//! arrays, which the compiler vectorises; on x86-64 the same code is also compiled
-//! for AVX2 and chosen at run time.
+//! The pass should be bound by memory bandwidth, so the inner loop must run in SIMD
+//! registers. Pixels are interleaved (R G B R G B ...); blocks of 48 bytes (16
+//! pixels) are split into R, G and B vectors, and each product is summed lane-wise.
+//! On x86-64 with AVX2 (checked at run time) this is done with byte shuffles and
+//! `vpmaddwd`; elsewhere plain Rust over fixed-size arrays, which the compiler
+//! vectorises for the baseline target. Both give the same exact integers (a test
+//! checks the two paths against each other). The last pixels of an image that do not
+//! fill a block are added one at a time.
 
 use crate::StatsError;
 
@@ -48,15 +47,6 @@ pub mod product {
 
 /// Images a `u16` lane holds before it must be flushed: 257 x 255 = 65,535.
 const LANE_IMAGES: u32 = (u16::MAX / 255) as u32;
-/// Bytes per product block: 16 pixels, a multiple of 3 so lane `j` is channel `j % 3`.
-const BLOCK: usize = 48;
-/// A block and the two bytes its shifted products look at.
-const WINDOW: usize = BLOCK + 2;
-/// Blocks per chunk: the mean-image lanes and the products read the same 3 KiB while
-/// it is in L1.
-const CHUNK_BLOCKS: usize = 64;
-/// Blocks a `u32` product lane absorbs before it is flushed: 32,768 x 65,025 < 2^32.
-pub const FLUSH_BLOCKS: usize = 32_768;
 /// Largest pixel count whose product sums fit in `u64`.
 const MAX_PIXELS: u64 = u64::MAX / (255 * 255);
 
@@ -242,122 +232,19 @@ impl Accumulator {
     }
 }
 
-/// The inner loop, compiled for the baseline target and (on x86-64) for AVX2.
+/// The inner loop: blocks of 16 pixels, then the last few pixels one at a time.
 mod kernel {
-    use super::{BLOCK, CHUNK_BLOCKS, FLUSH_BLOCKS, WINDOW, product};
+    use super::product;
 
     /// Add `px` into the mean-image lanes and its channel products into `products`.
     pub(super) fn add(lanes: &mut [u16], px: &[u8], products: &mut [u64; 6]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked on the line above.
-                unsafe { add_avx2(lanes, px, products) };
-                return;
-            }
-        }
-        add_generic(lanes, px, products);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn add_avx2(lanes: &mut [u16], px: &[u8], products: &mut [u64; 6]) {
-        add_generic(lanes, px, products);
-    }
-
-    /// Per-lane product sums of up to [`FLUSH_BLOCKS`] blocks.
-    struct ProductLanes {
-        sq: [u32; BLOCK],
-        next1: [u32; BLOCK],
-        next2: [u32; BLOCK],
-    }
-
-    impl ProductLanes {
-        #[inline(always)]
-        fn add_block(&mut self, w: &[u8; WINDOW]) {
-            for j in 0..BLOCK {
-                let x = u16::from(w[j]);
-                // Each product is at most 65,025: it fits u16 before widening.
-                self.sq[j] = self.sq[j].wrapping_add(u32::from(x * x));
-                self.next1[j] = self.next1[j].wrapping_add(u32::from(x * u16::from(w[j + 1])));
-                self.next2[j] = self.next2[j].wrapping_add(u32::from(x * u16::from(w[j + 2])));
-            }
-        }
-
-        #[inline(always)]
-        fn flush_into(&mut self, products: &mut [u64; 6]) {
-            for j in 0..BLOCK {
-                let (sq, n1, n2) = (
-                    u64::from(self.sq[j]),
-                    u64::from(self.next1[j]),
-                    u64::from(self.next2[j]),
-                );
-                match j % 3 {
-                    0 => {
-                        products[product::RR] += sq;
-                        products[product::RG] += n1;
-                        products[product::RB] += n2;
-                    }
-                    1 => {
-                        products[product::GG] += sq;
-                        products[product::GB] += n1;
-                        // n2 pairs this green with the next pixel's red: discarded.
-                    }
-                    _ => {
-                        products[product::BB] += sq;
-                        // n1 and n2 pair this blue with the next pixel: discarded.
-                    }
-                }
-            }
-            *self = ProductLanes::ZERO;
-        }
-
-        const ZERO: ProductLanes = ProductLanes {
-            sq: [0; BLOCK],
-            next1: [0; BLOCK],
-            next2: [0; BLOCK],
-        };
-    }
-
-    #[inline(always)]
-    fn add_bytes(lanes: &mut [u16], px: &[u8]) {
-        for (l, &p) in lanes.iter_mut().zip(px) {
+        let n = px.len().min(lanes.len());
+        let (lanes, px) = (&mut lanes[..n], &px[..n]);
+        let done = blocks(lanes, px, products);
+        for (l, &p) in lanes[done..].iter_mut().zip(&px[done..]) {
             *l = l.wrapping_add(u16::from(p));
         }
-    }
-
-    #[inline(always)]
-    fn add_generic(lanes: &mut [u16], px: &[u8], products: &mut [u64; 6]) {
-        let n = px.len().min(lanes.len());
-        // Blocks whose two-byte look-ahead stays inside the image.
-        let full = n.saturating_sub(2) / BLOCK;
-        let mut acc = ProductLanes::ZERO;
-        let mut since_flush = 0;
-        let mut block = 0;
-        while block < full {
-            let end = (block + CHUNK_BLOCKS).min(full);
-            let (lo, hi) = (block * BLOCK, end * BLOCK);
-            add_bytes(&mut lanes[lo..hi], &px[lo..hi]);
-            for o in (lo..hi).step_by(BLOCK) {
-                if let Some(w) = px
-                    .get(o..o + WINDOW)
-                    .and_then(|s| <&[u8; WINDOW]>::try_from(s).ok())
-                {
-                    acc.add_block(w);
-                }
-            }
-            since_flush += end - block;
-            if since_flush >= FLUSH_BLOCKS {
-                acc.flush_into(products);
-                since_flush = 0;
-            }
-            block = end;
-        }
-        acc.flush_into(products);
-        // The last pixels (fewer than 17), one at a time.
-        let lo = full * BLOCK;
-        add_bytes(&mut lanes[lo..n], &px[lo..n]);
-        for p in px[lo..n].chunks_exact(3) {
+        for p in px[done..].chunks_exact(3) {
             let (r, g, b) = (u64::from(p[0]), u64::from(p[1]), u64::from(p[2]));
             products[product::RR] += r * r;
             products[product::GG] += g * g;
@@ -365,6 +252,168 @@ mod kernel {
             products[product::RG] += r * g;
             products[product::RB] += r * b;
             products[product::GB] += g * b;
+        }
+    }
+
+    /// Whole 48-byte blocks, by the fastest path this CPU has; returns the bytes done.
+    fn blocks(lanes: &mut [u16], px: &[u8], products: &mut [u64; 6]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked on the line above.
+                return unsafe { avx2::blocks(lanes, px, products) };
+            }
+        }
+        portable::blocks(lanes, px, products)
+    }
+
+    /// Plain Rust over fixed-size arrays, which the compiler vectorises for the
+    /// baseline target: pixels are split into R, G, B arrays of 16, then each product
+    /// goes into 16 `u32` lanes.
+    pub(super) mod portable {
+        /// Blocks a `u32` lane absorbs (at most 65,025 each) before it is flushed.
+        const FLUSH_BLOCKS: usize = 32_768;
+
+        pub(crate) fn blocks(lanes: &mut [u16], px: &[u8], products: &mut [u64; 6]) -> usize {
+            let mut acc = [[0u32; 16]; 6];
+            let mut done = 0;
+            let mut since_flush = 0;
+            for (block, lane) in px.chunks_exact(48).zip(lanes.chunks_exact_mut(48)) {
+                for (l, &b) in lane.iter_mut().zip(block) {
+                    *l = l.wrapping_add(u16::from(b));
+                }
+                let (mut r, mut g, mut b) = ([0u16; 16], [0u16; 16], [0u16; 16]);
+                for (k, p) in block.chunks_exact(3).enumerate() {
+                    r[k] = u16::from(p[0]);
+                    g[k] = u16::from(p[1]);
+                    b[k] = u16::from(p[2]);
+                }
+                // Each product is at most 255 x 255 = 65,025: it fits u16.
+                for k in 0..16 {
+                    acc[0][k] = acc[0][k].wrapping_add(u32::from(r[k] * r[k]));
+                    acc[1][k] = acc[1][k].wrapping_add(u32::from(g[k] * g[k]));
+                    acc[2][k] = acc[2][k].wrapping_add(u32::from(b[k] * b[k]));
+                    acc[3][k] = acc[3][k].wrapping_add(u32::from(r[k] * g[k]));
+                    acc[4][k] = acc[4][k].wrapping_add(u32::from(r[k] * b[k]));
+                    acc[5][k] = acc[5][k].wrapping_add(u32::from(g[k] * b[k]));
+                }
+                done += 48;
+                since_flush += 1;
+                if since_flush == FLUSH_BLOCKS {
+                    flush(&mut acc, products);
+                    since_flush = 0;
+                }
+            }
+            flush(&mut acc, products);
+            done
+        }
+
+        fn flush(acc: &mut [[u32; 16]; 6], products: &mut [u64; 6]) {
+            // acc follows the order of `product` (RR, GG, BB, RG, RB, GB).
+            for (p, a) in products.iter_mut().zip(acc.iter_mut()) {
+                *p += a.iter().map(|&x| u64::from(x)).sum::<u64>();
+                *a = [0; 16];
+            }
+        }
+    }
+
+    /// AVX2: three 16-byte loads are split into R, G, B vectors with byte shuffles,
+    /// widened to 16 x u16, and `vpmaddwd` multiplies and adds pixel pairs of the
+    /// same channels into 8 x i32 lanes per product.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) mod avx2 {
+        use std::arch::x86_64::*;
+
+        /// Blocks an i32 lane absorbs (at most 2 x 65,025 each) before it is flushed.
+        const FLUSH_BLOCKS: usize = 16_384;
+        /// `pshufb` index that zeroes the output byte.
+        const Z: i8 = -128;
+
+        fn mask(i: [i8; 16]) -> __m128i {
+            // SAFETY: SSE2 is part of the x86-64 baseline.
+            unsafe {
+                _mm_setr_epi8(
+                    i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7], i[8], i[9], i[10], i[11],
+                    i[12], i[13], i[14], i[15],
+                )
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        fn flush(acc: &mut [__m256i; 6], products: &mut [u64; 6]) {
+            // acc follows the order of `product` (RR, GG, BB, RG, RB, GB).
+            for (p, a) in products.iter_mut().zip(acc.iter_mut()) {
+                let mut lanes = [0u32; 8];
+                // SAFETY: `lanes` is 32 bytes, the size of one unaligned store.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), *a) };
+                *p += lanes.iter().map(|&x| u64::from(x)).sum::<u64>();
+                *a = _mm256_setzero_si256();
+            }
+        }
+
+        /// # Safety
+        ///
+        /// The CPU must support AVX2.
+        #[target_feature(enable = "avx2")]
+        pub(crate) unsafe fn blocks(
+            lanes: &mut [u16],
+            px: &[u8],
+            products: &mut [u64; 6],
+        ) -> usize {
+            // Bytes of a 48-byte block: a = px[0..16], b = px[16..32], c = px[32..48];
+            // pixel k's red is byte 3k, which lies in a for k < 6, b for k < 11, c after.
+            let r_a = mask([0, 3, 6, 9, 12, 15, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z]);
+            let r_b = mask([Z, Z, Z, Z, Z, Z, 2, 5, 8, 11, 14, Z, Z, Z, Z, Z]);
+            let r_c = mask([Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, 1, 4, 7, 10, 13]);
+            let g_a = mask([1, 4, 7, 10, 13, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z]);
+            let g_b = mask([Z, Z, Z, Z, Z, 0, 3, 6, 9, 12, 15, Z, Z, Z, Z, Z]);
+            let g_c = mask([Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, 2, 5, 8, 11, 14]);
+            let b_a = mask([2, 5, 8, 11, 14, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z]);
+            let b_b = mask([Z, Z, Z, Z, Z, 1, 4, 7, 10, 13, Z, Z, Z, Z, Z, Z]);
+            let b_c = mask([Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, 0, 3, 6, 9, 12, 15]);
+            let pick = |a, b, c, ma, mb, mc| {
+                _mm_or_si128(
+                    _mm_or_si128(_mm_shuffle_epi8(a, ma), _mm_shuffle_epi8(b, mb)),
+                    _mm_shuffle_epi8(c, mc),
+                )
+            };
+            let mut acc = [_mm256_setzero_si256(); 6];
+            let mut done = 0;
+            let mut since_flush = 0;
+            for (block, lane) in px.chunks_exact(48).zip(lanes.chunks_exact_mut(48)) {
+                let src = block.as_ptr();
+                let dst = lane.as_mut_ptr();
+                // SAFETY: `block` is 48 bytes and `lane` 48 u16 (96 bytes); the loads
+                // read src[0..48], the stores write dst[0..48], all unaligned.
+                let (a, b, c) = unsafe {
+                    let a = _mm_loadu_si128(src.cast());
+                    let b = _mm_loadu_si128(src.add(16).cast());
+                    let c = _mm_loadu_si128(src.add(32).cast());
+                    for (k, v) in [a, b, c].into_iter().enumerate() {
+                        let at = dst.add(16 * k).cast::<__m256i>();
+                        let sum = _mm256_add_epi16(_mm256_loadu_si256(at), _mm256_cvtepu8_epi16(v));
+                        _mm256_storeu_si256(at, sum);
+                    }
+                    (a, b, c)
+                };
+                let r = _mm256_cvtepu8_epi16(pick(a, b, c, r_a, r_b, r_c));
+                let g = _mm256_cvtepu8_epi16(pick(a, b, c, g_a, g_b, g_c));
+                let bl = _mm256_cvtepu8_epi16(pick(a, b, c, b_a, b_b, b_c));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(r, r));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(g, g));
+                acc[2] = _mm256_add_epi32(acc[2], _mm256_madd_epi16(bl, bl));
+                acc[3] = _mm256_add_epi32(acc[3], _mm256_madd_epi16(r, g));
+                acc[4] = _mm256_add_epi32(acc[4], _mm256_madd_epi16(r, bl));
+                acc[5] = _mm256_add_epi32(acc[5], _mm256_madd_epi16(g, bl));
+                done += 48;
+                since_flush += 1;
+                if since_flush == FLUSH_BLOCKS {
+                    flush(&mut acc, products);
+                    since_flush = 0;
+                }
+            }
+            flush(&mut acc, products);
+            done
         }
     }
 }
@@ -387,7 +436,13 @@ mod tests {
     }
 
     fn naive(images: &[Vec<u8>], side: u32) -> (Vec<u64>, [u64; 3], [u64; 6]) {
-        let mut sums = vec![0u64; (side * side * 3) as usize];
+        let mut sums = vec![
+            0u64;
+            images
+                .first()
+                .map_or(0, Vec::len)
+                .max((side * side * 3) as usize)
+        ];
         let mut ch = [0u64; 3];
         let mut prod = [0u64; 6];
         for img in images {
@@ -446,13 +501,44 @@ mod tests {
 
     #[test]
     fn product_lanes_flush_before_overflow() {
-        // One image with more than FLUSH_BLOCKS blocks of saturated pixels.
+        // One image with more blocks than either path's flush interval (65,536),
+        // every product at its largest.
         let side = 1024u32; // 1024*1024*3 / 48 = 65,536 blocks
         let img = vec![255u8; (side * side * 3) as usize];
         let mut acc = Accumulator::new(side).unwrap();
         acc.add_image(&img).unwrap();
         let px = u64::from(side * side);
         assert_eq!(acc.totals().products, [65_025 * px; 6]);
+    }
+
+    #[test]
+    fn simd_and_portable_paths_agree() {
+        for len in [0usize, 48, 96, 480, 196_608, 48 * 40_000] {
+            let px = bytes(len as u64 + 5, len);
+            let mut lanes_p = bytes(7, len)
+                .iter()
+                .map(|&b| u16::from(b))
+                .collect::<Vec<_>>();
+            let mut prod_p = [3u64; 6];
+            let done = kernel::portable::blocks(&mut lanes_p, &px, &mut prod_p);
+            assert_eq!(done, len);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                let mut lanes_a = bytes(7, len)
+                    .iter()
+                    .map(|&b| u16::from(b))
+                    .collect::<Vec<_>>();
+                let mut prod_a = [3u64; 6];
+                // SAFETY: AVX2 support was checked above.
+                let done = unsafe { kernel::avx2::blocks(&mut lanes_a, &px, &mut prod_a) };
+                assert_eq!(done, len);
+                assert_eq!(prod_a, prod_p, "len {len}");
+                assert_eq!(lanes_a, lanes_p, "len {len}");
+            }
+            let (_, _, naive_prod) = naive(std::slice::from_ref(&px), 0);
+            let want: Vec<u64> = naive_prod.iter().map(|p| p + 3).collect();
+            assert_eq!(prod_p.to_vec(), want, "len {len}");
+        }
     }
 
     #[test]

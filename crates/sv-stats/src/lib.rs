@@ -58,7 +58,7 @@ mod stats;
 use std::io::Write;
 use std::path::Path;
 
-pub use accum::{Accumulator, FLUSH_BLOCKS, Totals, product};
+pub use accum::{Accumulator, Totals, product};
 pub use compute::{ComputeConfig, Computed, SAMPLE_STREAM, compute, selection};
 pub use error::StatsError;
 pub use npy::MeanImage;
