@@ -241,7 +241,7 @@ pub fn build(
         let outcome = (|| -> Result<(), BuildError> {
             let mut ready: BTreeMap<usize, Result<Vec<u8>, String>> = BTreeMap::new();
             let mut next = start;
-            let mut rejected = rejects.len();
+            let mut rejected = rejects.len() + pending_rejects.len();
             while next < images.len() {
                 let Ok((i, r)) = rx.recv() else {
                     return Err(BuildError::Input(
@@ -254,13 +254,15 @@ pub fn build(
                     match r {
                         Ok(payload) => {
                             if let Some(closed) = writer.push_encoded(img.label, &payload)? {
+                                let shard_rejects = std::mem::take(&mut pending_rejects);
+                                rejects.extend(shard_rejects.iter().cloned());
                                 journal_append(
                                     &mut journal_file,
                                     out,
                                     &JournalShard {
                                         shard: closed,
                                         next_image: next,
-                                        rejects: std::mem::take(&mut pending_rejects),
+                                        rejects: shard_rejects,
                                     },
                                 )?;
                                 progress(Progress::Shard {
