@@ -68,8 +68,8 @@ TOL_EIGVAL = 1e-10
 TOL_EIGVEC = 1e-8
 
 
-def generate(n, side):
-    """Images (n, side, side, 3) uint8 from a fixed integer formula.
+def generate(n, side, first=0):
+    """Images first..first+n as (n, side, side, 3) uint8, from a fixed integer formula.
 
     With i, y, x the image, row and column (uint32, arithmetic mod 2^32):
       h(c)  = mix((i*73856093) ^ (y*19349663) ^ (x*83492791) ^ (c*2654435761))
@@ -77,7 +77,7 @@ def generate(n, side):
       base  = (i*37 + y*11 + x*5) % 160
       R = base + h(0) % 96;  G = (3*base)//4 + h(1) % 64 + 40;  B = base//2 + h(2) % 128
     """
-    i, y, x = np.meshgrid(np.arange(n, dtype=np.uint32), np.arange(side, dtype=np.uint32),
+    i, y, x = np.meshgrid(np.arange(first, first + n, dtype=np.uint32), np.arange(side, dtype=np.uint32),
                           np.arange(side, dtype=np.uint32), indexing="ij")
 
     def h(c):

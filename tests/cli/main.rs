@@ -1,4 +1,5 @@
 //! End-to-end tests: each module drives the real `supervision` binary on data it
 //! generates (synthetic images, generated shards) and checks behaviour, not speed.
 
+mod pca;
 mod shard;

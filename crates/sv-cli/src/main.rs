@@ -25,6 +25,9 @@ enum Command {
     /// Build, verify, inspect and export shard datasets.
     #[command(subcommand)]
     Shard(commands::shard::Cmd),
+    /// Dataset statistics: mean image, channel moments, RGB covariance and PCA.
+    #[command(subcommand)]
+    Pca(commands::pca::Cmd),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
     let result = match cli.command {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),
+        Command::Pca(cmd) => commands::pca::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,149 @@
+//! `supervision pca compute`: the training set's statistics (mean image, channel
+//! moments, RGB covariance and its principal components) for mean subtraction and
+//! PCA lighting. The library side is `sv_stats`; this turns flags into a
+//! `ComputeConfig`, draws the progress bar and writes the files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args as ClapArgs, Subcommand};
+use sv_shard::Dataset;
+use sv_stats::{ComputeConfig, MeanImageInfo};
+
+use crate::progress;
+
+/// Dataset statistics commands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// One streaming pass over a shard dataset (raw or jpeg): per-pixel mean image,
+    /// per-channel mean and standard deviation, the 3x3 RGB covariance and its
+    /// eigen-decomposition, written as JSON (values for 0-255 and [0,1] pixels, and
+    /// the PCA lighting magnitudes of the paper's and cuda-convnet2's conventions).
+    ///
+    /// The result is identical for any --workers. Every record's CRC-32 is checked
+    /// unless --no-verify is given.
+    Compute(ComputeArgs),
+}
+
+/// Flags of `pca compute`.
+#[derive(ClapArgs, Debug)]
+pub struct ComputeArgs {
+    /// The shard dataset (normally the training split).
+    #[arg(long, value_name = "DIR")]
+    shards: PathBuf,
+    /// Where to write the statistics JSON.
+    #[arg(long, value_name = "FILE.json")]
+    output: PathBuf,
+    /// Also write the per-pixel mean image: numpy .npy, float32, shape (3, side, side)
+    /// (CHW, RGB), 0-255 scale.
+    #[arg(long, value_name = "FILE.npy")]
+    mean_image: Option<PathBuf>,
+    /// Use a seeded subset of N records for a quick estimate.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sample: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    workers: Option<u64>,
+    /// Seed of the --sample draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Skip the per-record CRC-32 check (a little faster; a damaged raw record would
+    /// then go into the statistics unnoticed).
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// Run a `pca` command.
+pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    match cmd {
+        Cmd::Compute(args) => compute(args),
+    }
+}
+
+fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
+    let dataset = Dataset::open(&args.shards)
+        .with_context(|| format!("opening shard dataset {}", args.shards.display()))?;
+    if dataset.is_empty() {
+        bail!(
+            "{}: the dataset holds no records; statistics need at least one image",
+            args.shards.display()
+        );
+    }
+    let config = ComputeConfig {
+        workers: args
+            .workers
+            .map_or_else(num_cpus::get, |w| usize::try_from(w).unwrap_or(usize::MAX)),
+        sample: args.sample,
+        seed: args.seed,
+        verify: !args.no_verify,
+    };
+    let visit = args
+        .sample
+        .map_or(dataset.len() as u64, |n| n.min(dataset.len() as u64));
+    let bar = progress::bar(visit, "images");
+    let started = Instant::now();
+    let computed = sv_stats::compute(&dataset, &config, &|n| bar.inc(n))
+        .with_context(|| format!("computing statistics of {}", args.shards.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let mut stats = computed.stats;
+    if let Some(path) = &args.mean_image {
+        ensure_parent(path)?;
+        computed
+            .mean_image
+            .save_npy(path)
+            .context("writing the mean image")?;
+        stats.mean_image = Some(MeanImageInfo::new(
+            path.display().to_string(),
+            computed.mean_image.side,
+        ));
+    }
+    ensure_parent(&args.output)?;
+    stats
+        .save(&args.output)
+        .context("writing the statistics")?;
+
+    let bytes = stats.pixels as f64 * 3.0;
+    let workers = config.workers.clamp(1, visit.max(1) as usize);
+    println!(
+        "{} images of {} records ({} pixels each channel), {:.1} MB of pixels in {:.2} s: {:.2} GB/s with {} workers{}",
+        stats.images,
+        stats.source.records,
+        stats.pixels,
+        bytes / 1e6,
+        seconds,
+        bytes / seconds.max(1e-9) / 1e9,
+        workers,
+        if config.verify { ", CRC-checked" } else { "" }
+    );
+    let s = &stats.scale_255;
+    println!("0-255 scale   mean {}", fmt3(&s.mean));
+    println!("              std  {}", fmt3(&s.std));
+    println!("              eigenvalues {}", fmt3(&s.eigenvalues));
+    let u = &stats.scale_unit;
+    println!("[0,1] scale   mean {}", fmt3(&u.mean));
+    println!("              std  {}", fmt3(&u.std));
+    println!("              eigenvalues {}", fmt3(&u.eigenvalues));
+    for (i, v) in stats.eigenvectors.iter().enumerate() {
+        println!("eigenvector {i}  {}", fmt3(v));
+    }
+    println!("wrote {}", args.output.display());
+    if let Some(path) = &args.mean_image {
+        println!("wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+fn fmt3(v: &[f64; 3]) -> String {
+    format!("[{:.6}, {:.6}, {:.6}]", v[0], v[1], v[2])
+}
+
+fn ensure_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+    }
+    Ok(())
+}
