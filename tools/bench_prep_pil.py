@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Per-image preparation speed: PIL (multiprocessing) against `supervision shard build`.
+
+Both do the same job on the same images: decode, convert to RGB, shorter side to
+SIZE with an antialiasing (BILINEAR) filter, centre SIZE x SIZE crop, and write the
+raw SIZE*SIZE*3 bytes of every image to disk (PIL: one output file, in order;
+supervision: raw shards). PIL runs one process per core (Pool.imap, chunks of 16)
+with the same geometry sv-image uses (resize of the centred square box, which is
+also PIL's fastest way to do it). PIL decodes JPEGs at full size unless
+--pil-draft-gap is given (then draft() reduces the DCT scale while the shorter side
+stays >= gap * SIZE, the same rule as sv-image's reduce_gap).
+
+Each side runs --repeat times, alternating, on a warm page cache; the best run of
+each is reported, as images/s and the ratio.
+
+Usage:
+  cargo build --release -p sv-cli
+  target/release/supervision synth --output /tmp/synth --classes 10 --per-class 50
+  python3 tools/bench_prep_pil.py /tmp/synth/train [--workers N] [--repeat 3]
+
+Runs itself under a cached venv with Pillow (~/.cache/supervision/venv-tools),
+creating it on first use.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from pathlib import Path
+
+VENV = Path.home() / ".cache" / "supervision" / "venv-tools"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ensure_pillow():
+    try:
+        import PIL  # noqa: F401
+        return
+    except ImportError:
+        pass
+    py = VENV / "bin" / "python"
+    if os.environ.get("SV_TOOLS_VENV") == "1":
+        sys.exit("Pillow is still missing inside %s" % VENV)
+    if not py.exists():
+        print("creating %s (pillow, numpy)" % VENV, file=sys.stderr)
+        venv.create(VENV, with_pip=True)
+        subprocess.check_call([str(py), "-m", "pip", "install", "--quiet", "pillow", "numpy"])
+    env = dict(os.environ, SV_TOOLS_VENV="1")
+    os.execve(str(py), [str(py), __file__] + sys.argv[1:], env)
+
+
+SIZE = 256
+DRAFT_GAP = 0.0
+
+
+def init(size, draft_gap):
+    global SIZE, DRAFT_GAP
+    SIZE, DRAFT_GAP = size, draft_gap
+
+
+def prepare(path):
+    """One image -> SIZE*SIZE*3 RGB bytes, or None when PIL cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if DRAFT_GAP > 0 and im.format == "JPEG":
+                want = int(SIZE * DRAFT_GAP)
+                im.draft("RGB", (want, want))
+            im = im.convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+            return im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box).tobytes()
+    except Exception:  # a reject, as the shard build's rejects report
+        return None
+
+
+def run_pil(files, workers, size, draft_gap, out_file):
+    import multiprocessing as mp
+
+    t = time.perf_counter()
+    done = 0
+    with mp.Pool(workers, initializer=init, initargs=(size, draft_gap)) as pool, open(out_file, "wb") as f:
+        for raw in pool.imap(prepare, files, chunksize=16):
+            if raw is not None:
+                f.write(raw)
+                done += 1
+    return done, time.perf_counter() - t
+
+
+def run_supervision(binary, input_dir, workers, size, out_dir):
+    t = time.perf_counter()
+    r = subprocess.run(
+        [str(binary), "shard", "build", "--input", str(input_dir), "--output", str(out_dir),
+         "--codec", "raw", "--workers", str(workers), "--size", str(size)],
+        capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit("supervision shard build failed (%d):\n%s%s" % (r.returncode, r.stdout, r.stderr))
+    return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "", dt
+
+
+def main():
+    ensure_pillow()
+    import PIL
+
+    ap = argparse.ArgumentParser(description="PIL vs supervision shard build, images/s")
+    ap.add_argument("input", help="image tree (e.g. synth's train/ folder)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="processes / workers (default: cores)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pil-draft-gap", type=float, default=0.0,
+                    help="let PIL decode JPEGs at reduced DCT scale (draft) keeping >= gap*size; 0 = off")
+    ap.add_argument("--bin", default=str(REPO / "target" / "release" / "supervision"))
+    args = ap.parse_args()
+
+    binary = Path(args.bin)
+    if not binary.exists():
+        sys.exit("%s not found: cargo build --release -p sv-cli" % binary)
+    files = sorted(str(p) for p in Path(args.input).rglob("*") if p.is_file())
+    if not files:
+        sys.exit("no files under %s" % args.input)
+    for p in files:  # warm the page cache for both sides
+        Path(p).read_bytes()
+
+    pil_best, sv_best, pil_n, summary = None, None, 0, ""
+    with tempfile.TemporaryDirectory(prefix="sv-bench-prep-") as tmp:
+        for _ in range(args.repeat):
+            pil_n, dt = run_pil(files, args.workers, args.size, args.pil_draft_gap, Path(tmp) / "pil.raw")
+            pil_best = dt if pil_best is None else min(pil_best, dt)
+            out = Path(tmp) / "shards"
+            summary, dt = run_supervision(binary, args.input, args.workers, args.size, out)
+            shutil.rmtree(out, ignore_errors=True)
+            sv_best = dt if sv_best is None else min(sv_best, dt)
+
+    n = len(files)
+    pil_rate, sv_rate = pil_n / pil_best, n / sv_best
+    print("images: %d under %s, workers %d, size %d, best of %d runs" % (n, args.input, args.workers, args.size, args.repeat))
+    print("PIL %s multiprocessing%s: %d images in %.2fs = %.1f images/s"
+          % (PIL.__version__, " (draft gap %g)" % args.pil_draft_gap if args.pil_draft_gap else "",
+             pil_n, pil_best, pil_rate))
+    print("supervision shard build --codec raw: %d inputs in %.2fs = %.1f images/s" % (n, sv_best, sv_rate))
+    if summary:
+        print("  (%s)" % summary)
+    print("ratio supervision / PIL: %.2fx" % (sv_rate / pil_rate))
+
+
+if __name__ == "__main__":
+    main()
