@@ -3,3 +3,5 @@
 
 mod pca;
 mod shard;
+#[cfg(feature = "train")]
+mod train;

@@ -28,6 +28,21 @@ enum Command {
     /// Dataset statistics: mean image, channel moments, RGB covariance and PCA.
     #[command(subcommand)]
     Pca(commands::pca::Cmd),
+    /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
+    #[cfg(feature = "train")]
+    Train(Box<commands::train::Args>),
+    /// Top-1/top-5 error of a checkpoint on a validation shard set.
+    #[cfg(feature = "train")]
+    Eval(commands::eval::Args),
+    /// Top-5 classes of image files under a checkpoint.
+    #[cfg(feature = "train")]
+    Predict(commands::predict::Args),
+    /// Describe the models: layers, output shapes, parameter counts.
+    #[cfg(feature = "train")]
+    #[command(subcommand)]
+    Model(commands::model::Cmd),
+    /// Draw loss, errors and learning rate from a metrics.jsonl to a PNG.
+    Plot(commands::plot::Args),
 }
 
 fn main() {
@@ -37,6 +52,15 @@ fn main() {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),
         Command::Pca(cmd) => commands::pca::run(cmd),
+        #[cfg(feature = "train")]
+        Command::Train(args) => commands::train::run(*args),
+        #[cfg(feature = "train")]
+        Command::Eval(args) => commands::eval::run(args),
+        #[cfg(feature = "train")]
+        Command::Predict(args) => commands::predict::run(args),
+        #[cfg(feature = "train")]
+        Command::Model(cmd) => commands::model::run(cmd),
+        Command::Plot(args) => commands::plot::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -101,6 +101,39 @@ pub fn predict_probs(
     sum.f_div_scalar(views as f64).ctx(|| "average".into())
 }
 
+/// Class probabilities of `n` host images (uint8 HWC, `side x side x 3` each, back to
+/// back in `pixels`): one `Vec` of `classes` probabilities per image.
+pub fn predict_host(
+    model: &Model,
+    norm: &DeviceNorm,
+    pixels: &[u8],
+    side: usize,
+    mode: EvalMode,
+) -> Result<Vec<Vec<f32>>> {
+    let per = side * side * 3;
+    if per == 0 || !pixels.len().is_multiple_of(per) {
+        return Err(TrainError::Data(format!(
+            "{} bytes are not whole {side}x{side} RGB images",
+            pixels.len()
+        )));
+    }
+    let n = pixels.len() / per;
+    let images = Tensor::f_from_data_size(
+        pixels,
+        &[n as i64, side as i64, side as i64, 3],
+        Kind::Uint8,
+    )
+    .and_then(|t| t.f_to_device(model.device()))
+    .ctx(|| "upload images".into())?;
+    let probs = predict_probs(model, norm, &images, mode)?
+        .f_to_device(Device::Cpu)
+        .ctx(|| "download probabilities".into())?;
+    let classes = model.spec().classes as usize;
+    let flat: Vec<f32> = Vec::<f32>::try_from(probs.f_flatten(0, -1).ctx(|| "flatten".into())?)
+        .ctx(|| "read probabilities".into())?;
+    Ok(flat.chunks(classes).map(<[f32]>::to_vec).collect())
+}
+
 /// Scores `data` (or its first `limit` images) in batches of `batch_size`;
 /// `progress` gets the number of images done so far.
 pub fn evaluate(

@@ -239,7 +239,7 @@ fn tiny_model_learns_well_above_chance() {
         centre.top1_err
     );
     let metrics = sv_train::metrics::read_metrics(&tmp.path().join("out/metrics.jsonl")).unwrap();
-    assert!(metrics.len() >= 3 + 3 + 1, "{} records", metrics.len());
+    assert!(metrics.len() > 3 + 3, "{} records", metrics.len());
 }
 
 #[test]

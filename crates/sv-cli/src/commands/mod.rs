@@ -4,3 +4,12 @@
 pub mod pca;
 pub mod shard;
 pub mod synth;
+#[cfg(feature = "train")]
+pub mod eval;
+#[cfg(feature = "train")]
+pub mod model;
+pub mod plot;
+#[cfg(feature = "train")]
+pub mod predict;
+#[cfg(feature = "train")]
+pub mod train;

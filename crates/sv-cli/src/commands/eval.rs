@@ -1,0 +1,91 @@
+//! `supervision eval --checkpoint F --val DIR [--ten-crop]`: top-1 and top-5 error of a
+//! checkpoint on a validation shard set.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sv_shard::Dataset;
+use sv_train::checkpoint;
+use sv_train::eval::{EvalMode, evaluate};
+use sv_train::input::DeviceNorm;
+use sv_train::model::Model;
+
+/// Flags of `supervision eval`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint written by `supervision train` (last.safetensors, best.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Validation shard set.
+    #[arg(long)]
+    pub val: PathBuf,
+    /// Average the softmax of ten views (corners, centre, reflections) as the paper.
+    #[arg(long)]
+    pub ten_crop: bool,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Score only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let device = sv_train::parse_device(&args.device)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let mut model = Model::new(&ck.meta.model, device)?;
+    model.load_params(&ck.params, &args.checkpoint)?;
+    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let data = Dataset::open(&args.val).with_context(|| format!("open {}", args.val.display()))?;
+    if data.classes().len() as i64 != ck.meta.model.classes {
+        anyhow::bail!(
+            "{} has {} classes, the checkpoint's model {}",
+            args.val.display(),
+            data.classes().len(),
+            ck.meta.model.classes
+        );
+    }
+    let mode = if args.ten_crop {
+        EvalMode::TenCrop
+    } else {
+        EvalMode::Centre
+    };
+    let total = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    let pb = crate::progress::bar(total as u64, "images");
+    let r = evaluate(
+        &model,
+        &norm,
+        &data,
+        mode,
+        args.batch_size,
+        args.limit,
+        &mut |done| pb.set_position(done),
+    )?;
+    pb.finish_and_clear();
+    if args.json {
+        let v = serde_json::json!({
+            "checkpoint": args.checkpoint, "val": args.val, "model": ck.meta.model.name,
+            "step": ck.meta.step, "mode": mode.as_str(), "images": r.images,
+            "top1_err": r.top1_err, "top5_err": r.top5_err,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} ({}, step {}) on {} images, {}: top-1 error {:.2}%, top-5 error {:.2}%",
+            args.checkpoint.display(),
+            ck.meta.model.name,
+            ck.meta.step,
+            r.images,
+            mode.as_str(),
+            100.0 * r.top1_err,
+            100.0 * r.top5_err
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,75 @@
+//! `supervision model summary MODEL [--json]`: layers, output shapes and parameter
+//! counts of a registered model.
+
+use anyhow::Result;
+use clap::Subcommand;
+use sv_train::model::{MODEL_NAMES, ModelSpec};
+
+/// Model subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Print the layers, output shapes and parameter counts of MODEL.
+    Summary {
+        /// One of: alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
+        model: String,
+        /// Output classes.
+        #[arg(long, default_value_t = 1000)]
+        classes: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the registered model names.
+    List,
+}
+
+pub fn run(cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::List => {
+            for m in MODEL_NAMES {
+                println!("{m}");
+            }
+        }
+        Cmd::Summary {
+            model,
+            classes,
+            json,
+        } => {
+            let spec = ModelSpec::by_name(&model, classes)?;
+            let summary = spec.summary()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(0);
+            }
+            println!(
+                "{} (input {:?}, init {:?})",
+                summary.model, summary.input, spec.init
+            );
+            println!("{:<44} {:>16} {:>12}", "layer", "output", "params");
+            for r in &summary.rows {
+                let shape = r
+                    .output
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
+                println!("{:<44} {:>16} {:>12}", r.layer, shape, group(r.params));
+            }
+            println!("total parameters: {}", group(summary.total_params));
+        }
+    }
+    Ok(0)
+}
+
+/// 60965224 -> "60,965,224".
+fn group(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,0 +1,102 @@
+//! `supervision predict --checkpoint F IMAGE...`: the five most probable classes of
+//! each image, with their names. Images are prepared as the shards were (shorter side
+//! to 256, centre square, sv-image's Preprocessor), then scored on the centre crop or,
+//! with `--ten-crop`, on the paper's ten views.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sv_image::{PrepConfig, Preprocessor};
+use sv_train::checkpoint;
+use sv_train::eval::{EvalMode, predict_host};
+use sv_train::input::DeviceNorm;
+use sv_train::model::Model;
+
+/// Flags of `supervision predict`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint written by `supervision train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image files (JPEG or PNG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Side of the stored square the image is first reduced to (the shards' side).
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Average the ten views instead of the centre crop.
+    #[arg(long)]
+    pub ten_crop: bool,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let device = sv_train::parse_device(&args.device)?;
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let mut model = Model::new(&ck.meta.model, device)?;
+    model.load_params(&ck.params, &args.checkpoint)?;
+    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let mut prep = Preprocessor::new(PrepConfig::with_side(args.size));
+    let side = args.size as usize;
+    let mut pixels = vec![0u8; side * side * 3];
+    let mode = if args.ten_crop {
+        EvalMode::TenCrop
+    } else {
+        EvalMode::Centre
+    };
+    let mut results = Vec::new();
+    for path in &args.images {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        prep.process(&bytes, &mut pixels)
+            .with_context(|| format!("decode {}", path.display()))?;
+        let probs = predict_host(&model, &norm, &pixels, side, mode)?;
+        let p = probs.into_iter().next().context("no output")?;
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        let top: Vec<(usize, f32)> = order
+            .into_iter()
+            .take(args.top)
+            .map(|i| (i, p[i]))
+            .collect();
+        results.push((path.clone(), top));
+    }
+    let name = |i: usize| {
+        ck.meta.classes.get(i).map_or_else(
+            || (format!("class {i}"), String::new()),
+            |c| (c.name.clone(), c.wnid.clone()),
+        )
+    };
+    if args.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(path, top)| {
+                let t: Vec<_> = top
+                    .iter()
+                    .map(|&(i, p)| {
+                        let (n, w) = name(i);
+                        serde_json::json!({"label": i, "wnid": w, "name": n, "probability": p})
+                    })
+                    .collect();
+                serde_json::json!({"image": path, "top": t})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (path, top) in &results {
+            println!("{}", path.display());
+            for (rank, &(i, p)) in top.iter().enumerate() {
+                let (n, w) = name(i);
+                println!("  {}. {:6.2}%  {w}  {n}", rank + 1, 100.0 * p);
+            }
+        }
+    }
+    Ok(0)
+}

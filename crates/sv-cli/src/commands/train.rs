@@ -1,0 +1,337 @@
+//! `supervision train`: AlexNet on a train shard set, validating on a val shard set
+//! each epoch, with the paper's update rule and schedule, checkpoints and metrics in
+//! `--out`. `--synthetic-data N` instead measures the compute-only ceiling: N steps on
+//! one batch already on the device (no pipeline).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use sv_shard::Dataset;
+use sv_stats::{Convention, PcaStats, PixelScale};
+use sv_train::data::{AugmentConfig, Lighting, ShardSource};
+use sv_train::input::Normalization;
+use sv_train::metrics::MetricsRecord;
+use sv_train::model::{InitScheme, ModelSpec};
+use sv_train::optim::SgdConfig;
+use sv_train::schedule::ScheduleConfig;
+use sv_train::trainer::{
+    BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, Trainer,
+};
+
+/// Flags of `supervision train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training shard set.
+    #[arg(long, required_unless_present = "synthetic_data")]
+    pub train: Option<PathBuf>,
+    /// Validation shard set (evaluated at each epoch end; drives the plateau schedule).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Statistics from `supervision pca compute` (mean/std, PCA lighting). Without it,
+    /// ImageNet's usual mean/std and no lighting.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Output directory: metrics.jsonl, last.safetensors, best.safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
+    #[arg(long, default_value = "alexnet")]
+    pub model: String,
+    /// Weight init: paper, torch, kaiming (default: the model's own).
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Epochs in total (a resumed run counts the epochs already done).
+    #[arg(long, default_value_t = 90)]
+    pub epochs: u64,
+    /// Stop after this many steps in total (writes a checkpoint).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// Momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 0.0005)]
+    pub weight_decay: f64,
+    /// plateau (divide when the val error stops improving), step, constant.
+    #[arg(long, default_value = "plateau")]
+    pub schedule: String,
+    /// Plateau: epochs without improvement before dividing.
+    #[arg(long, default_value_t = 1)]
+    pub patience: u32,
+    /// Plateau: decrease of the top-1 error (fraction) that counts as improvement.
+    #[arg(long, default_value_t = 0.001)]
+    pub threshold: f64,
+    /// Step: divide every N epochs.
+    #[arg(long, default_value_t = 30)]
+    pub step_every: u32,
+    /// Divisor of the rate at each drop.
+    #[arg(long, default_value_t = 10.0)]
+    pub lr_divisor: f64,
+    /// Seed for init, data order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Continue from OUT/last.safetensors (run-length flags apply; the rest is restored).
+    #[arg(long)]
+    pub resume: bool,
+    /// Checkpoint every N steps (0: at epoch ends only).
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Steps per metrics line.
+    #[arg(long, default_value_t = 20)]
+    pub log_every: u64,
+    /// Validate each epoch on at most N images.
+    #[arg(long)]
+    pub val_limit: Option<usize>,
+    /// Final evaluation on the centre crop only (default: ten-crop).
+    #[arg(long)]
+    pub no_ten_crop: bool,
+    /// PCA lighting: paper, cuda-convnet2, none.
+    #[arg(long, default_value = "paper")]
+    pub lighting: String,
+    /// No random reflections.
+    #[arg(long)]
+    pub no_mirror: bool,
+    /// Measure the compute-only ceiling: N timed steps on one synthetic batch already
+    /// on the device, then exit (no data, no checkpoint).
+    #[arg(long, value_name = "STEPS")]
+    pub synthetic_data: Option<u64>,
+    /// Classes of the synthetic ceiling run.
+    #[arg(long, default_value_t = 1000)]
+    pub synthetic_classes: usize,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn schedule(args: &Args) -> Result<ScheduleConfig> {
+    if args.lr_divisor <= 1.0 {
+        bail!("--lr-divisor must be above 1, got {}", args.lr_divisor);
+    }
+    let factor = 1.0 / args.lr_divisor;
+    Ok(match args.schedule.as_str() {
+        "plateau" => ScheduleConfig::Plateau {
+            patience: args.patience,
+            threshold: args.threshold,
+            factor,
+            min_lr: 1e-7,
+        },
+        "step" => ScheduleConfig::Step {
+            every: args.step_every,
+            factor,
+        },
+        "constant" => ScheduleConfig::Constant,
+        s => bail!("unknown --schedule {s} (plateau, step, constant)"),
+    })
+}
+
+fn config(args: &Args) -> Result<TrainConfig> {
+    Ok(TrainConfig {
+        model: args.model.clone(),
+        init: args
+            .init
+            .as_deref()
+            .map(str::parse::<InitScheme>)
+            .transpose()?,
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        lr: args.lr,
+        schedule: schedule(args)?,
+        sgd: SgdConfig {
+            momentum: args.momentum,
+            weight_decay: args.weight_decay,
+        },
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+        log_every: args.log_every.max(1),
+        val_limit: args.val_limit,
+        final_ten_crop: !args.no_ten_crop,
+        prefetch_depth: 1,
+    })
+}
+
+fn stats(args: &Args) -> Result<(Normalization, Option<Lighting>)> {
+    let Some(path) = &args.stats else {
+        tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
+        return Ok((Normalization::default(), None));
+    };
+    let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
+    let norm = Normalization {
+        mean: s.scale_255.mean,
+        std: s.scale_255.std,
+    };
+    let convention = match args.lighting.as_str() {
+        "none" => return Ok((norm, None)),
+        "paper" => Convention::Paper,
+        "cuda-convnet2" => Convention::CudaConvnet2,
+        l => bail!("unknown --lighting {l} (paper, cuda-convnet2, none)"),
+    };
+    let mut eigvec = [[0.0; 3]; 3];
+    for (i, v) in s.eigenvectors.iter().enumerate() {
+        for (c, x) in v.iter().enumerate() {
+            eigvec[c][i] = *x;
+        }
+    }
+    let lighting = Lighting {
+        eigval: s.magnitudes(convention, PixelScale::Byte),
+        eigvec,
+        sigma: s.lighting.alpha_std,
+    };
+    Ok((norm, Some(lighting)))
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let device = sv_train::parse_device(&args.device)?;
+    let cfg = config(&args)?;
+    if let Some(steps) = args.synthetic_data {
+        return ceiling(&args, cfg, device, steps);
+    }
+    let train_dir = args.train.as_ref().context("--train is required")?;
+    let train = Arc::new(
+        Dataset::open(train_dir).with_context(|| format!("open {}", train_dir.display()))?,
+    );
+    let val = match &args.val {
+        Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
+        None => None,
+    };
+    let (norm, lighting) = stats(&args)?;
+    let last = args.out.join(LAST_CHECKPOINT);
+    let mut trainer = if args.resume && last.exists() {
+        Trainer::resume(&last, cfg, device, &args.out)
+            .with_context(|| format!("resume from {}", last.display()))?
+    } else {
+        if args.resume {
+            eprintln!("no {} yet: starting a new run", last.display());
+        }
+        Trainer::new(cfg, train.classes().to_vec(), norm, device, &args.out)?
+    };
+    let spec = trainer.model().spec().clone();
+    if spec.classes != train.classes().len() as i64 {
+        bail!(
+            "{} has {} classes, the model {}",
+            train_dir.display(),
+            train.classes().len(),
+            spec.classes
+        );
+    }
+    let cfg = trainer.config().clone();
+    let aug = AugmentConfig {
+        crop: spec.input_side as usize,
+        mirror: !args.no_mirror,
+        lighting,
+    };
+    let mut source = ShardSource::new(train.clone(), cfg.batch_size, cfg.seed, aug)?;
+    let bpe = (train.len() / cfg.batch_size) as u64;
+    let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
+    eprintln!(
+        "training {} ({} parameters) on {device:?}: {} images, {bpe} steps/epoch, batch {}, from step {}",
+        spec.name,
+        trainer.model().param_count(),
+        train.len(),
+        cfg.batch_size,
+        trainer.step()
+    );
+    let pb = crate::progress::bar(total_steps, "steps");
+    pb.set_position(trainer.step());
+    let outcome = trainer.run(&mut source, val.as_ref(), &mut |e| match e {
+        Event::Step { step, .. } => pb.set_position(step),
+        Event::Record(MetricsRecord::Train {
+            loss,
+            images_per_s,
+            data_wait_share,
+            lr,
+            epoch,
+            ..
+        }) => pb.set_message(format!(
+            "epoch {epoch} loss {loss:.3} lr {lr:.0e} {images_per_s:.0} img/s wait {:.1}%",
+            100.0 * data_wait_share
+        )),
+        Event::Record(r @ MetricsRecord::Epoch { .. }) => {
+            pb.println(serde_json::to_string(r).unwrap_or_default())
+        }
+        Event::EvalStart { total } => pb.set_message(format!("validating on {total} images")),
+        _ => {}
+    })?;
+    pb.finish_and_clear();
+    let summary = serde_json::json!({
+        "model": spec.name,
+        "steps": outcome.steps,
+        "epochs_done": outcome.epochs_done,
+        "images_per_s": outcome.images_per_s,
+        "data_wait_share": outcome.data_wait_share,
+        "val_top1_err": outcome.last_val.map(|r| r.top1_err),
+        "val_top5_err": outcome.last_val.map(|r| r.top5_err),
+        "final_eval": outcome.final_eval.map(|(m, r)| serde_json::json!({
+            "mode": m.as_str(), "images": r.images, "top1_err": r.top1_err, "top5_err": r.top5_err})),
+        "checkpoint": outcome.checkpoint,
+        "best_checkpoint": args.out.join(BEST_CHECKPOINT),
+        "metrics": args.out.join(METRICS_FILE),
+        "device": format!("{device:?}"),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "trained {} to step {} ({} epochs done): {:.1} images/s, data wait {:.2}% of step time",
+            spec.name,
+            outcome.steps,
+            outcome.epochs_done,
+            outcome.images_per_s,
+            100.0 * outcome.data_wait_share
+        );
+        if let Some((m, r)) = outcome.final_eval {
+            println!(
+                "final {} evaluation: top-1 error {:.2}%, top-5 error {:.2}%",
+                m.as_str(),
+                100.0 * r.top1_err,
+                100.0 * r.top5_err
+            );
+        } else if let Some(r) = outcome.last_val {
+            println!(
+                "last validation: top-1 error {:.2}%, top-5 error {:.2}%",
+                100.0 * r.top1_err,
+                100.0 * r.top5_err
+            );
+        }
+        println!("checkpoint: {}", outcome.checkpoint.display());
+        println!("metrics:    {}", args.out.join(METRICS_FILE).display());
+    }
+    Ok(0)
+}
+
+fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) -> Result<i32> {
+    let classes: Vec<_> = (0..args.synthetic_classes)
+        .map(|i| sv_core::ClassInfo {
+            wnid: format!("c{i}"),
+            name: format!("class {i}"),
+        })
+        .collect();
+    let spec = ModelSpec::by_name(&cfg.model, classes.len() as i64)?;
+    let batch = cfg.batch_size;
+    let mut t = Trainer::new(cfg, classes, Normalization::default(), device, &args.out)?;
+    let warmup = (steps / 10).clamp(1, 20);
+    let ips = t.bench_compute(steps, warmup)?;
+    let v = serde_json::json!({
+        "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
+        "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "compute-only ceiling: {} batch {batch} on {device:?}: {ips:.1} images/s over {steps} steps",
+            spec.name
+        );
+    }
+    Ok(0)
+}

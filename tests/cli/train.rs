@@ -1,0 +1,314 @@
+//! `supervision model | train | eval | predict | plot` end to end on generated shard
+//! sets (CPU, `alexnet-tiny`). Compiled only with the `train` feature of sv-tests,
+//! which the binary under test must also have (`--features sv-cli/train`).
+
+use std::path::{Path, PathBuf};
+
+use sv_core::{ClassInfo, Split};
+use sv_shard::{Codec, DatasetWriter, WriterConfig};
+use sv_tests::{fails, ok, s};
+
+const SIDE: u32 = 72;
+
+/// A shard set whose classes differ by the position and colour of a bright square on
+/// noise: learnable by a tiny model in a few CPU epochs.
+fn make_set(dir: &Path, split: Split, classes: usize, per_class: usize, seed: u64) -> PathBuf {
+    let info = (0..classes)
+        .map(|i| ClassInfo {
+            wnid: format!("n{i:08}"),
+            name: format!("shape {i}"),
+        })
+        .collect();
+    let cfg = WriterConfig {
+        split,
+        side: SIDE,
+        codec: Codec::Raw,
+        jpeg_quality: 90,
+        classes: info,
+        max_shard_bytes: 1 << 20,
+    };
+    let mut w = DatasetWriter::create(dir, cfg).unwrap();
+    let side = SIDE as usize;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..per_class {
+        for c in 0..classes {
+            let mut px: Vec<u8> = (0..side * side * 3).map(|_| (rnd() % 96) as u8).collect();
+            let (qy, qx) = ((c / 2) * side / 2, (c % 2) * side / 2);
+            let jitter = (rnd() % 8) as usize + i % 3;
+            for y in qy + 4 + jitter..qy + side / 2 - 4 {
+                for x in qx + 4..qx + side / 2 - 4 {
+                    let o = (y * side + x) * 3;
+                    px[o + c % 3] = 230;
+                    px[o + (c + 1) % 3] = 160;
+                }
+            }
+            w.push(c as u32, &px).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    dir.to_path_buf()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The tensor bytes of a safetensors file (everything after the header, which holds
+/// the run's metadata and may differ between equivalent runs).
+fn tensor_bytes(path: &Path) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    b[8 + n..].to_vec()
+}
+
+#[test]
+fn model_summary_counts_parameters() {
+    let v = json(&ok(&["model", "summary", "alexnet", "--json"]));
+    assert_eq!(v["total_params"], 60_965_224);
+    assert_eq!(v["rows"][0]["output"], serde_json::json!([96, 55, 55]));
+    let v = json(&ok(&["model", "summary", "alexnet-owt", "--json"]));
+    assert_eq!(v["total_params"], 61_100_840);
+    let table = ok(&["model", "summary", "alexnet"]);
+    assert!(table.contains("60,965,224"), "{table}");
+    assert!(table.contains("groups 2"), "{table}");
+    let err = fails(&["model", "summary", "vgg16"]);
+    assert!(err.contains("unknown model"), "{err}");
+}
+
+#[test]
+fn train_eval_predict_plot_and_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let train = make_set(&t.path().join("train"), Split::Train, 4, 32, 1); // 128 images
+    let val = make_set(&t.path().join("val"), Split::Val, 4, 8, 2); // 32 images
+    let stats = t.path().join("pca.json");
+    ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&train),
+        "--output",
+        s(&stats),
+    ]);
+    let out = t.path().join("run");
+    let common = [
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--stats",
+        s(&stats),
+        "--model",
+        "alexnet-tiny",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--log-every",
+        "4",
+    ];
+    let mut args = vec!["train", "--out", s(&out), "--epochs", "4", "--json"];
+    args.extend_from_slice(&common);
+    let summary = json(&ok(&args));
+    assert_eq!(summary["steps"], 64);
+    assert_eq!(summary["epochs_done"], 4);
+    // Chance is 75% top-1 error (4 classes); the bar is 25%.
+    let top1 = summary["final_eval"]["top1_err"].as_f64().unwrap();
+    assert_eq!(summary["final_eval"]["mode"], "ten-crop");
+    assert!(top1 <= 0.25, "ten-crop top-1 error {top1}");
+    let share = summary["data_wait_share"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share));
+    for f in ["last.safetensors", "best.safetensors", "metrics.jsonl"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|l| json(l)["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "epoch").count(), 4);
+    assert_eq!(kinds.last().map(String::as_str), Some("eval"));
+
+    // eval agrees with the trainer's final evaluation.
+    let ck = out.join("last.safetensors");
+    let e = json(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--val",
+        s(&val),
+        "--ten-crop",
+        "--device",
+        "cpu",
+        "--json",
+    ]));
+    assert_eq!(e["top1_err"].as_f64().unwrap(), top1);
+    assert_eq!(e["images"], 32);
+    let centre = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--val",
+        s(&val),
+        "--device",
+        "cpu",
+    ]);
+    assert!(centre.contains("top-1 error"), "{centre}");
+
+    // predict on exported images: names come from the checkpoint's class list.
+    let png = t.path().join("png");
+    ok(&[
+        "shard",
+        "export",
+        s(&val),
+        "--output",
+        s(&png),
+        "--limit",
+        "2",
+    ]);
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&png)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let mut pargs = vec![
+        "predict",
+        "--checkpoint",
+        s(&ck),
+        "--size",
+        "72",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    pargs.extend(images.iter().map(|p| s(p)));
+    let p = json(&ok(&pargs));
+    assert_eq!(p.as_array().unwrap().len(), images.len());
+    let top = &p[0]["top"];
+    assert_eq!(
+        top.as_array().unwrap().len(),
+        4,
+        "top-5 capped at 4 classes"
+    );
+    assert!(top[0]["name"].as_str().unwrap().starts_with("shape "));
+    let total: f64 = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["probability"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-4);
+
+    // plot
+    let curves = t.path().join("curves.png");
+    ok(&[
+        "plot",
+        s(&out.join("metrics.jsonl")),
+        "--output",
+        s(&curves),
+    ]);
+    let head = std::fs::read(&curves).unwrap();
+    assert_eq!(&head[1..4], b"PNG");
+
+    // Resume (16 steps per epoch): 5 then resumed to 10 (within epoch 0), and 14 then
+    // resumed to 20 (across the epoch end: validation, schedule) equal straight runs.
+    for (first, total) in [(5u64, 10u64), (14, 20)] {
+        let straight = t.path().join(format!("straight-{total}"));
+        let split = t.path().join(format!("split-{first}-{total}"));
+        let total_s = total.to_string();
+        let first_s = first.to_string();
+        let mut a = vec![
+            "train",
+            "--out",
+            s(&straight),
+            "--epochs",
+            "3",
+            "--max-steps",
+            &total_s,
+        ];
+        a.extend_from_slice(&common);
+        ok(&a);
+        let mut b = vec![
+            "train",
+            "--out",
+            s(&split),
+            "--epochs",
+            "3",
+            "--max-steps",
+            &first_s,
+        ];
+        b.extend_from_slice(&common);
+        ok(&b);
+        let mut c = vec![
+            "train",
+            "--out",
+            s(&split),
+            "--epochs",
+            "3",
+            "--max-steps",
+            &total_s,
+            "--resume",
+        ];
+        c.extend_from_slice(&common);
+        ok(&c);
+        assert!(
+            tensor_bytes(&straight.join("last.safetensors"))
+                == tensor_bytes(&split.join("last.safetensors")),
+            "{first} + resume to {total} differs from {total} straight"
+        );
+    }
+}
+
+#[test]
+fn synthetic_ceiling_and_bad_input() {
+    let t = tempfile::tempdir().unwrap();
+    let v = json(&ok(&[
+        "train",
+        "--synthetic-data",
+        "2",
+        "--model",
+        "alexnet-owt-tiny",
+        "--batch-size",
+        "4",
+        "--synthetic-classes",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        s(t.path()),
+        "--json",
+    ]));
+    assert_eq!(v["mode"], "synthetic-data");
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    let err = fails(&[
+        "train",
+        "--train",
+        s(&t.path().join("missing")),
+        "--out",
+        s(t.path()),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("missing"), "{err}");
+    let err = fails(&[
+        "eval",
+        "--checkpoint",
+        s(&t.path().join("none.safetensors")),
+        "--val",
+        s(t.path()),
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("none.safetensors"), "{err}");
+    let bad = t.path().join("bad.jsonl");
+    std::fs::write(&bad, "not json\n").unwrap();
+    let err = fails(&["plot", s(&bad), "--output", s(&t.path().join("x.png"))]);
+    assert!(err.contains("bad.jsonl:1"), "{err}");
+}
