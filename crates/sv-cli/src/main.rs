@@ -28,6 +28,9 @@ enum Command {
     /// Dataset statistics: mean image, channel moments, RGB covariance and PCA.
     #[command(subcommand)]
     Pca(commands::pca::Cmd),
+    /// Benchmarks: the input pipeline's throughput and determinism digest.
+    #[command(subcommand)]
+    Bench(commands::bench::Cmd),
     /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
     #[cfg(feature = "train")]
     Train(Box<commands::train::Args>),
@@ -52,6 +55,7 @@ fn main() {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),
         Command::Pca(cmd) => commands::pca::run(cmd),
+        Command::Bench(cmd) => commands::bench::run(cmd),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::run(*args),
         #[cfg(feature = "train")]

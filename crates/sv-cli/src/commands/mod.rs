@@ -2,6 +2,7 @@
 //! returns the process exit code.
 
 pub mod pca;
+pub mod bench;
 pub mod shard;
 pub mod synth;
 #[cfg(feature = "train")]

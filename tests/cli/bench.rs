@@ -1,0 +1,159 @@
+//! `supervision bench pipeline` end to end: the report's fields, and the digest of
+//! the batch contents equal across worker counts and different across seeds.
+
+use std::path::Path;
+
+use sv_core::{ClassInfo, Split};
+use sv_shard::{Codec, DatasetWriter, WriterConfig};
+use sv_tests::{fails, ok, s};
+
+/// `n` generated 64x64 images in 3 classes.
+fn dataset(dir: &Path, n: usize, codec: Codec) {
+    let classes = (0..3)
+        .map(|c| ClassInfo {
+            wnid: format!("n{c:08}"),
+            name: format!("class {c}"),
+        })
+        .collect();
+    let config = WriterConfig {
+        split: Split::Train,
+        side: 64,
+        codec,
+        jpeg_quality: 90,
+        classes,
+        max_shard_bytes: 200_000,
+    };
+    let mut w = DatasetWriter::create(dir, config).unwrap();
+    for i in 0..n {
+        let img: Vec<u8> = (0..64 * 64 * 3)
+            .map(|p| ((p / 192 + p % 192 + i * 11) % 256) as u8)
+            .collect();
+        w.push((i % 3) as u32, &img).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "pipeline",
+        "--shards",
+        s(dir),
+        "--batch-size",
+        "8",
+        "--batches",
+        "7",
+        "--crop",
+        "56",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&args)).expect("JSON report")
+}
+
+fn digest(v: &serde_json::Value) -> String {
+    v["digest"].as_str().expect("digest").to_string()
+}
+
+#[test]
+fn digest_is_the_same_for_any_worker_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    for codec in [Codec::Raw, Codec::Jpeg] {
+        let dir = tmp.path().join(codec.as_str());
+        dataset(&dir, 40, codec);
+        for output in ["u8", "f32"] {
+            let one = bench(&dir, &["--workers", "1", "--seed", "5", "--output", output]);
+            assert_eq!(one["images"], 7 * 8);
+            assert_eq!(one["codec"], codec.as_str());
+            assert_eq!(one["output"], output);
+            assert!(one["images_per_s"].as_f64().unwrap() > 0.0);
+            assert!(one["stage_seconds"]["augment"].as_f64().unwrap() > 0.0);
+            for workers in ["2", "3"] {
+                let many = bench(
+                    &dir,
+                    &["--workers", workers, "--seed", "5", "--output", output],
+                );
+                assert_eq!(digest(&one), digest(&many), "{codec:?} {output} {workers}");
+            }
+            let other = bench(&dir, &["--workers", "2", "--seed", "6", "--output", output]);
+            assert_ne!(digest(&one), digest(&other), "the seed changes the batches");
+        }
+    }
+}
+
+#[test]
+fn options_change_the_batches_and_text_report_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path(), 24, Codec::Raw);
+    let base = digest(&bench(tmp.path(), &["--workers", "2"]));
+    let nchw = bench(tmp.path(), &["--workers", "2", "--layout", "nchw"]);
+    assert_eq!(nchw["layout"], "nchw");
+    assert_ne!(base, digest(&nchw));
+    // the digest covers the lighting offsets that travel with uint8 batches
+    let dark = digest(&bench(tmp.path(), &["--lighting", "none"]));
+    assert_ne!(base, dark);
+    let f = digest(&bench(tmp.path(), &["--output", "f32"]));
+    let f_dark = digest(&bench(
+        tmp.path(),
+        &["--output", "f32", "--lighting", "none"],
+    ));
+    assert_ne!(f, f_dark);
+
+    let text = ok(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(tmp.path()),
+        "--batch-size",
+        "8",
+        "--batches",
+        "2",
+        "--crop",
+        "32",
+        "--verify",
+    ]);
+    assert!(text.contains("images/s"), "{text}");
+    assert!(text.contains("digest "), "{text}");
+}
+
+#[test]
+fn stats_file_from_pca_compute_drives_lighting_and_normalisation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    dataset(&dir, 24, Codec::Raw);
+    let stats = tmp.path().join("pca.json");
+    ok(&["pca", "compute", "--shards", s(&dir), "--output", s(&stats)]);
+    let with = bench(&dir, &["--output", "f32", "--stats", s(&stats)]);
+    let without = bench(&dir, &["--output", "f32"]);
+    assert_ne!(digest(&with), digest(&without));
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nothing-here");
+    let err = fails(&["bench", "pipeline", "--shards", s(&missing)]);
+    assert!(err.contains("nothing-here"), "{err}");
+    let dir = tmp.path().join("d");
+    dataset(&dir, 16, Codec::Raw);
+    let err = fails(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(&dir),
+        "--batch-size",
+        "4",
+        "--crop",
+        "65",
+    ]);
+    assert!(err.contains("crop"), "{err}");
+    let err = fails(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(&dir),
+        "--batch-size",
+        "17",
+    ]);
+    assert!(err.contains("full batch"), "{err}");
+}
