@@ -4,5 +4,6 @@
 mod bench;
 mod pca;
 mod shard;
+mod synth;
 #[cfg(feature = "train")]
 mod train;

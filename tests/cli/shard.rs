@@ -59,13 +59,24 @@ fn build_is_identical_for_any_worker_count_and_verifies() {
         let two = t.path().join(format!("{codec}-w3"));
         // 1 MiB shards hold 5 raw records: several shards, rotation exercised.
         let common = ["--codec", codec, "--max-shard-mib", "1"];
-        let out = build(&root.join("train"), &one, &[&common[..], &["--workers", "1"]].concat());
+        let out = build(
+            &root.join("train"),
+            &one,
+            &[&common[..], &["--workers", "1"]].concat(),
+        );
         assert!(out.contains("24 records"), "{out}");
-        build(&root.join("train"), &two, &[&common[..], &["--workers", "3"]].concat());
+        build(
+            &root.join("train"),
+            &two,
+            &[&common[..], &["--workers", "3"]].concat(),
+        );
         let (a, b) = (snapshot(&one), snapshot(&two));
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
         for (name, bytes) in &a {
-            assert!(bytes == &b[name], "{codec}: {name} differs between 1 and 3 workers");
+            assert!(
+                bytes == &b[name],
+                "{codec}: {name} differs between 1 and 3 workers"
+            );
         }
         let m = manifest(&one);
         assert_eq!(m["records"], 24);
@@ -99,7 +110,12 @@ fn val_flat_folder_takes_train_classes() {
     let (mt, mv) = (manifest(&train), manifest(&val));
     assert_eq!(mt["classes"], mv["classes"]);
     assert_eq!(mv["split"], "val");
-    assert!(mv["shards"][0]["name"].as_str().unwrap().starts_with("val-"));
+    assert!(
+        mv["shards"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("val-")
+    );
     // Per-class counts match the synth layout: 2 val images per class.
     let inspect: serde_json::Value =
         serde_json::from_str(&ok(&["shard", "inspect", s(&val), "--json"])).unwrap();
@@ -119,9 +135,19 @@ fn val_flat_folder_takes_train_classes() {
     let out = build(
         &root.join("val"),
         &one,
-        &["--split", "val", "--labels", s(&labels), "--classes-from", s(&train)],
+        &[
+            "--split",
+            "val",
+            "--labels",
+            s(&labels),
+            "--classes-from",
+            s(&train),
+        ],
     );
-    assert!(out.contains("1 records") && out.contains("5 of 6 files rejected"), "{out}");
+    assert!(
+        out.contains("1 records") && out.contains("5 of 6 files rejected"),
+        "{out}"
+    );
 }
 
 fn write_png_bomb(path: &Path) {
@@ -135,7 +161,21 @@ fn write_png_bomb(path: &Path) {
     b.extend_from_slice(&13u32.to_be_bytes());
     b.extend_from_slice(&ihdr);
     b.extend_from_slice(&crc32fast::hash(&ihdr).to_be_bytes());
-    b.extend_from_slice(&[0u8; 64]);
+    // A small IDAT (a zlib stream of nothing much) and IEND: well-formed chunks, so
+    // only the declared size is wrong.
+    for (kind, data) in [
+        (
+            &b"IDAT"[..],
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01][..],
+        ),
+        (b"IEND", &[]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(&chunk);
+        b.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
+    }
     std::fs::write(path, b).unwrap();
 }
 
@@ -161,7 +201,10 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
     write_png_bomb(&class_dir.join("zz_bomb.JPEG"));
     let out_dir = t.path().join("shards");
     let out = build(&train, &out_dir, &[]);
-    assert!(out.contains("6 records") && out.contains("4 of 10 files rejected"), "{out}");
+    assert!(
+        out.contains("6 records") && out.contains("4 of 10 files rejected"),
+        "{out}"
+    );
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("rejects.jsonl"))
         .unwrap()
         .lines()
@@ -179,7 +222,12 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
         .collect();
     assert_eq!(
         by_name.keys().collect::<Vec<_>>(),
-        ["zz_bomb.JPEG", "zz_cut.JPEG", "zz_empty.JPEG", "zz_text.JPEG"]
+        [
+            "zz_bomb.JPEG",
+            "zz_cut.JPEG",
+            "zz_empty.JPEG",
+            "zz_text.JPEG"
+        ]
     );
     assert!(by_name["zz_bomb.JPEG"].contains("limit"), "{by_name:?}");
     assert!(by_name["zz_empty.JPEG"].contains("empty"), "{by_name:?}");
@@ -188,9 +236,18 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
     // --strict: the first bad file is an error naming it; nothing is half-written.
     let strict_dir = t.path().join("strict");
     let err = fails(&[
-        "shard", "build", "--input", s(&train), "--output", s(&strict_dir), "--strict",
+        "shard",
+        "build",
+        "--input",
+        s(&train),
+        "--output",
+        s(&strict_dir),
+        "--strict",
     ]);
-    assert!(err.contains("zz_bomb.JPEG") && err.contains("strict"), "{err}");
+    assert!(
+        err.contains("zz_bomb.JPEG") && err.contains("strict"),
+        "{err}"
+    );
     assert!(!strict_dir.join("manifest.json").exists());
 }
 
@@ -206,7 +263,14 @@ fn killed_build_resumes_to_identical_output() {
     let resumed = t.path().join("resumed");
     let journal = resumed.join(".build-journal.jsonl");
     let mut child = supervision()
-        .args(["shard", "build", "--input", s(&train), "--output", s(&resumed)])
+        .args([
+            "shard",
+            "build",
+            "--input",
+            s(&train),
+            "--output",
+            s(&resumed),
+        ])
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -215,7 +279,9 @@ fn killed_build_resumes_to_identical_output() {
     // Kill it once it has finished at least one shard, long before the end.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let lines = std::fs::read_to_string(&journal).map(|j| j.lines().count()).unwrap_or(0);
+        let lines = std::fs::read_to_string(&journal)
+            .map(|j| j.lines().count())
+            .unwrap_or(0);
         if lines >= 2 || Instant::now() > deadline {
             break;
         }
@@ -243,11 +309,17 @@ fn verify_names_the_damaged_shard_and_record() {
     b[4096 + 196_608 * 2 + 1000] ^= 0xff; // record 2 of the second shard
     std::fs::write(&shard, &b).unwrap();
     let err = fails(&["shard", "verify", s(&out_dir)]);
-    assert!(err.contains("train-00001.svs: record 2: checksum mismatch"), "{err}");
+    assert!(
+        err.contains("train-00001.svs: record 2: checksum mismatch"),
+        "{err}"
+    );
 
     std::fs::write(&shard, &b[..b.len() / 2]).unwrap();
     let err = fails(&["shard", "verify", s(&out_dir)]);
-    assert!(err.contains("train-00001.svs") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("train-00001.svs") && err.contains("truncated"),
+        "{err}"
+    );
     // Reading commands refuse the damaged dataset with the same naming, no crash.
     let err = fails(&["shard", "inspect", s(&out_dir)]);
     assert!(err.contains("train-00001.svs"), "{err}");
@@ -263,14 +335,33 @@ fn inspect_and_export_show_what_was_stored() {
     let out_dir = t.path().join("shards");
     build(&root.join("train"), &out_dir, &["--codec", "jpeg"]);
     let text = ok(&["shard", "inspect", s(&out_dir)]);
-    assert!(text.contains("records   9") && text.contains("codec     jpeg (quality 90)"), "{text}");
+    assert!(
+        text.contains("records   9") && text.contains("codec     jpeg (quality 90)"),
+        "{text}"
+    );
     let sheet = t.path().join("sheet.png");
-    ok(&["shard", "inspect", s(&out_dir), "--sheet", s(&sheet), "--per-class", "3"]);
+    ok(&[
+        "shard",
+        "inspect",
+        s(&out_dir),
+        "--sheet",
+        s(&sheet),
+        "--per-class",
+        "3",
+    ]);
     let img = image_dims(&sheet);
     assert_eq!(img, (3 * 130 + 2, 3 * 130 + 2));
 
     let ex = t.path().join("export");
-    let out = ok(&["shard", "export", s(&out_dir), "--output", s(&ex), "--indices", "0,4,8"]);
+    let out = ok(&[
+        "shard",
+        "export",
+        s(&out_dir),
+        "--output",
+        s(&ex),
+        "--indices",
+        "0,4,8",
+    ]);
     assert!(out.contains("exported 3 records"), "{out}");
     let mut names: Vec<_> = std::fs::read_dir(&ex)
         .unwrap()
@@ -278,9 +369,20 @@ fn inspect_and_export_show_what_was_stored() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 3);
-    assert!(names[0].starts_with("00000000_0_") && names[2].starts_with("00000008_2_"), "{names:?}");
+    assert!(
+        names[0].starts_with("00000000_0_") && names[2].starts_with("00000008_2_"),
+        "{names:?}"
+    );
     assert_eq!(image_dims(&ex.join(&names[1])), (256, 256));
-    let err = fails(&["shard", "export", s(&out_dir), "--output", s(&ex), "--indices", "99"]);
+    let err = fails(&[
+        "shard",
+        "export",
+        s(&out_dir),
+        "--output",
+        s(&ex),
+        "--indices",
+        "99",
+    ]);
     assert!(err.contains("out of range"), "{err}");
 }
 
@@ -300,14 +402,28 @@ fn refuses_to_overwrite_other_data() {
     let out_dir = t.path().join("shards");
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(out_dir.join("notes.txt"), b"mine").unwrap();
-    let err = fails(&["shard", "build", "--input", s(&root.join("train")), "--output", s(&out_dir)]);
+    let err = fails(&[
+        "shard",
+        "build",
+        "--input",
+        s(&root.join("train")),
+        "--output",
+        s(&out_dir),
+    ]);
     assert!(err.contains("not empty"), "{err}");
     // --force builds beside it and leaves the stranger's file alone.
     build(&root.join("train"), &out_dir, &["--force"]);
     assert_eq!(std::fs::read(out_dir.join("notes.txt")).unwrap(), b"mine");
     // Other settings over an existing dataset need --force too.
     let err = fails(&[
-        "shard", "build", "--input", s(&root.join("train")), "--output", s(&out_dir), "--size", "64",
+        "shard",
+        "build",
+        "--input",
+        s(&root.join("train")),
+        "--output",
+        s(&out_dir),
+        "--size",
+        "64",
     ]);
     assert!(err.contains("--force"), "{err}");
 }
