@@ -166,33 +166,45 @@ pub fn crop_u8(
                 .zip(p2.chunks_exact_mut(c));
             for (r, ((o0, o1), o2)) in planes.enumerate() {
                 let row = &src[row_range(side, crop, w, r)];
-                if w.flip {
-                    planar_row(row.chunks_exact(3).rev(), o0, o1, o2);
-                } else {
-                    planar_row(row.chunks_exact(3), o0, o1, o2);
-                }
+                planar_row(row, w.flip, o0, o1, o2);
             }
         }
     }
     Ok(())
 }
 
-/// Reversed pixel copy: output pixel `j` is input pixel `n - 1 - j`.
+/// Reversed pixel copy: output pixel `j` is input pixel `n - 1 - j`. The inner
+/// pixels move as 4-byte words (the fourth byte is overwritten by the next pixel),
+/// which compiles to one unaligned load and store per pixel.
 #[inline]
 fn flip_row(row: &[u8], out: &mut [u8]) {
-    for (o, i) in out.chunks_exact_mut(3).zip(row.chunks_exact(3).rev()) {
-        o[0] = i[0];
-        o[1] = i[1];
-        o[2] = i[2];
+    let n = out.len() / 3;
+    if n == 0 || row.len() != out.len() {
+        return;
+    }
+    out[..3].copy_from_slice(&row[3 * (n - 1)..3 * n]);
+    // Pixels 1 .. n-1: the source word of pixel n-1-j ends inside the row, and the
+    // destination word ends inside the output (its 4th byte is rewritten next).
+    for j in 1..n - 1 {
+        let s = 3 * (n - 1 - j);
+        let word: [u8; 4] = [row[s], row[s + 1], row[s + 2], row[s + 3]];
+        out[3 * j..3 * j + 4].copy_from_slice(&word);
+    }
+    if n > 1 {
+        out[3 * (n - 1)..].copy_from_slice(&row[..3]);
     }
 }
 
 #[inline]
-fn planar_row<'a>(px: impl Iterator<Item = &'a [u8]>, o0: &mut [u8], o1: &mut [u8], o2: &mut [u8]) {
-    for (((p, a), b), c) in px.zip(o0.iter_mut()).zip(o1.iter_mut()).zip(o2.iter_mut()) {
-        *a = p[0];
-        *b = p[1];
-        *c = p[2];
+fn planar_row(row: &[u8], flip: bool, o0: &mut [u8], o1: &mut [u8], o2: &mut [u8]) {
+    let n = o0.len();
+    // Exact lengths up front let the compiler drop the bounds checks below.
+    let (row, o1, o2) = (&row[..3 * n], &mut o1[..n], &mut o2[..n]);
+    for j in 0..n {
+        let s = 3 * if flip { n - 1 - j } else { j };
+        o0[j] = row[s];
+        o1[j] = row[s + 1];
+        o2[j] = row[s + 2];
     }
 }
 
@@ -225,9 +237,9 @@ pub fn crop_f32(
             for (r, ((o0, o1), o2)) in planes.enumerate() {
                 let row = &src[row_range(side, crop, w, r)];
                 if w.flip {
-                    affine_row(row.chunks_exact(3).rev(), inv, bias, o0, o1, o2);
+                    affine_row::<true>(row, inv, bias, o0, o1, o2);
                 } else {
-                    affine_row(row.chunks_exact(3), inv, bias, o0, o1, o2);
+                    affine_row::<false>(row, inv, bias, o0, o1, o2);
                 }
             }
         }
@@ -250,18 +262,21 @@ pub fn crop_f32(
 }
 
 #[inline]
-fn affine_row<'a>(
-    px: impl Iterator<Item = &'a [u8]>,
+fn affine_row<const FLIP: bool>(
+    row: &[u8],
     scale: [f32; 3],
     bias: [f32; 3],
     o0: &mut [f32],
     o1: &mut [f32],
     o2: &mut [f32],
 ) {
-    for (((p, a), b), c) in px.zip(o0.iter_mut()).zip(o1.iter_mut()).zip(o2.iter_mut()) {
-        *a = f32::from(p[0]) * scale[0] + bias[0];
-        *b = f32::from(p[1]) * scale[1] + bias[1];
-        *c = f32::from(p[2]) * scale[2] + bias[2];
+    let n = o0.len();
+    let (row, o1, o2) = (&row[..3 * n], &mut o1[..n], &mut o2[..n]);
+    for j in 0..n {
+        let s = 3 * if FLIP { n - 1 - j } else { j };
+        o0[j] = f32::from(row[s]) * scale[0] + bias[0];
+        o1[j] = f32::from(row[s + 1]) * scale[1] + bias[1];
+        o2[j] = f32::from(row[s + 2]) * scale[2] + bias[2];
     }
 }
 
@@ -410,6 +425,27 @@ mod tests {
             std: [1.0, 0.0, 1.0],
         };
         assert!(crop_f32(&img, 4, 2, win(0, 0, false), [0.0; 3], &zero_std, &mut f).is_err());
+    }
+
+    #[test]
+    fn flipped_crops_match_a_naive_mirror() {
+        let side = 9u32;
+        let img: Vec<u8> = (0..side * side * 3).map(|i| (i * 7 % 256) as u8).collect();
+        for crop in 1..=side {
+            let w = win(side - crop, 0, true);
+            let mut out = vec![0u8; (crop * crop * 3) as usize];
+            crop_u8(&img, side, crop, w, Layout::Hwc, &mut out).unwrap();
+            let c = crop as usize;
+            for y in 0..c {
+                for x in 0..c {
+                    let sx = w.x as usize + c - 1 - x;
+                    for ch in 0..3 {
+                        let want = img[(y * side as usize + sx) * 3 + ch];
+                        assert_eq!(out[(y * c + x) * 3 + ch], want, "crop {crop} ({x},{y})");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
