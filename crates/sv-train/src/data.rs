@@ -1,6 +1,11 @@
 //! Training data sources for [`crate::trainer::Trainer`].
 //!
-//! [`ShardSource`] reads a shard set directly on the prefetch thread: a seeded
+//! [`PipelineSource`] is the production path: sv-pipeline's multi-threaded loader
+//! (keyed crops, flips applied on the CPU, PCA lighting offsets per image) restarted
+//! at (epoch, batch) for each epoch; its uint8 NHWC batches are staged for the device,
+//! where the lighting offsets and normalisation are applied.
+//!
+//! [`ShardSource`] is a single-threaded reference: it reads a shard set directly on the prefetch thread: a seeded
 //! permutation per epoch, and for every sample a random crop, a reflection flag and PCA
 //! lighting offsets drawn from the keyed generator `sample_rng(seed, epoch, index)`, so
 //! a batch depends only on (seed, epoch, batch index) and a run resumes exactly from
@@ -15,6 +20,8 @@ use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use sv_core::{sample_rng, stream_rng};
 use sv_shard::Dataset;
+
+use sv_pipeline::{Loader, LoaderConfig, Output, Position, Sampler};
 
 use crate::error::{Result, TrainError};
 use crate::prefetch::{HostMemory, StagedBatch, stage};
@@ -221,4 +228,104 @@ impl TrainData for ShardSource {
             light: Vec::with_capacity(self.batch_size * 3),
         }))
     }
+}
+
+/// A [`TrainData`] over sv-pipeline's [`Loader`].
+pub struct PipelineSource {
+    data: Arc<Dataset>,
+    config: LoaderConfig,
+    batches: u64,
+    lighting: bool,
+}
+
+impl std::fmt::Debug for PipelineSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineSource")
+            .field("dir", &self.data.dir())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl PipelineSource {
+    /// A source with `config` (its `start`, `epochs` and `output` are set per epoch:
+    /// uint8 NHWC). `config.augment` should be [`sv_pipeline::Augment::Train`].
+    pub fn new(data: Arc<Dataset>, config: LoaderConfig) -> Result<PipelineSource> {
+        let sampler = Sampler::new(
+            data.len(),
+            config.batch_size,
+            config.rank,
+            config.world_size,
+            config.shuffle,
+            config.drop_last,
+            config.seed,
+        )
+        .map_err(|e| TrainError::Config(format!("{}: {e}", data.dir().display())))?;
+        let lighting = matches!(
+            config.augment,
+            sv_pipeline::Augment::Train {
+                lighting: Some(_),
+                ..
+            }
+        );
+        Ok(PipelineSource {
+            batches: sampler.batches_per_epoch() as u64,
+            data,
+            config,
+            lighting,
+        })
+    }
+}
+
+impl TrainData for PipelineSource {
+    fn batches_per_epoch(&self) -> u64 {
+        self.batches
+    }
+
+    fn epoch(
+        &mut self,
+        epoch: u64,
+        start: u64,
+        memory: HostMemory,
+    ) -> Result<Box<dyn Iterator<Item = Result<StagedBatch>> + Send>> {
+        let config = LoaderConfig {
+            start: Position {
+                epoch,
+                batch: start,
+            },
+            epochs: Some(1),
+            output: Output::U8(sv_pipeline::Layout::Nhwc),
+            ..self.config.clone()
+        };
+        let loader = Loader::new(self.data.clone(), config)
+            .map_err(|e| TrainError::Data(format!("{e:#}")))?;
+        let lighting = self.lighting;
+        let mut labels: Vec<i64> = Vec::new();
+        Ok(Box::new(loader.map(move |batch| {
+            let batch = batch.map_err(|e| TrainError::Data(error_chain(&e)))?;
+            let [_, h, _, _] = batch.shape();
+            let pixels = batch.pixels_u8().ok_or_else(|| {
+                TrainError::Data("the loader gave float batches, expected uint8".into())
+            })?;
+            labels.clear();
+            labels.extend(batch.labels().iter().map(|&l| i64::from(l)));
+            let offsets = lighting.then(|| batch.lighting().as_flattened());
+            let pos = batch.position();
+            // Flips are already applied by the loader's crop (Window::flip).
+            stage(
+                pixels, h, &labels, None, offsets, memory, pos.epoch, pos.batch,
+            )
+        })))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

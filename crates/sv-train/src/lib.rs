@@ -31,6 +31,9 @@ pub mod schedule;
 pub mod trainer;
 
 pub use error::{Result, TrainError};
+/// The loader crate, re-exported so callers configure [`data::PipelineSource`] with
+/// the same version.
+pub use sv_pipeline;
 pub use tch::Device;
 
 /// Picks the device for `auto`, `cpu`, `cuda` or `cuda:N`.

@@ -8,10 +8,11 @@ use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, Dataset, DatasetWriter, WriterConfig};
 use sv_train::Device;
 use sv_train::checkpoint;
-use sv_train::data::{AugmentConfig, Lighting, ShardSource};
+use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
 use sv_train::eval::EvalMode;
 use sv_train::input::Normalization;
 use sv_train::schedule::ScheduleConfig;
+use sv_train::trainer::TrainData;
 use sv_train::trainer::{LAST_CHECKPOINT, TrainConfig, Trainer};
 
 const SIDE: u32 = 72;
@@ -262,4 +263,52 @@ fn bench_compute_runs_on_cpu() {
     let ips = t.bench_compute(2, 1).unwrap();
     assert!(ips > 0.0);
     assert_eq!(t.step(), 3);
+}
+
+fn pipeline(data: &Arc<Dataset>, seed: u64) -> PipelineSource {
+    let config = sv_pipeline::LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        seed,
+        augment: sv_pipeline::Augment::train(63),
+        ..Default::default()
+    };
+    PipelineSource::new(data.clone(), config).unwrap()
+}
+
+#[test]
+fn pipeline_source_resumes_exactly() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 10, 1);
+    let val = make_set(&tmp.path().join("val"), Split::Val, 4, 2, 2);
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+    };
+    assert_eq!(pipeline(&train, 11).batches_per_epoch(), 5);
+    let straight = tmp.path().join("straight");
+    let mut t = Trainer::new(config(Some(8)), classes(4), norm, Device::Cpu, &straight).unwrap();
+    t.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    let split = tmp.path().join("split");
+    let mut a = Trainer::new(config(Some(3)), classes(4), norm, Device::Cpu, &split).unwrap();
+    a.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    let mut b = Trainer::resume(
+        &split.join(LAST_CHECKPOINT),
+        config(Some(8)),
+        Device::Cpu,
+        &split,
+    )
+    .unwrap();
+    b.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    let (w1, w2) = (
+        weights(&straight.join(LAST_CHECKPOINT)),
+        weights(&split.join(LAST_CHECKPOINT)),
+    );
+    for ((n1, a), (_, b)) in w1.iter().zip(&w2) {
+        assert!(a == b, "{n1} differs after resume through the pipeline");
+    }
 }

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
 use sv_stats::{Convention, PcaStats, PixelScale};
-use sv_train::data::{AugmentConfig, Lighting, ShardSource};
+use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
 use sv_train::input::Normalization;
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
 use sv_train::schedule::ScheduleConfig;
+use sv_train::sv_pipeline;
 use sv_train::trainer::{
-    BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, Trainer,
+    BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
 };
 
 /// Flags of `supervision train`.
@@ -101,6 +102,13 @@ pub struct Args {
     /// No random reflections.
     #[arg(long)]
     pub no_mirror: bool,
+    /// Data loader: `pipeline` (sv-pipeline, worker threads) or `simple` (one
+    /// thread, the reference).
+    #[arg(long, default_value = "pipeline")]
+    pub loader: String,
+    /// Pipeline worker threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Measure the compute-only ceiling: N timed steps on one synthetic batch already
     /// on the device, then exit (no data, no checkpoint).
     #[arg(long, value_name = "STEPS")]
@@ -160,20 +168,29 @@ fn config(args: &Args) -> Result<TrainConfig> {
     })
 }
 
-fn stats(args: &Args) -> Result<(Normalization, Option<Lighting>)> {
+type Stats = (
+    Normalization,
+    Option<Lighting>,
+    Option<sv_pipeline::Lighting>,
+);
+
+fn stats(args: &Args) -> Result<Stats> {
     let Some(path) = &args.stats else {
         tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
-        return Ok((Normalization::default(), None));
+        return Ok((Normalization::default(), None, None));
     };
     let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
     let norm = Normalization {
         mean: s.scale_255.mean,
         std: s.scale_255.std,
     };
-    let convention = match args.lighting.as_str() {
-        "none" => return Ok((norm, None)),
-        "paper" => Convention::Paper,
-        "cuda-convnet2" => Convention::CudaConvnet2,
+    let (convention, pipeline_convention) = match args.lighting.as_str() {
+        "none" => return Ok((norm, None, None)),
+        "paper" => (Convention::Paper, sv_pipeline::LightingConvention::Paper),
+        "cuda-convnet2" => (
+            Convention::CudaConvnet2,
+            sv_pipeline::LightingConvention::CudaConvnet2,
+        ),
         l => bail!("unknown --lighting {l} (paper, cuda-convnet2, none)"),
     };
     let mut eigvec = [[0.0; 3]; 3];
@@ -187,7 +204,13 @@ fn stats(args: &Args) -> Result<(Normalization, Option<Lighting>)> {
         eigvec,
         sigma: s.lighting.alpha_std,
     };
-    Ok((norm, Some(lighting)))
+    let pipeline = sv_pipeline::Lighting {
+        eigval: s.scale_unit.eigenvalues.map(|v| v as f32),
+        eigvec: eigvec.map(|row| row.map(|v| v as f32)),
+        convention: pipeline_convention,
+        std: s.lighting.alpha_std as f32,
+    };
+    Ok((norm, Some(lighting), Some(pipeline)))
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -204,7 +227,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
-    let (norm, lighting) = stats(&args)?;
+    let (norm, lighting, pipeline_lighting) = stats(&args)?;
     let last = args.out.join(LAST_CHECKPOINT);
     let mut trainer = if args.resume && last.exists() {
         Trainer::resume(&last, cfg, device, &args.out)
@@ -225,13 +248,37 @@ pub fn run(args: Args) -> Result<i32> {
         );
     }
     let cfg = trainer.config().clone();
-    let aug = AugmentConfig {
-        crop: spec.input_side as usize,
-        mirror: !args.no_mirror,
-        lighting,
+    let mut source: Box<dyn TrainData> = match args.loader.as_str() {
+        "pipeline" => {
+            let config = sv_pipeline::LoaderConfig {
+                batch_size: cfg.batch_size,
+                seed: cfg.seed,
+                workers: args.workers.unwrap_or_else(num_cpus::get).max(1),
+                augment: sv_pipeline::Augment::Train {
+                    crop: spec.input_side as u32,
+                    flip: !args.no_mirror,
+                    lighting: pipeline_lighting,
+                },
+                ..Default::default()
+            };
+            Box::new(PipelineSource::new(train.clone(), config)?)
+        }
+        "simple" => {
+            let aug = AugmentConfig {
+                crop: spec.input_side as usize,
+                mirror: !args.no_mirror,
+                lighting,
+            };
+            Box::new(ShardSource::new(
+                train.clone(),
+                cfg.batch_size,
+                cfg.seed,
+                aug,
+            )?)
+        }
+        l => bail!("unknown --loader {l} (pipeline, simple)"),
     };
-    let mut source = ShardSource::new(train.clone(), cfg.batch_size, cfg.seed, aug)?;
-    let bpe = (train.len() / cfg.batch_size) as u64;
+    let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
     eprintln!(
         "training {} ({} parameters) on {device:?}: {} images, {bpe} steps/epoch, batch {}, from step {}",
@@ -243,7 +290,7 @@ pub fn run(args: Args) -> Result<i32> {
     );
     let pb = crate::progress::bar(total_steps, "steps");
     pb.set_position(trainer.step());
-    let outcome = trainer.run(&mut source, val.as_ref(), &mut |e| match e {
+    let outcome = trainer.run(source.as_mut(), val.as_ref(), &mut |e| match e {
         Event::Step { step, .. } => pb.set_position(step),
         Event::Record(MetricsRecord::Train {
             loss,
