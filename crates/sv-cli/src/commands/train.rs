@@ -321,7 +321,7 @@ pub fn run(args: Args) -> Result<i32> {
         "final_eval": outcome.final_eval.map(|(m, r)| serde_json::json!({
             "mode": m.as_str(), "images": r.images, "top1_err": r.top1_err, "top5_err": r.top5_err})),
         "checkpoint": outcome.checkpoint,
-        "best_checkpoint": args.out.join(BEST_CHECKPOINT),
+        "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
         "device": format!("{device:?}"),
     });
