@@ -312,3 +312,42 @@ fn pipeline_source_resumes_exactly() {
         assert!(a == b, "{n1} differs after resume through the pipeline");
     }
 }
+
+/// LRN against PyTorch's LocalResponseNorm (fixture from tools/make_lrn_fixture.py):
+/// the paper's alpha = 1e-4 is PyTorch's 5e-4 with size 5.
+#[test]
+fn lrn_matches_pytorch_local_response_norm() {
+    let text = include_str!("fixtures/lrn.json");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let shape: Vec<i64> = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_i64().unwrap())
+        .collect();
+    let nums = |k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (input, want) = (nums("input"), nums("output"));
+    let x = tch::Tensor::from_slice(&input).reshape(&shape);
+    let y = sv_train::lrn::local_response_norm(&x, sv_train::lrn::LrnParams::PAPER).unwrap();
+    let got: Vec<f64> = Vec::try_from(y.flatten(0, -1)).unwrap();
+    let mut changed = 0;
+    for (i, ((g, w), a)) in got.iter().zip(&want).zip(&input).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+            "element {i}: {g} vs pytorch {w}"
+        );
+        if (w - a / 2f64.powf(0.75)).abs() > 1e-3 {
+            changed += 1;
+        }
+    }
+    assert!(
+        changed > got.len() / 2,
+        "the fixture exercises the window sum"
+    );
+}
