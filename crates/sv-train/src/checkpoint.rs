@@ -55,6 +55,9 @@ pub struct CheckpointMeta {
     pub seed: u64,
     /// The training configuration, as JSON, for the record.
     pub config: serde_json::Value,
+    /// Best validation top-1 error so far (decides when best.safetensors is written).
+    #[serde(default)]
+    pub best_top1: Option<f64>,
 }
 
 /// A checkpoint in memory (tensors on the CPU).

@@ -259,7 +259,7 @@ impl Trainer {
             step: ck.meta.step,
             epoch: ck.meta.epoch,
             batch_in_epoch: ck.meta.batch_in_epoch,
-            best_top1: None,
+            best_top1: ck.meta.best_top1,
             out_dir: out_dir.into(),
         })
     }
@@ -305,6 +305,7 @@ impl Trainer {
                 path: self.out_dir.clone(),
                 source: e,
             })?,
+            best_top1: self.best_top1,
         })
     }
 
