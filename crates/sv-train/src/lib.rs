@@ -39,7 +39,8 @@ pub use tch::Device;
 /// Picks the device for `auto`, `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" if tch::Cuda::is_available() => cuda(0),
+        "auto" => Ok(Device::Cpu),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         _ => match s
