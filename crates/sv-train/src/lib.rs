@@ -76,3 +76,22 @@ fn cuda(i: usize) -> Result<Device> {
 pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(parse_device("gpu").is_err());
+        assert!(parse_device("cuda:x").is_err());
+        if !cuda_available() {
+            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+            assert!(
+                parse_device("cuda").is_err(),
+                "no CUDA here: asking for it is an error"
+            );
+        }
+    }
+}

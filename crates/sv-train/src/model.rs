@@ -496,7 +496,8 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Builds and initialises `spec` on `device` (seed torch's generator first for a
-    /// reproducible init: [`tch::manual_seed`]).
+    /// reproducible init: [`tch::manual_seed`]). Weights are drawn on the CPU and then
+    /// moved, so one seed gives the same initial weights on every device.
     pub fn new(spec: &ModelSpec, device: Device) -> Result<Model> {
         let summary = spec.summary()?;
         let mut names = Vec::new();
@@ -504,7 +505,7 @@ impl Model {
         let mut ops = Vec::with_capacity(spec.layers.len());
         let mut in_ch = 3i64;
         let mut flat = 0i64;
-        let opts = (Kind::Float, device);
+        let opts = (Kind::Float, Device::Cpu);
         for (layer, row) in spec.layers.iter().zip(&summary.rows) {
             let op = match layer {
                 LayerSpec::Conv {
@@ -567,6 +568,15 @@ impl Model {
             };
             ops.push(op);
         }
+        let params = params
+            .into_iter()
+            .zip(&names)
+            .map(|(p, n)| {
+                p.f_to_device(device)
+                    .map(|p| p.set_requires_grad(true))
+                    .ctx(|| format!("move {n} to {device:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Model {
             spec: spec.clone(),
             names,
@@ -673,7 +683,7 @@ impl Model {
 
 fn push(names: &mut Vec<String>, params: &mut Vec<Tensor>, name: String, t: Tensor) -> usize {
     names.push(name);
-    params.push(t.set_requires_grad(true));
+    params.push(t);
     params.len() - 1
 }
 

@@ -351,3 +351,71 @@ fn lrn_matches_pytorch_local_response_norm() {
         "the fixture exercises the window sum"
     );
 }
+
+/// CUDA only (skipped, with a note, where libtorch sees no GPU): the same seed gives
+/// the same weights on both devices; an eval-mode forward (no dropout) and one update
+/// of the paper's rule agree with the CPU to float tolerance; and the trainer runs on
+/// CUDA through the pipeline and pinned staging.
+#[test]
+fn cuda_matches_cpu() {
+    use sv_train::model::{Model, ModelSpec};
+    use sv_train::optim::{PaperSgd, SgdConfig};
+    use tch::{Kind, Tensor};
+    if !sv_train::cuda_available() {
+        eprintln!("cuda_matches_cpu: skipped, no CUDA device");
+        return;
+    }
+    let _g = lock();
+    let spec = ModelSpec::by_name("alexnet-tiny", 4).unwrap();
+    let mut results = Vec::new();
+    for device in [Device::Cpu, Device::Cuda(0)] {
+        tch::manual_seed(5);
+        let model = Model::new(&spec, device).unwrap();
+        tch::manual_seed(6);
+        let x = Tensor::randn([8, 3, 63, 63], (Kind::Float, Device::Cpu)).to_device(device);
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3, 3, 2, 1, 0]).to_device(device);
+        let logits = model.forward(&x, false).unwrap();
+        logits.cross_entropy_for_logits(&y).backward();
+        let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+        opt.step(model.params(), 0.01).unwrap();
+        let w: Vec<Vec<f32>> = model
+            .params()
+            .iter()
+            .map(|p| {
+                Vec::<f32>::try_from(p.detach().to_device(Device::Cpu).flatten(0, -1)).unwrap()
+            })
+            .collect();
+        results.push((
+            Vec::<f32>::try_from(logits.detach().to_device(Device::Cpu).flatten(0, -1)).unwrap(),
+            w,
+        ));
+    }
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-3 * p.abs().max(1.0),
+                "{what}[{i}]: cpu {p} cuda {q}"
+            );
+        }
+    };
+    close(&results[0].0, &results[1].0, "logits");
+    for (i, (a, b)) in results[0].1.iter().zip(&results[1].1).enumerate() {
+        close(a, b, &format!("param {i} after one step"));
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 10, 1);
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+    };
+    let dir = tmp.path().join("cuda");
+    let mut t = Trainer::new(config(Some(7)), classes(4), norm, Device::Cuda(0), &dir).unwrap();
+    let out = t.run(&mut pipeline(&train, 11), None, &mut |_| {}).unwrap();
+    assert_eq!(out.steps, 7);
+    assert!(
+        weights(&dir.join(LAST_CHECKPOINT))
+            .iter()
+            .all(|(_, w)| w.iter().all(|v| v.is_finite()))
+    );
+}
