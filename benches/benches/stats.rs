@@ -87,7 +87,11 @@ fn dataset_pass(c: &mut Criterion) {
             verify,
             ..ComputeConfig::default()
         };
-        let name = if verify { "with CRC check" } else { "no CRC check" };
+        let name = if verify {
+            "with CRC check"
+        } else {
+            "no CRC check"
+        };
         g.bench_function(name, |b| {
             b.iter(|| compute(&ds, &cfg, &|_| {}).unwrap());
         });

@@ -93,10 +93,26 @@ fn compute_writes_documented_json_and_npy() {
     let shards = tmp.path().join("shards");
     let imgs = images(30);
     // Several shards, so the workers' ranges cross shard boundaries.
-    write(&shards, Codec::Raw, &imgs, 4096 + 8 * u64::from(SIDE * SIDE * 3) + 500);
+    write(
+        &shards,
+        Codec::Raw,
+        &imgs,
+        4096 + 8 * u64::from(SIDE * SIDE * 3) + 500,
+    );
     let out = tmp.path().join("stats/pca.json");
     let npy = tmp.path().join("stats/mean.npy");
-    let stdout = ok(&["pca", "compute", "--shards", s(&shards), "--output", s(&out), "--mean-image", s(&npy), "--workers", "3"]);
+    let stdout = ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&shards),
+        "--output",
+        s(&out),
+        "--mean-image",
+        s(&npy),
+        "--workers",
+        "3",
+    ]);
     assert!(stdout.contains("30 images of 30 records"), "{stdout}");
 
     let v = read_json(&out);
@@ -111,10 +127,18 @@ fn compute_writes_documented_json_and_npy() {
     let (mean, cov) = expected(&imgs);
     let got_mean = vec3(&v["scale_255"]["mean"]);
     for c in 0..3 {
-        assert!((got_mean[c] - mean[c]).abs() < 1e-9, "{got_mean:?} vs {mean:?}");
+        assert!(
+            (got_mean[c] - mean[c]).abs() < 1e-9,
+            "{got_mean:?} vs {mean:?}"
+        );
         let row = vec3(&v["scale_255"]["covariance"][c]);
         for d in 0..3 {
-            assert!((row[d] - cov[c][d]).abs() < 1e-8 * cov[0][0], "cov {c}{d}: {} vs {}", row[d], cov[c][d]);
+            assert!(
+                (row[d] - cov[c][d]).abs() < 1e-8 * cov[0][0],
+                "cov {c}{d}: {} vs {}",
+                row[d],
+                cov[c][d]
+            );
             let unit = vec3(&v["scale_unit"]["covariance"][c])[d];
             assert!((unit * 65025.0 - cov[c][d]).abs() < 1e-8 * cov[0][0]);
         }
@@ -123,16 +147,25 @@ fn compute_writes_documented_json_and_npy() {
     }
     // Eigen-pairs: unit vectors, descending values, C v = lambda v, sign convention.
     let vals = vec3(&v["scale_255"]["eigenvalues"]);
-    assert!(vals[0] >= vals[1] && vals[1] >= vals[2] && vals[2] >= 0.0, "{vals:?}");
+    assert!(
+        vals[0] >= vals[1] && vals[1] >= vals[2] && vals[2] >= 0.0,
+        "{vals:?}"
+    );
     for i in 0..3 {
         let e = vec3(&v["eigenvectors"][i]);
         let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-12);
-        let big = e.iter().copied().fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let big = e
+            .iter()
+            .copied()
+            .fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
         assert!(big > 0.0, "largest component must be positive: {e:?}");
         for c in 0..3 {
             let cv: f64 = (0..3).map(|d| cov[c][d] * e[d]).sum();
-            assert!((cv - vals[i] * e[c]).abs() < 1e-7 * vals[0], "C v != lambda v for {i}");
+            assert!(
+                (cv - vals[i] * e[c]).abs() < 1e-7 * vals[0],
+                "C v != lambda v for {i}"
+            );
         }
     }
     let l = &v["lighting"];
@@ -152,7 +185,10 @@ fn compute_writes_documented_json_and_npy() {
     assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (3, 12, 12)"), "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (3, 12, 12)"),
+        "{header}"
+    );
     let data = &bytes[10 + hlen..];
     assert_eq!(data.len(), (3 * SIDE * SIDE * 4) as usize);
     let plane = (SIDE * SIDE) as usize;
@@ -168,11 +204,25 @@ fn compute_writes_documented_json_and_npy() {
 fn output_does_not_depend_on_worker_count_and_sample_is_seeded() {
     let tmp = tempfile::tempdir().unwrap();
     let shards = tmp.path().join("shards");
-    write(&shards, Codec::Raw, &images(23), 4096 + 5 * u64::from(SIDE * SIDE * 3) + 200);
+    write(
+        &shards,
+        Codec::Raw,
+        &images(23),
+        4096 + 5 * u64::from(SIDE * SIDE * 3) + 200,
+    );
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(format!("{name}.json"));
         let npy = tmp.path().join(format!("{name}.npy"));
-        let mut args = vec!["pca", "compute", "--shards", s(&shards), "--output", s(&out), "--mean-image", s(&npy)];
+        let mut args = vec![
+            "pca",
+            "compute",
+            "--shards",
+            s(&shards),
+            "--output",
+            s(&out),
+            "--mean-image",
+            s(&npy),
+        ];
         args.extend_from_slice(extra);
         ok(&args);
         let json = std::fs::read_to_string(&out).unwrap();
@@ -202,7 +252,14 @@ fn jpeg_shards_work() {
     let shards = tmp.path().join("shards");
     write(&shards, Codec::Jpeg, &images(9), 1 << 30);
     let out = tmp.path().join("pca.json");
-    ok(&["pca", "compute", "--shards", s(&shards), "--output", s(&out)]);
+    ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&shards),
+        "--output",
+        s(&out),
+    ]);
     let v = read_json(&out);
     assert_eq!(v["source"]["codec"], "jpeg");
     assert_eq!(v["images"], 9);
@@ -228,8 +285,18 @@ fn bad_input_gives_clear_errors() {
     assert!(!out.exists());
 
     // Not a dataset.
-    let err = fails(&["pca", "compute", "--shards", s(&tmp.path().join("nowhere")), "--output", s(&out)]);
-    assert!(err.contains("nowhere") && err.contains("manifest.json"), "{err}");
+    let err = fails(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&tmp.path().join("nowhere")),
+        "--output",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("nowhere") && err.contains("manifest.json"),
+        "{err}"
+    );
 
     // A flipped byte inside record 3 of a raw shard: the CRC check names it.
     let stride = u64::from(SIDE * SIDE * 3);
@@ -239,8 +306,20 @@ fn bad_input_gives_clear_errors() {
     let mut bytes = std::fs::read(&shard).unwrap();
     bytes[(4096 + 3 * stride + 10) as usize] ^= 1;
     std::fs::write(&shard, &bytes).unwrap();
-    let err = fails(&["pca", "compute", "--shards", s(&flipped), "--output", s(&out), "--workers", "2"]);
-    assert!(err.contains("train-00000.svs") && err.contains("record 3") && err.contains("checksum"), "{err}");
+    let err = fails(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&flipped),
+        "--output",
+        s(&out),
+        "--workers",
+        "2",
+    ]);
+    assert!(
+        err.contains("train-00000.svs") && err.contains("record 3") && err.contains("checksum"),
+        "{err}"
+    );
     assert!(!out.exists());
 
     // Manifest and shard disagree (the shard was truncated).
@@ -248,11 +327,35 @@ fn bad_input_gives_clear_errors() {
     write(&truncated, Codec::Raw, &images(6), 1 << 30);
     let shard = truncated.join("train-00000.svs");
     let len = std::fs::metadata(&shard).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&shard).unwrap().set_len(len - 100).unwrap();
-    let err = fails(&["pca", "compute", "--shards", s(&truncated), "--output", s(&out)]);
-    assert!(err.contains("train-00000.svs") && err.contains("manifest"), "{err}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let err = fails(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&truncated),
+        "--output",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("train-00000.svs") && err.contains("manifest"),
+        "{err}"
+    );
 
     // --sample 0 is refused by the parser.
-    let err = fails(&["pca", "compute", "--shards", s(&flipped), "--output", s(&out), "--sample", "0"]);
+    let err = fails(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&flipped),
+        "--output",
+        s(&out),
+        "--sample",
+        "0",
+    ]);
     assert!(err.contains("--sample"), "{err}");
 }

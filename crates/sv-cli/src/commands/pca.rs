@@ -101,9 +101,7 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
         ));
     }
     ensure_parent(&args.output)?;
-    stats
-        .save(&args.output)
-        .context("writing the statistics")?;
+    stats.save(&args.output).context("writing the statistics")?;
 
     let bytes = stats.pixels as f64 * 3.0;
     let workers = config.workers.clamp(1, visit.max(1) as usize);
