@@ -359,3 +359,63 @@ fn bad_input_gives_clear_errors() {
     ]);
     assert!(err.contains("--sample"), "{err}");
 }
+
+#[test]
+fn synth_then_shard_build_then_pca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("imagenet");
+    ok(&[
+        "synth",
+        "--output",
+        s(&root),
+        "--classes",
+        "3",
+        "--per-class",
+        "4",
+        "--val-per-class",
+        "1",
+        "--seed",
+        "5",
+        "--min-side",
+        "64",
+        "--max-side",
+        "160",
+    ]);
+    let shards = tmp.path().join("train");
+    ok(&[
+        "shard",
+        "build",
+        "--input",
+        s(&root.join("train")),
+        "--output",
+        s(&shards),
+        "--codec",
+        "raw",
+        "--size",
+        "64",
+    ]);
+    let out = tmp.path().join("pca.json");
+    let npy = tmp.path().join("mean.npy");
+    let stdout = ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&shards),
+        "--output",
+        s(&out),
+        "--mean-image",
+        s(&npy),
+    ]);
+    assert!(stdout.contains("12 images of 12 records"), "{stdout}");
+    let v = read_json(&out);
+    assert_eq!(v["images"], 12);
+    assert_eq!(v["side"], 64);
+    assert_eq!(v["source"]["split"], "train");
+    assert_eq!(v["mean_image"]["shape"], serde_json::json!([3, 64, 64]));
+    let vals = vec3(&v["scale_255"]["eigenvalues"]);
+    assert!(vals[0] > vals[2] && vals[2] >= 0.0, "{vals:?}");
+    assert_eq!(
+        std::fs::metadata(&npy).unwrap().len(),
+        128 + 3 * 64 * 64 * 4
+    );
+}
