@@ -1,7 +1,7 @@
 //! Per-image preparation (decode + shorter side to 256 + centre crop) on
 //! deterministic generated JPEGs of ImageNet-like and larger sizes, for each DCT
-//! reduction setting: `gap0` always decodes at full size, `gap2` reduces while at
-//! least 2x the target resolution remains (the default), `gap1` reduces as far as
+//! reduction setting: `gap0` always decodes at full size (the default), `gap2` reduces while at
+//! least 2x the target resolution remains, `gap1` reduces as far as
 //! the target allows. One iteration = one image; compare with
 //! `tools/bench_prep_pil.py` for PIL on the same job.
 

@@ -13,9 +13,12 @@
 //!
 //! Speed. A [`Preprocessor`] is made once per worker: it owns the resizer and every
 //! scratch buffer, so the steady state allocates nothing beyond what a decoder
-//! allocates internally. Large JPEGs can be decoded at a reduced DCT scale (1/2,
-//! 1/4, 1/8, as PIL's `draft()`), chosen so the reduced shorter side stays at least
-//! `side * reduce_gap`: see [`PrepConfig::reduce_gap`].
+//! allocates internally. Large JPEGs can optionally be decoded at a reduced DCT
+//! scale (1/2, 1/4, 1/8, as PIL's `draft()`), chosen so the reduced shorter side
+//! stays at least `side * reduce_gap`: see [`PrepConfig::reduce_gap`]. It is off by
+//! default: only jpeg-decoder offers reduced scales and it is slower than zune-jpeg,
+//! so `cargo bench -p sv-benches --bench prep` measured no gain at `reduce_gap = 2`
+//! and 10-25% at `reduce_gap = 1`, at a cost in fidelity to PIL's full-size resize.
 //!
 //! Colour. Gray JPEGs and PNGs are resized as one channel and replicated to RGB;
 //! CMYK and YCCK JPEGs (Adobe convention, as PIL) become RGB in the decoder; PNG
@@ -70,7 +73,8 @@ pub struct PrepConfig {
     /// Decode a JPEG at 1/2, 1/4 or 1/8 scale when its reduced shorter side is still
     /// at least `side * reduce_gap` (the largest such reduction is taken); 0 disables.
     /// 2.0 keeps at least twice the target resolution before the antialiasing resize
-    /// (PIL's `thumbnail` default); 1.0 is fastest.
+    /// (PIL's `thumbnail` default); 1.0 is fastest. Default 0 (off, see the crate
+    /// header).
     pub reduce_gap: f32,
 }
 
@@ -80,7 +84,7 @@ impl Default for PrepConfig {
             side: 256,
             filter: Filter::default(),
             limits: Limits::default(),
-            reduce_gap: 2.0,
+            reduce_gap: 0.0,
         }
     }
 }
