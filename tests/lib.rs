@@ -14,7 +14,10 @@ pub fn binary() -> &'static Path {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/cli-<hash>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
         let bin = profile_dir.join(format!("supervision{}", std::env::consts::EXE_SUFFIX));
         if !bin.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -38,7 +41,10 @@ pub fn supervision() -> Command {
 /// Run `supervision ARGS...`, returning its output; panics with stdout/stderr when the
 /// exit status differs from `expect_success`.
 pub fn run(args: &[&str], expect_success: bool) -> Output {
-    let out = supervision().args(args).output().expect("spawn supervision");
+    let out = supervision()
+        .args(args)
+        .output()
+        .expect("spawn supervision");
     if out.status.success() != expect_success {
         panic!(
             "supervision {args:?} exited {:?} (expected success={expect_success})\n--- stdout\n{}\n--- stderr\n{}",

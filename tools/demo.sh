@@ -31,10 +31,13 @@ if "$BIN" model summary alexnet-tiny >/dev/null 2>&1 && command -v nvidia-smi >/
   MODEL="${SUPERVISION_DEMO_MODEL:-alexnet}"
   EPOCHS="${SUPERVISION_DEMO_EPOCHS:-4}"
   BATCH=128
+  SCHEDULE=plateau
 else
   MODEL="${SUPERVISION_DEMO_MODEL:-alexnet-tiny}"
   EPOCHS="${SUPERVISION_DEMO_EPOCHS:-6}"
   BATCH=32
+  # A few epochs on a toy set: the paper's divide-on-plateau would cut lr too early.
+  SCHEDULE=constant
 fi
 
 run synth --output "$OUT/imagenet" --classes 10 --per-class 80 --val-per-class 10 --seed 1
@@ -48,7 +51,7 @@ run pca compute --shards "$OUT/shards/train" --output "$OUT/stats.json" \
     --mean-image "$OUT/mean.npy"
 run bench pipeline --shards "$OUT/shards/train" --batches 20 --stats "$OUT/stats.json"
 run train --train "$OUT/shards/train" --val "$OUT/shards/val" --stats "$OUT/stats.json" \
-    --out "$OUT/run" --model "$MODEL" --epochs "$EPOCHS" --batch-size "$BATCH"
+    --out "$OUT/run" --model "$MODEL" --epochs "$EPOCHS" --batch-size "$BATCH" --schedule "$SCHEDULE"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val" --ten-crop
 run plot "$OUT/run/metrics.jsonl" --output "$OUT/curves.png"

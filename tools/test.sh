@@ -16,4 +16,6 @@ if [ -f tools/setup-torch.sh ]; then
 fi
 
 cargo fmt --all -- --check
+# Data preparation must build without libtorch.
+cargo check --locked -p sv-cli --no-default-features
 cargo test --workspace --locked "$@"

@@ -28,9 +28,6 @@ enum Command {
     /// Dataset statistics: mean image, channel moments, RGB covariance and PCA.
     #[command(subcommand)]
     Pca(commands::pca::Cmd),
-    /// Benchmarks: the input pipeline's throughput and determinism digest.
-    #[command(subcommand)]
-    Bench(commands::bench::Cmd),
     /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
     #[cfg(feature = "train")]
     Train(Box<commands::train::Args>),
@@ -46,6 +43,9 @@ enum Command {
     Model(commands::model::Cmd),
     /// Draw loss, errors and learning rate from a metrics.jsonl to a PNG.
     Plot(commands::plot::Args),
+    /// Benchmarks: the input pipeline's throughput and determinism digest.
+    #[command(subcommand)]
+    Bench(commands::bench::Cmd),
 }
 
 fn main() {
@@ -55,7 +55,6 @@ fn main() {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),
         Command::Pca(cmd) => commands::pca::run(cmd),
-        Command::Bench(cmd) => commands::bench::run(cmd),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::run(*args),
         #[cfg(feature = "train")]
@@ -65,6 +64,7 @@ fn main() {
         #[cfg(feature = "train")]
         Command::Model(cmd) => commands::model::run(cmd),
         Command::Plot(args) => commands::plot::run(args),
+        Command::Bench(cmd) => commands::bench::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),

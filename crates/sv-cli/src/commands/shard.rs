@@ -178,7 +178,9 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
             bar.set_position(done as u64);
             bar.reset_eta();
             if done > 0 {
-                bar.println(format!("resuming: {done} of {total} images already in shards"));
+                bar.println(format!(
+                    "resuming: {done} of {total} images already in shards"
+                ));
             }
         }
         Progress::Image { done, rejected } => {
@@ -245,11 +247,10 @@ fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = sv_shard::Manifest::load(&a.dir)?;
     let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
     let bar = progress::bar(total, "bytes");
-    let report = sv_shard::verify::verify_dataset(
-        &a.dir,
-        a.workers.unwrap_or_else(num_cpus::get),
-        &|b| bar.inc(b),
-    )?;
+    let report =
+        sv_shard::verify::verify_dataset(&a.dir, a.workers.unwrap_or_else(num_cpus::get), &|b| {
+            bar.inc(b)
+        })?;
     bar.finish_and_clear();
     for p in &report.leftovers {
         eprintln!(
@@ -353,7 +354,10 @@ fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         );
         println!("classes   {}", report.classes.len());
         for c in &report.classes {
-            println!("  {:>5}  {:<10} {:>8}  {}", c.label, c.wnid, c.records, c.name);
+            println!(
+                "  {:>5}  {:<10} {:>8}  {}",
+                c.label, c.wnid, c.records, c.name
+            );
         }
     }
     if let Some(sheet) = &a.sheet {
@@ -383,7 +387,8 @@ fn contact_sheet(ds: &Dataset, path: &Path, per_class: usize) -> anyhow::Result<
     let gap = 2;
     let width = per_class as u32 * (tile + gap) + gap;
     let height = classes as u32 * (tile + gap) + gap;
-    let mut sheet = image::RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([32, 32, 32]));
+    let mut sheet =
+        image::RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([32, 32, 32]));
     let mut scratch = Vec::new();
     for (row, ids) in picks.iter().enumerate() {
         for (col, &i) in ids.iter().enumerate() {
