@@ -6,6 +6,7 @@
 # CPU; with CUDA it trains the paper's full model (SUPERVISION_DEMO_MODEL overrides).
 #
 # Usage: tools/demo.sh [OUT]      (OUT defaults to demo-out; it is replaced)
+# SUPERVISION_BIN=path uses an already built binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-demo-out}"
@@ -13,9 +14,13 @@ OUT="${1:-demo-out}"
 # libtorch (a cached virtual environment, created once) and the release binary.
 # shellcheck source=setup-torch.sh
 source tools/setup-torch.sh
-echo "== building the supervision binary (release)"
-cargo build --release --locked -p sv-cli --bin supervision
-BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/supervision"
+if [ -n "${SUPERVISION_BIN:-}" ]; then
+  BIN="$SUPERVISION_BIN"   # an already built binary
+else
+  echo "== building the supervision binary (release)"
+  cargo build --release --locked -p sv-cli --bin supervision
+  BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/supervision"
+fi
 
 run() {
   echo
