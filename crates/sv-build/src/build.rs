@@ -230,7 +230,17 @@ pub fn build(
                 let mut pixels = vec![0u8; geometry.image_bytes()];
                 while let Some(i) = gate.claim(images.len(), stop) {
                     let path = config.input.input.join(&images[i].rel);
-                    let r = prepare(&mut pre, &path, &mut pixels, config);
+                    // A worker that died would leave its index unwritten and the writer
+                    // waiting for it forever: any panic becomes this file's reject.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        prepare(&mut pre, &path, &mut pixels, config)
+                    }))
+                    .unwrap_or_else(|_| {
+                        pre = sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(
+                            config.side,
+                        ));
+                        Err("internal error: preparing this file panicked".into())
+                    });
                     if tx.send((i, r)).is_err() {
                         break;
                     }
@@ -337,7 +347,6 @@ fn prepare(
     config: &BuildConfig,
 ) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    // sv-image turns decoder panics into errors too, so one file never stops a build.
     pre.process(&bytes, pixels).map_err(|e| e.to_string())?;
     let mut payload = Vec::new();
     sv_shard::encode_payload(
