@@ -18,7 +18,7 @@ Usage:
   target/release/supervision synth --output /tmp/synth --classes 10 --per-class 50
   python3 tools/bench_prep_pil.py /tmp/synth/train [--workers N] [--repeat 3]
 
-Runs itself under a cached venv with Pillow (~/.cache/supervision/venv-tools),
+Runs itself under a cached venv with Pillow (${SUPERVISION_CACHE:-~/.cache/supervision}/venv-tools),
 creating it on first use.
 """
 
@@ -29,28 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 from pathlib import Path
 
-VENV = Path.home() / ".cache" / "supervision" / "venv-tools"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def ensure_pillow():
-    try:
-        import PIL  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = VENV / "bin" / "python"
-    if os.environ.get("SV_TOOLS_VENV") == "1":
-        sys.exit("Pillow is still missing inside %s" % VENV)
-    if not py.exists():
-        print("creating %s (pillow, numpy)" % VENV, file=sys.stderr)
-        venv.create(VENV, with_pip=True)
-        subprocess.check_call([str(py), "-m", "pip", "install", "--quiet", "pillow", "numpy"])
-    env = dict(os.environ, SV_TOOLS_VENV="1")
-    os.execve(str(py), [str(py), __file__] + sys.argv[1:], env)
 
 
 SIZE = 256
@@ -106,7 +92,7 @@ def run_supervision(binary, input_dir, workers, size, out_dir):
 
 
 def main():
-    ensure_pillow()
+    toolenv.ensure("venv-tools", ["pillow", "numpy"], probe="PIL")
     import PIL
 
     ap = argparse.ArgumentParser(description="PIL vs supervision shard build, images/s")

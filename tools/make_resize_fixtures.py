@@ -15,38 +15,22 @@ the BILINEAR (triangle, antialiasing) filter:
 PIL decodes JPEGs at full size here (no draft()).
 
 Usage: python3 tools/make_resize_fixtures.py [--out DIR]
-Runs itself under a cached venv with Pillow (~/.cache/supervision/venv-tools),
+Runs itself under a cached venv with Pillow (${SUPERVISION_CACHE:-~/.cache/supervision}/venv-tools),
 creating it on first use.
 """
 
 import argparse
 import os
 import random
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
-VENV = Path.home() / ".cache" / "supervision" / "venv-tools"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def ensure_pillow():
-    """Re-exec under the tools venv unless Pillow is importable here."""
-    try:
-        import PIL  # noqa: F401
-        return
-    except ImportError:
-        pass
-    py = VENV / "bin" / "python"
-    if os.environ.get("SV_TOOLS_VENV") == "1":
-        sys.exit("Pillow is still missing inside %s" % VENV)
-    if not py.exists():
-        print("creating %s (pillow, numpy)" % VENV, file=sys.stderr)
-        venv.create(VENV, with_pip=True)
-        subprocess.check_call([str(py), "-m", "pip", "install", "--quiet", "pillow", "numpy"])
-    env = dict(os.environ, SV_TOOLS_VENV="1")
-    os.execve(str(py), [str(py), __file__] + sys.argv[1:], env)
 
 
 def photo(rng, w, h, noise=6, stripe=7):
@@ -133,7 +117,7 @@ def reference(path, side):
 
 
 def main():
-    ensure_pillow()
+    toolenv.ensure("venv-tools", ["pillow", "numpy"], probe="PIL")
     import PIL
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

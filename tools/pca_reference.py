@@ -24,31 +24,13 @@ Python dependencies (numpy) live in a cached venv made on first use:
   ${SUPERVISION_CACHE:-~/.cache/supervision}/venv-numpy
 """
 import os
-import subprocess
 import sys
 
 
-def _ensure_numpy():
-    try:
-        import numpy  # noqa: F401
-        return
-    except ImportError:
-        pass
-    cache = os.environ.get("SUPERVISION_CACHE", os.path.expanduser("~/.cache/supervision"))
-    venv = os.path.join(cache, "venv-numpy")
-    py = os.path.join(venv, "bin", "python")
-    if os.environ.get("_SV_NUMPY_VENV") == "1":
-        sys.exit(f"numpy is still missing in {venv}")
-    if not os.path.exists(py):
-        print(f"creating {venv} (numpy)", file=sys.stderr)
-        os.makedirs(cache, exist_ok=True)
-        subprocess.check_call([sys.executable, "-m", "venv", venv])
-        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "numpy"])
-    env = dict(os.environ, _SV_NUMPY_VENV="1")
-    os.execve(py, [py] + sys.argv, env)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import toolenv  # noqa: E402
 
-
-_ensure_numpy()
+toolenv.ensure("venv-numpy", ["numpy"], probe="numpy")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
