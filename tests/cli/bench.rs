@@ -75,6 +75,30 @@ fn digest_is_the_same_for_any_worker_count() {
                 );
                 assert_eq!(digest(&one), digest(&many), "{codec:?} {output} {workers}");
             }
+            // releasing pages after use changes memory, never the batches
+            let released = bench(
+                &dir,
+                &[
+                    "--workers",
+                    "2",
+                    "--seed",
+                    "5",
+                    "--output",
+                    output,
+                    "--release-pages",
+                ],
+            );
+            assert_eq!(
+                digest(&one),
+                digest(&released),
+                "{codec:?} {output} released"
+            );
+            assert_eq!(released["release_pages"], true);
+            if cfg!(target_os = "linux") {
+                let m = &released["memory"];
+                let (rss, anon) = (m["peak_rss_mib"].as_f64(), m["peak_anon_mib"].as_f64());
+                assert!(rss.unwrap() >= anon.unwrap() && anon.unwrap() > 0.0, "{m}");
+            }
             let other = bench(&dir, &["--workers", "2", "--seed", "6", "--output", output]);
             assert_ne!(digest(&one), digest(&other), "the seed changes the batches");
         }
@@ -114,6 +138,9 @@ fn options_change_the_batches_and_text_report_prints() {
     ]);
     assert!(text.contains("images/s"), "{text}");
     assert!(text.contains("digest "), "{text}");
+    if cfg!(target_os = "linux") {
+        assert!(text.contains("peak resident memory"), "{text}");
+    }
 }
 
 #[test]

@@ -205,11 +205,12 @@ mod x86 {
     use std::arch::x86_64::_mm_storeu_si128;
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8};
 
-    /// [`super::flip_row`] five pixels per step. Step `j` (output pixels `j..j + 5`)
-    /// loads the 16 bytes starting one byte before source pixel `m = n - 5 - j`,
-    /// reverses the five pixels with one `pshufb` and stores 16 bytes at output pixel
-    /// `j`; the 16th byte stored is overwritten by the next step or the scalar tail.
-    /// Both the load and the store stay in bounds while `j + 6 <= n`.
+    /// [`super::flip_row`] five pixels per step, reading the source forwards. Step
+    /// `m` (source pixels `m..m + 5`, output pixels `j..j + 5` with `j = n - 5 - m`)
+    /// loads the 16 bytes at source pixel `m`, reverses the five pixels with one
+    /// `pshufb` and stores 16 bytes starting one byte before output pixel `j`; that
+    /// first byte is overwritten by the next step or the scalar head. Both the load
+    /// and the store stay in bounds while `m + 6 <= n`.
     ///
     /// # Safety
     /// The CPU must support SSSE3.
@@ -220,24 +221,26 @@ mod x86 {
             row.len() >= 3 * n,
             "flip_row: source row shorter than output"
         );
-        // loaded byte 1 + 3q + c is byte c of source pixel m + q; output pixel k of
-        // the step is source pixel m + 4 - k, so output byte 3k + c = loaded byte
-        // 13 - 3k + c. The last byte (-1: zero) is a placeholder.
-        let mask = _mm_setr_epi8(13, 14, 15, 10, 11, 12, 7, 8, 9, 4, 5, 6, 1, 2, 3, -1);
-        let mut j = 0;
-        while j + 6 <= n {
-            let m = n - 5 - j;
-            // SAFETY: reads row[3m - 1 .. 3m + 15]: 3m - 1 >= 2 since m >= 1, and
-            // 3m + 15 = 3(n - j) <= 3n <= row.len(). Writes out[3j .. 3j + 16]:
-            // 3j + 16 <= 3(n - 6) + 16 < 3n = out.len(). Unaligned load/store.
+        // loaded byte 3q + c is byte c of source pixel m + q, which goes to output
+        // pixel j + 4 - q, stored byte 1 + 3(4 - q) + c: stored byte 1 + 3k + c =
+        // loaded byte 3(4 - k) + c. Stored byte 0 (-1: zero) is a placeholder.
+        let mask = _mm_setr_epi8(-1, 12, 13, 14, 9, 10, 11, 6, 7, 8, 3, 4, 5, 0, 1, 2);
+        let mut m = 0;
+        while m + 6 <= n {
+            let j = n - 5 - m;
+            // SAFETY: reads row[3m .. 3m + 16]: 3m + 16 <= 3(n - 6) + 16 < 3n <=
+            // row.len(). Writes out[3j - 1 .. 3j + 15]: 3j - 1 >= 2 since j >= 1,
+            // and 3j + 15 = 3(n - m) <= 3n = out.len(). Unaligned load/store.
             unsafe {
-                let v = _mm_loadu_si128(row.as_ptr().add(3 * m - 1).cast::<__m128i>());
+                let v = _mm_loadu_si128(row.as_ptr().add(3 * m).cast::<__m128i>());
                 let r = _mm_shuffle_epi8(v, mask);
-                _mm_storeu_si128(out.as_mut_ptr().add(3 * j).cast::<__m128i>(), r);
+                _mm_storeu_si128(out.as_mut_ptr().add(3 * j - 1).cast::<__m128i>(), r);
             }
-            j += 5;
+            m += 5;
         }
-        super::flip_row_scalar(row, out, j);
+        // output pixels 0..n - m remain: source pixels m..n, reversed
+        let rest = n - m;
+        super::flip_row_scalar(&row[3 * m..3 * n], &mut out[..3 * rest], 0);
     }
 }
 

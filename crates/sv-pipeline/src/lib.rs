@@ -268,6 +268,14 @@ pub struct LoaderConfig {
     pub verify: bool,
     /// Stop or skip on a damaged record.
     pub on_error: OnError,
+    /// Unmap each record's pages once its crops are made
+    /// ([`sv_shard::Record::release_pages`]), so the memory-mapped shards read so far
+    /// stop counting in the process's resident set and peak RSS stays independent
+    /// of the dataset size. The page cache keeps the data; the next epoch maps it back
+    /// in (minor page faults). Off: resident file pages grow with the part of the
+    /// dataset read (they are the kernel's page cache, shared and reclaimable, but
+    /// they show in RSS and count against a container's memory limit).
+    pub release_pages: bool,
 }
 
 impl Default for LoaderConfig {
@@ -288,6 +296,7 @@ impl Default for LoaderConfig {
             output: Output::default(),
             verify: false,
             on_error: OnError::Fail,
+            release_pages: false,
         }
     }
 }

@@ -62,6 +62,7 @@ struct Ctx {
     norm: Option<Normalize>,
     verify: bool,
     on_error: OnError,
+    release_pages: bool,
     counters: Arc<Counters>,
     /// Tests: panic when asked for this record.
     #[cfg(test)]
@@ -186,6 +187,7 @@ impl Loader {
             norm,
             verify: config.verify,
             on_error: config.on_error,
+            release_pages: config.release_pages,
             counters: counters.clone(),
             #[cfg(test)]
             panic_on,
@@ -584,6 +586,12 @@ impl Ctx {
                     put(first + v, w, [0.0; 3])?;
                 }
             }
+        }
+        if self.release_pages
+            && let Err(e) = record.release_pages()
+        {
+            // Only costs memory, never correctness: say so and carry on.
+            tracing::debug!(error = %e, "could not release a record's pages");
         }
         buf.indices.push(index);
         buf.labels.push(record.label);

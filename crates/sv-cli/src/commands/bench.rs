@@ -93,6 +93,10 @@ pub struct PipelineArgs {
     /// Check every record's CRC-32 as it is read.
     #[arg(long)]
     verify: bool,
+    /// Unmap each record's pages once used, so resident memory stays independent of
+    /// the dataset size (the page cache keeps the data; later epochs fault it back).
+    #[arg(long)]
+    release_pages: bool,
     /// Do not hash the batches (pixels, labels and lighting offsets; the digest costs
     /// the consumer thread some time).
     #[arg(long)]
@@ -130,7 +134,45 @@ struct Report {
     input_mb_per_s: f64,
     output_mb_per_s: f64,
     stage_seconds: StageSeconds,
+    /// Resident memory of the process (Linux only).
+    memory: Option<Memory>,
+    release_pages: bool,
     digest: Option<String>,
+}
+
+/// Resident memory in MiB: the kernel's high-water mark of the whole resident set,
+/// and the largest anonymous (heap, stacks, batch buffers) and file-backed (mapped
+/// shards, the binary) parts seen after any batch.
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+struct Memory {
+    peak_rss_mib: f64,
+    peak_anon_mib: f64,
+    peak_file_mib: f64,
+}
+
+/// `/proc/self/status` fields in KiB: (VmHWM, RssAnon, RssFile), or `None` where
+/// there is no such file (not Linux).
+fn proc_status() -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?))
+}
+
+impl Memory {
+    fn sample(peak: &mut Option<Memory>) {
+        let Some((hwm, anon, file)) = proc_status() else {
+            return;
+        };
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let m = peak.get_or_insert_with(Memory::default);
+        m.peak_rss_mib = m.peak_rss_mib.max(mib(hwm));
+        m.peak_anon_mib = m.peak_anon_mib.max(mib(anon));
+        m.peak_file_mib = m.peak_file_mib.max(mib(file));
+    }
 }
 
 /// Run a `bench` command.
@@ -216,6 +258,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         },
         output,
         verify: args.verify,
+        release_pages: args.release_pages,
         ..LoaderConfig::default()
     };
     let mut loader = Loader::new(dataset.clone(), config).context("starting the pipeline")?;
@@ -226,11 +269,13 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     let mut output_bytes = 0u64;
     let mut started = Instant::now();
     let mut timed = false;
+    let mut memory = None;
     for i in 0..total {
         let Some(batch) = loader.next() else {
             break;
         };
         let batch = batch.context("the pipeline failed")?;
+        Memory::sample(&mut memory);
         if let Some(h) = digest.as_mut() {
             match (batch.pixels_u8(), batch.pixels_f32()) {
                 (Some(p), _) => h.update(p),
@@ -300,6 +345,8 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             augment: st.augment.as_secs_f64(),
             consumer_wait: st.consumer_wait.as_secs_f64(),
         },
+        memory,
+        release_pages: args.release_pages,
         digest: digest.map(|h| format!("{:08x}", h.finalize())),
     };
     drop(loader);
@@ -332,6 +379,19 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             report.stage_seconds.augment,
             report.stage_seconds.consumer_wait
         );
+        if let Some(m) = &report.memory {
+            println!(
+                "peak resident memory {:.1} MiB (anonymous {:.1} MiB, file-backed {:.1} MiB{})",
+                m.peak_rss_mib,
+                m.peak_anon_mib,
+                m.peak_file_mib,
+                if report.release_pages {
+                    ", pages released after use"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(d) = &report.digest {
             println!("digest {d}");
         }

@@ -109,6 +109,11 @@ pub struct Args {
     /// Pipeline worker threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Pipeline: unmap each training record's pages once used, so resident memory
+    /// stays independent of the dataset size (costs page faults on raw records; see
+    /// `bench pipeline --release-pages`).
+    #[arg(long)]
+    pub release_pages: bool,
     /// Measure the compute-only ceiling: N timed steps on one synthetic batch already
     /// on the device, then exit (no data, no checkpoint).
     #[arg(long, value_name = "STEPS")]
@@ -259,6 +264,7 @@ pub fn run(args: Args) -> Result<i32> {
                     flip: !args.no_mirror,
                     lighting: pipeline_lighting,
                 },
+                release_pages: args.release_pages,
                 ..Default::default()
             };
             Box::new(PipelineSource::new(train.clone(), config)?)
