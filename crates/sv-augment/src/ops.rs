@@ -314,10 +314,31 @@ mod x86 {
         })
     }
 
-    /// Where output pixels `j..j + 16` of an `n`-pixel row start in the source.
+    /// Walk output pixels `0..n` of a row sixteen at a time: `put(j, channels)` gets
+    /// channels R, G, B of output pixels `j..j + 16` (source pixels `j..j + 16`, or
+    /// `n - 16 - j..n - j` mirrored). Returns the first output pixel not covered
+    /// (`n` rounded down to a multiple of 16); the caller finishes the row.
+    ///
+    /// # Panics
+    /// If `row` holds fewer than `n` pixels.
+    #[target_feature(enable = "ssse3")]
     #[inline]
-    fn source_pixel(n: usize, j: usize, flip: bool) -> usize {
-        if flip { n - 16 - j } else { j }
+    fn groups16(
+        row: &[u8],
+        n: usize,
+        flip: bool,
+        mut put: impl FnMut(usize, [__m128i; 3]),
+    ) -> usize {
+        assert!(row.len() >= 3 * n, "row shorter than {n} pixels");
+        let masks = load_masks(flip);
+        let mut j = 0;
+        while j + 16 <= n {
+            let s = if flip { n - 16 - j } else { j };
+            // SAFETY: source bytes 3s..3s + 48 lie in the row since s + 16 <= n.
+            put(j, unsafe { gather16(row.as_ptr().add(3 * s), &masks) });
+            j += 16;
+        }
+        j
     }
 
     /// [`super::planar_row`] sixteen pixels per step, the rest scalar.
@@ -333,21 +354,14 @@ mod x86 {
         o2: &mut [u8],
     ) {
         let n = o0.len();
-        assert!(row.len() >= 3 * n && o1.len() >= n && o2.len() >= n);
-        let masks = load_masks(flip);
-        let mut j = 0;
-        while j + 16 <= n {
-            let s = source_pixel(n, j, flip);
-            // SAFETY: source bytes 3s..3s + 48 lie in the row (s + 16 <= n); the
-            // stores write o*[j..j + 16], in bounds since j + 16 <= n.
-            unsafe {
-                let c = gather16(row.as_ptr().add(3 * s), &masks);
-                _mm_storeu_si128(o0.as_mut_ptr().add(j).cast::<__m128i>(), c[0]);
-                _mm_storeu_si128(o1.as_mut_ptr().add(j).cast::<__m128i>(), c[1]);
-                _mm_storeu_si128(o2.as_mut_ptr().add(j).cast::<__m128i>(), c[2]);
+        assert!(o1.len() >= n && o2.len() >= n);
+        let outs = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
+        let j = groups16(row, n, flip, |j, c| {
+            for (o, v) in outs.into_iter().zip(c) {
+                // SAFETY: writes o*[j..j + 16], in bounds since j + 16 <= n.
+                unsafe { _mm_storeu_si128(o.add(j).cast::<__m128i>(), v) };
             }
-            j += 16;
-        }
+        });
         let src = tail_source(row, n, j, flip);
         let (o0, o1, o2) = (&mut o0[j..n], &mut o1[j..n], &mut o2[j..n]);
         super::planar_row_scalar(src, flip, o0, o1, o2);
@@ -379,29 +393,23 @@ mod x86 {
         o2: &mut [f32],
     ) {
         let n = o0.len();
-        assert!(row.len() >= 3 * n && o1.len() >= n && o2.len() >= n);
-        let masks = load_masks(flip);
+        assert!(o1.len() >= n && o2.len() >= n);
         let sv = scale.map(|v| _mm256_set1_ps(v));
         let bv = bias.map(|v| _mm256_set1_ps(v));
         let outs = [o0.as_mut_ptr(), o1.as_mut_ptr(), o2.as_mut_ptr()];
-        let mut j = 0;
-        while j + 16 <= n {
-            let s = source_pixel(n, j, flip);
-            // SAFETY: source bytes 3s..3s + 48 lie in the row (s + 16 <= n); each
-            // channel writes o*[j..j + 16], in bounds since j + 16 <= n.
-            unsafe {
-                let c = gather16(row.as_ptr().add(3 * s), &masks);
-                for k in 0..3 {
-                    let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c[k]));
-                    let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(c[k])));
-                    let lo = _mm256_add_ps(_mm256_mul_ps(lo, sv[k]), bv[k]);
-                    let hi = _mm256_add_ps(_mm256_mul_ps(hi, sv[k]), bv[k]);
+        let j = groups16(row, n, flip, |j, c| {
+            for k in 0..3 {
+                let lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c[k]));
+                let hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(c[k])));
+                let lo = _mm256_add_ps(_mm256_mul_ps(lo, sv[k]), bv[k]);
+                let hi = _mm256_add_ps(_mm256_mul_ps(hi, sv[k]), bv[k]);
+                // SAFETY: writes o*[j..j + 16], in bounds since j + 16 <= n.
+                unsafe {
                     _mm256_storeu_ps(outs[k].add(j), lo);
                     _mm256_storeu_ps(outs[k].add(j + 8), hi);
                 }
             }
-            j += 16;
-        }
+        });
         let src = tail_source(row, n, j, flip);
         let (o0, o1, o2) = (&mut o0[j..n], &mut o1[j..n], &mut o2[j..n]);
         super::affine_row_scalar(src, flip, scale, bias, o0, o1, o2);

@@ -67,6 +67,12 @@
 //! cropped straight from the memory map; JPEG records are decoded into a per-worker
 //! scratch buffer first.
 //!
+//! The memory map is the one part of the resident set that grows with the data read:
+//! pages of the shards stay mapped once touched (page cache, shared and reclaimable,
+//! but counted in RSS). [`LoaderConfig::release_pages`] unmaps each record's pages
+//! after use, which keeps peak RSS independent of the dataset size at the cost of
+//! page faults when records are read again.
+//!
 //! # Failures
 //!
 //! A damaged record (checksum with `verify`, undecodable JPEG) gives the consumer
