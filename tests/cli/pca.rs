@@ -54,6 +54,13 @@ fn write(dir: &Path, codec: Codec, imgs: &[Vec<u8>], max_shard_bytes: u64) {
     w.finish().unwrap();
 }
 
+/// The arguments of `pca compute` over `shards` writing `out`, plus `extra` flags.
+fn pca_args<'a>(shards: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["pca", "compute", "--shards", s(shards), "--output", s(out)];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -101,18 +108,11 @@ fn compute_writes_documented_json_and_npy() {
     );
     let out = tmp.path().join("stats/pca.json");
     let npy = tmp.path().join("stats/mean.npy");
-    let stdout = ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&shards),
-        "--output",
-        s(&out),
-        "--mean-image",
-        s(&npy),
-        "--workers",
-        "3",
-    ]);
+    let stdout = ok(&pca_args(
+        &shards,
+        &out,
+        &["--mean-image", s(&npy), "--workers", "3"],
+    ));
     assert!(stdout.contains("30 images of 30 records"), "{stdout}");
 
     let v = read_json(&out);
@@ -213,18 +213,9 @@ fn output_does_not_depend_on_worker_count_and_sample_is_seeded() {
     let run = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(format!("{name}.json"));
         let npy = tmp.path().join(format!("{name}.npy"));
-        let mut args = vec![
-            "pca",
-            "compute",
-            "--shards",
-            s(&shards),
-            "--output",
-            s(&out),
-            "--mean-image",
-            s(&npy),
-        ];
-        args.extend_from_slice(extra);
-        ok(&args);
+        let mut flags = vec!["--mean-image", s(&npy)];
+        flags.extend_from_slice(extra);
+        ok(&pca_args(&shards, &out, &flags));
         let json = std::fs::read_to_string(&out).unwrap();
         // The file names differ by design; compare everything else.
         let json = json.replace(s(&npy), "MEAN");
@@ -252,14 +243,7 @@ fn jpeg_shards_work() {
     let shards = tmp.path().join("shards");
     write(&shards, Codec::Jpeg, &images(9), 1 << 30);
     let out = tmp.path().join("pca.json");
-    ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&shards),
-        "--output",
-        s(&out),
-    ]);
+    ok(&pca_args(&shards, &out, &[]));
     let v = read_json(&out);
     assert_eq!(v["source"]["codec"], "jpeg");
     assert_eq!(v["images"], 9);
@@ -280,19 +264,13 @@ fn bad_input_gives_clear_errors() {
     // Empty dataset.
     let empty = tmp.path().join("empty");
     write(&empty, Codec::Raw, &[], 1 << 30);
-    let err = fails(&["pca", "compute", "--shards", s(&empty), "--output", s(&out)]);
+    let err = fails(&pca_args(&empty, &out, &[]));
     assert!(err.contains("no records"), "{err}");
     assert!(!out.exists());
 
     // Not a dataset.
-    let err = fails(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&tmp.path().join("nowhere")),
-        "--output",
-        s(&out),
-    ]);
+    let nowhere = tmp.path().join("nowhere");
+    let err = fails(&pca_args(&nowhere, &out, &[]));
     assert!(
         err.contains("nowhere") && err.contains("manifest.json"),
         "{err}"
@@ -306,16 +284,7 @@ fn bad_input_gives_clear_errors() {
     let mut bytes = std::fs::read(&shard).unwrap();
     bytes[(4096 + 3 * stride + 10) as usize] ^= 1;
     std::fs::write(&shard, &bytes).unwrap();
-    let err = fails(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&flipped),
-        "--output",
-        s(&out),
-        "--workers",
-        "2",
-    ]);
+    let err = fails(&pca_args(&flipped, &out, &["--workers", "2"]));
     assert!(
         err.contains("train-00000.svs") && err.contains("record 3") && err.contains("checksum"),
         "{err}"
@@ -333,30 +302,14 @@ fn bad_input_gives_clear_errors() {
         .unwrap()
         .set_len(len - 100)
         .unwrap();
-    let err = fails(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&truncated),
-        "--output",
-        s(&out),
-    ]);
+    let err = fails(&pca_args(&truncated, &out, &[]));
     assert!(
         err.contains("train-00000.svs") && err.contains("manifest"),
         "{err}"
     );
 
     // --sample 0 is refused by the parser.
-    let err = fails(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&flipped),
-        "--output",
-        s(&out),
-        "--sample",
-        "0",
-    ]);
+    let err = fails(&pca_args(&flipped, &out, &["--sample", "0"]));
     assert!(err.contains("--sample"), "{err}");
 }
 
@@ -396,16 +349,7 @@ fn synth_then_shard_build_then_pca() {
     ]);
     let out = tmp.path().join("pca.json");
     let npy = tmp.path().join("mean.npy");
-    let stdout = ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&shards),
-        "--output",
-        s(&out),
-        "--mean-image",
-        s(&npy),
-    ]);
+    let stdout = ok(&pca_args(&shards, &out, &["--mean-image", s(&npy)]));
     assert!(stdout.contains("12 images of 12 records"), "{stdout}");
     let v = read_json(&out);
     assert_eq!(v["images"], 12);
