@@ -224,40 +224,25 @@ fn train_eval_predict_plot_and_resume() {
         let split = t.path().join(format!("split-{first}-{total}"));
         let total_s = total.to_string();
         let first_s = first.to_string();
-        let mut a = vec![
-            "train",
-            "--out",
-            s(&straight),
-            "--epochs",
-            "3",
-            "--max-steps",
-            &total_s,
-        ];
-        a.extend_from_slice(&common);
-        ok(&a);
-        let mut b = vec![
-            "train",
-            "--out",
-            s(&split),
-            "--epochs",
-            "3",
-            "--max-steps",
-            &first_s,
-        ];
-        b.extend_from_slice(&common);
-        ok(&b);
-        let mut c = vec![
-            "train",
-            "--out",
-            s(&split),
-            "--epochs",
-            "3",
-            "--max-steps",
-            &total_s,
-            "--resume",
-        ];
-        c.extend_from_slice(&common);
-        ok(&c);
+        let train = |out: &Path, steps: &str, resume: bool| {
+            let mut args = vec![
+                "train",
+                "--out",
+                s(out),
+                "--epochs",
+                "3",
+                "--max-steps",
+                steps,
+            ];
+            if resume {
+                args.push("--resume");
+            }
+            args.extend_from_slice(&common);
+            ok(&args);
+        };
+        train(&straight, &total_s, false);
+        train(&split, &first_s, false);
+        train(&split, &total_s, true);
         assert!(
             tensor_bytes(&straight.join("last.safetensors"))
                 == tensor_bytes(&split.join("last.safetensors")),
