@@ -56,6 +56,7 @@ run pca compute --shards "$OUT/shards/train" --output "$OUT/stats.json" \
     --mean-image "$OUT/mean.npy"
 run bench pipeline --shards "$OUT/shards/train" --batches 20 --stats "$OUT/stats.json"
 run train --train "$OUT/shards/train" --val "$OUT/shards/val" --stats "$OUT/stats.json" \
+    --mean-image "$OUT/mean.npy" \
     --out "$OUT/run" --model "$MODEL" --epochs "$EPOCHS" --batch-size "$BATCH" --schedule "$SCHEDULE"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val" --ten-crop

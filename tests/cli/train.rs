@@ -297,3 +297,171 @@ fn synthetic_ceiling_and_bad_input() {
     let err = fails(&["plot", s(&bad), "--output", s(&t.path().join("x.png"))]);
     assert!(err.contains("bad.jsonl:1"), "{err}");
 }
+
+/// The names and shapes in a safetensors file's header.
+fn tensor_shapes(path: &Path) -> serde_json::Value {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let mut shapes = serde_json::Map::new();
+    for (k, v) in header.as_object().unwrap() {
+        if k != "__metadata__" {
+            shapes.insert(k.clone(), v["shape"].clone());
+        }
+    }
+    shapes.into()
+}
+
+#[test]
+fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let train = make_set(&t.path().join("train"), Split::Train, 4, 8, 5); // 32 images
+    let val = make_set(&t.path().join("val"), Split::Val, 4, 2, 6);
+    let (stats, mean) = (t.path().join("pca.json"), t.path().join("mean.npy"));
+    ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&train),
+        "--output",
+        s(&stats),
+        "--mean-image",
+        s(&mean),
+    ]);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--out",
+            s(out),
+            "--train",
+            s(&train),
+            "--val",
+            s(&val),
+            "--stats",
+            s(&stats),
+            "--model",
+            "alexnet-tiny",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&ok(&args))
+    };
+    let out = t.path().join("run");
+    let summary = run(&out, &["--mean-image", s(&mean)]);
+    let ck = out.join("last.safetensors");
+    assert_eq!(
+        tensor_shapes(&ck)["input.mean_image"],
+        serde_json::json!([3, SIDE, SIDE])
+    );
+    // the same run with the channel mean only trains to other weights
+    let plain = t.path().join("plain");
+    run(&plain, &[]);
+    assert!(tensor_shapes(&plain.join("last.safetensors"))["input.mean_image"].is_null());
+    assert_ne!(
+        tensor_bytes(&ck),
+        tensor_bytes(&plain.join("last.safetensors"))
+    );
+    // eval takes the mean image from the checkpoint: it reproduces the final ten-crop
+    // evaluation of the run
+    let e = json(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--val",
+        s(&val),
+        "--ten-crop",
+        "--device",
+        "cpu",
+        "--json",
+    ]));
+    assert_eq!(e["top1_err"], summary["final_eval"]["top1_err"]);
+    // predict sizes images to the mean image's side unless told otherwise
+    let png = t.path().join("png");
+    ok(&[
+        "shard",
+        "export",
+        s(&val),
+        "--output",
+        s(&png),
+        "--limit",
+        "1",
+    ]);
+    let image = std::fs::read_dir(&png)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let p = json(&ok(&[
+        "predict",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        "--json",
+        s(&image),
+    ]));
+    assert_eq!(p[0]["top"].as_array().unwrap().len(), 4);
+    let err = fails(&[
+        "predict",
+        "--checkpoint",
+        s(&ck),
+        "--size",
+        "64",
+        "--device",
+        "cpu",
+        s(&image),
+    ]);
+    assert!(err.contains("mean image"), "{err}");
+
+    // a mean image of another side is refused, naming the file
+    let small = t.path().join("small");
+    let cfg = WriterConfig {
+        split: Split::Train,
+        side: 16,
+        codec: Codec::Raw,
+        jpeg_quality: 90,
+        classes: vec![ClassInfo {
+            wnid: "n00000000".into(),
+            name: "one".into(),
+        }],
+        max_shard_bytes: 1 << 20,
+    };
+    let mut w = DatasetWriter::create(&small, cfg).unwrap();
+    w.push(0, &[7u8; 16 * 16 * 3]).unwrap();
+    w.finish().unwrap();
+    let small_mean = t.path().join("small.npy");
+    let small_stats = t.path().join("small.json");
+    ok(&[
+        "pca",
+        "compute",
+        "--shards",
+        s(&small),
+        "--output",
+        s(&small_stats),
+        "--mean-image",
+        s(&small_mean),
+    ]);
+    let err = fails(&[
+        "train",
+        "--out",
+        s(&t.path().join("bad")),
+        "--train",
+        s(&train),
+        "--model",
+        "alexnet-tiny",
+        "--device",
+        "cpu",
+        "--mean-image",
+        s(&small_mean),
+    ]);
+    assert!(err.contains("small.npy") && err.contains("16x16"), "{err}");
+}

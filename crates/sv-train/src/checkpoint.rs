@@ -19,7 +19,7 @@ use sv_core::ClassInfo;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TorchContext, TrainError, io_err};
-use crate::input::Normalization;
+use crate::input::{Normalization, PixelMean};
 use crate::model::ModelSpec;
 use crate::schedule::Schedule;
 
@@ -29,6 +29,8 @@ pub const CHECKPOINT_FORMAT: &str = "supervision-checkpoint";
 pub const CHECKPOINT_VERSION: u32 = 1;
 const META_KEY: &str = "supervision";
 const MOMENTUM_PREFIX: &str = "momentum.";
+/// The tensor holding [`Normalization::mean_image`] (`[3, side, side]`), when set.
+pub const MEAN_IMAGE_TENSOR: &str = "input.mean_image";
 
 /// Everything besides the tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,6 +131,16 @@ pub fn save(
     for (name, v) in names.iter().zip(velocities) {
         host.push((format!("{MOMENTUM_PREFIX}{name}"), to_host(v, name)?));
     }
+    if let Some(m) = &meta.normalization.mean_image {
+        let side = m.side as usize;
+        host.push((
+            MEAN_IMAGE_TENSOR.to_string(),
+            HostTensor {
+                shape: vec![3, side, side],
+                bytes: m.chw.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            },
+        ));
+    }
     let json = serde_json::to_string(meta).map_err(|e| TrainError::Json {
         path: path.into(),
         source: e,
@@ -191,6 +203,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("corrupt tensor table ({e:?})")))?;
+    let mut meta = meta;
     let mut params = Vec::new();
     let mut velocities = Vec::new();
     let mut entries = st.tensors();
@@ -201,6 +214,26 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 "tensor `{name}` is {:?}, expected F32",
                 view.dtype()
             )));
+        }
+        if name == MEAN_IMAGE_TENSOR {
+            let side = match view.shape() {
+                &[3, h, w] if h == w => u32::try_from(h).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                bad(format!(
+                    "`{name}` is {:?}, expected [3, S, S]",
+                    view.shape()
+                ))
+            })?;
+            let chw = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let m = PixelMean::new(side, chw).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            meta.normalization.mean_image = Some(m);
+            continue;
         }
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)

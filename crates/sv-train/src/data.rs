@@ -131,6 +131,7 @@ struct EpochIter {
     labels: Vec<i64>,
     flips: Vec<bool>,
     light: Vec<f32>,
+    windows: Vec<[i64; 3]>,
 }
 
 impl EpochIter {
@@ -142,6 +143,7 @@ impl EpochIter {
         self.labels.clear();
         self.flips.clear();
         self.light.clear();
+        self.windows.clear();
         let normal = Normal::new(0.0, self.aug.lighting.map_or(0.0, |l| l.sigma).max(0.0))
             .map_err(|e| TrainError::Config(format!("lighting sigma: {e}")))?;
         for slot in 0..self.batch_size {
@@ -164,6 +166,7 @@ impl EpochIter {
             }
             self.labels.push(i64::from(rec.label));
             self.flips.push(flip);
+            self.windows.push([x as i64, y as i64, i64::from(flip)]);
             if let Some(l) = self.aug.lighting {
                 let alpha = [
                     normal.sample(&mut rng),
@@ -180,6 +183,7 @@ impl EpochIter {
             &self.labels,
             Some(&self.flips),
             lighting,
+            Some(&self.windows),
             self.memory,
             self.epoch,
             self.next_batch,
@@ -226,6 +230,7 @@ impl TrainData for ShardSource {
             labels: Vec::with_capacity(self.batch_size),
             flips: Vec::with_capacity(self.batch_size),
             light: Vec::with_capacity(self.batch_size * 3),
+            windows: Vec::with_capacity(self.batch_size),
         }))
     }
 }
@@ -301,6 +306,7 @@ impl TrainData for PipelineSource {
             .map_err(|e| TrainError::Data(format!("{e:#}")))?;
         let lighting = self.lighting;
         let mut labels: Vec<i64> = Vec::new();
+        let mut windows: Vec<[i64; 3]> = Vec::new();
         Ok(Box::new(loader.map(move |batch| {
             let batch = batch.map_err(|e| TrainError::Data(error_chain(&e)))?;
             let [_, h, _, _] = batch.shape();
@@ -310,10 +316,25 @@ impl TrainData for PipelineSource {
             labels.clear();
             labels.extend(batch.labels().iter().map(|&l| i64::from(l)));
             let offsets = lighting.then(|| batch.lighting().as_flattened());
+            windows.clear();
+            windows.extend(
+                batch
+                    .windows()
+                    .iter()
+                    .map(|w| [i64::from(w.x), i64::from(w.y), i64::from(w.flip)]),
+            );
             let pos = batch.position();
             // Flips are already applied by the loader's crop (Window::flip).
             stage(
-                pixels, h, &labels, None, offsets, memory, pos.epoch, pos.batch,
+                pixels,
+                h,
+                &labels,
+                None,
+                offsets,
+                Some(&windows),
+                memory,
+                pos.epoch,
+                pos.batch,
             )
         })))
     }

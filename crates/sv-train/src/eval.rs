@@ -75,12 +75,26 @@ pub fn predict_probs(
     } else {
         1
     };
+    if let Some(side) = norm.mean_image_side()
+        && side != side_h
+    {
+        return Err(TrainError::Config(format!(
+            "images are {side_h}x{side_h} but the mean image is {side}x{side}"
+        )));
+    }
+    let n = size[0];
     for (y, x) in offsets {
         let view = images
             .f_narrow(1, y, crop)
             .and_then(|t| t.f_narrow(2, x, crop))
             .ctx(|| "crop".into())?;
-        let input = norm.apply(&view, None, None)?;
+        let windows = Tensor::f_from_slice(&[x, y, 0])
+            .and_then(|t| t.f_view([1, 3]))
+            .and_then(|t| t.f_expand([n, 3], false))
+            .ctx(|| "crop windows".into())?;
+        // the mirrored view below is this one flipped after normalisation, so its
+        // mean image is mirrored with it
+        let input = norm.apply(&view, None, None, Some(&windows))?;
         let mut inputs = vec![input];
         if mode == EvalMode::TenCrop {
             let flipped = inputs[0].f_flip([3]).ctx(|| "reflect".into())?;

@@ -6,31 +6,75 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Result, TorchContext};
+use std::sync::Arc;
 
-/// Per-channel statistics on the 0-255 scale.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+use crate::error::{Result, TorchContext, TrainError};
+
+/// Input statistics on the 0-255 scale: per-channel mean and std, and optionally the
+/// paper's per-pixel mean image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
-    /// Mean of R, G, B.
+    /// Mean of R, G, B (subtracted when there is no mean image).
     pub mean: [f64; 3],
     /// Standard deviation of R, G, B.
     pub std: [f64; 3],
+    /// The per-pixel mean image (paper section 2, Caffe's `compute_image_mean`),
+    /// subtracted instead of `mean`, at each crop pixel's position in the stored
+    /// image (mirrored with the crop). Checkpoints keep it as the tensor
+    /// [`crate::checkpoint::MEAN_IMAGE_TENSOR`], not in the JSON metadata.
+    #[serde(skip)]
+    pub mean_image: Option<PixelMean>,
 }
 
 impl Default for Normalization {
-    /// ImageNet's usual statistics (torchvision's, times 255).
+    /// ImageNet's usual statistics (torchvision's, times 255), no mean image.
     fn default() -> Self {
         Normalization {
             mean: [123.675, 116.28, 103.53],
             std: [58.395, 57.12, 57.375],
+            mean_image: None,
         }
     }
 }
 
-/// Mean and reciprocal std as `[1, 3, 1, 1]` tensors on one device.
+/// A per-pixel mean image: `3 x side x side` values, CHW, RGB, 0-255 scale (the
+/// layout `supervision pca compute --mean-image` writes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PixelMean {
+    /// Side of the stored images it was computed over.
+    pub side: u32,
+    /// `chw[c * side * side + y * side + x]`.
+    pub chw: Arc<[f32]>,
+}
+
+impl PixelMean {
+    /// Checks that `chw` holds `3 x side x side` finite values.
+    pub fn new(side: u32, chw: Vec<f32>) -> Result<PixelMean> {
+        let want = 3 * side as usize * side as usize;
+        if chw.len() != want || side == 0 {
+            return Err(TrainError::Config(format!(
+                "mean image holds {} values, expected 3x{side}x{side} = {want}",
+                chw.len()
+            )));
+        }
+        if !chw.iter().all(|v| v.is_finite()) {
+            return Err(TrainError::Config(
+                "mean image holds non-finite values".into(),
+            ));
+        }
+        Ok(PixelMean {
+            side,
+            chw: chw.into(),
+        })
+    }
+}
+
+/// Mean and reciprocal std as `[1, 3, 1, 1]` tensors on one device, and the mean image
+/// as `[3, side * side]` when there is one.
 pub struct DeviceNorm {
     mean: Tensor,
     inv_std: Tensor,
+    mean_image: Option<(Tensor, i64)>,
 }
 
 impl std::fmt::Debug for DeviceNorm {
@@ -49,21 +93,47 @@ impl DeviceNorm {
                 .and_then(|t| t.f_reshape([1, 3, 1, 1]))
                 .and_then(|t| t.f_to_device(device))
         };
+        let mean_image = match &n.mean_image {
+            None => None,
+            Some(m) => {
+                let side = i64::from(m.side);
+                let t = Tensor::f_from_slice(&m.chw)
+                    .and_then(|t| t.f_reshape([3, side * side]))
+                    .and_then(|t| t.f_to_device(device))
+                    .ctx(|| "upload mean image".into())?;
+                Some((t, side))
+            }
+        };
         Ok(DeviceNorm {
             mean: make(&mean).ctx(|| "upload mean".into())?,
             inv_std: make(&inv).ctx(|| "upload std".into())?,
+            mean_image,
         })
     }
 
+    /// The side of the per-pixel mean image, when one is subtracted (then
+    /// [`DeviceNorm::apply`] needs each crop's window).
+    pub fn mean_image_side(&self) -> Option<i64> {
+        self.mean_image.as_ref().map(|(_, side)| *side)
+    }
+
     /// `images`: uint8 `[N, H, W, 3]`; `flips`: optional bool `[N]` (flip those
-    /// horizontally); `lighting`: optional float `[N, 3]` RGB offsets on the 0-255 scale.
-    /// Returns float `[N, 3, H, W]`.
+    /// horizontally); `lighting`: optional float `[N, 3]` RGB offsets on the 0-255 scale;
+    /// `windows`: int64 `[N, 3]`, each crop's left column and top row in the stored
+    /// image and whether its pixels end up mirrored (already, or by `flips`), needed
+    /// only with a mean image. Returns float `[N, 3, H, W]`.
     pub fn apply(
         &self,
         images: &Tensor,
         flips: Option<&Tensor>,
         lighting: Option<&Tensor>,
+        windows: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if self.mean_image.is_some() && windows.is_none() {
+            return Err(TrainError::Config(
+                "a mean image is set but the batch carries no crop windows".into(),
+            ));
+        }
         (|| -> Result<Tensor, tch::TchError> {
             let mut x = images.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
             if let Some(f) = flips {
@@ -73,21 +143,105 @@ impl DeviceNorm {
             if let Some(l) = lighting {
                 x = x.f_add(&l.f_to_kind(Kind::Float)?.f_view([-1, 3, 1, 1])?)?;
             }
-            x.f_sub(&self.mean)?.f_mul(&self.inv_std)?.f_contiguous()
+            let x = match (&self.mean_image, windows) {
+                (Some((m, side)), Some(w)) => x.f_sub(&crop_mean(m, *side, w, &x.size())?)?,
+                _ => x.f_sub(&self.mean)?,
+            };
+            x.f_mul(&self.inv_std)?.f_contiguous()
         })()
         .ctx(|| "normalise input".into())
     }
+}
+
+/// The mean image `m` (`[3, side * side]`) cropped and mirrored as each of the
+/// `windows` (`[N, 3]`: x, y, mirrored), as `[N, 3, h, w]` for a batch of `size`.
+/// The windows must lie inside the image: callers check that the mean image has the
+/// stored images' side (checking every batch here would stall the device queue).
+fn crop_mean(
+    m: &Tensor,
+    side: i64,
+    windows: &Tensor,
+    size: &[i64],
+) -> Result<Tensor, tch::TchError> {
+    let (n, h, w) = (size[0], size[2], size[3]);
+    let device = m.device();
+    let win = windows.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+    let col = |i: i64| win.f_select(1, i).and_then(|t| t.f_view([n, 1]));
+    let (x0, y0, mirrored) = (col(0)?, col(1)?, col(2)?.f_ne(0)?);
+    let ar_w = Tensor::f_arange(w, (Kind::Int64, device))?.f_view([1, w])?;
+    let ar_h = Tensor::f_arange(h, (Kind::Int64, device))?.f_view([1, h])?;
+    let forward = x0.f_add(&ar_w)?;
+    let backward = x0.f_add_scalar(w - 1)?.f_sub(&ar_w)?;
+    let cols = backward.f_where_self(&mirrored, &forward)?; // [N, w]
+    let rows = y0.f_add(&ar_h)?; // [N, h]
+    let idx = rows
+        .f_view([n, h, 1])?
+        .f_mul_scalar(side)?
+        .f_add(&cols.f_view([n, 1, w])?)?;
+    m.f_index_select(1, &idx.f_view([-1])?)?
+        .f_view([3, n, h, w])?
+        .f_permute([1, 0, 2, 3])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The mean image is read at each crop pixel's stored position, mirrored with the
+    /// crop, whether the crop was mirrored before (window flag) or by `flips`.
+    #[test]
+    fn mean_image_follows_each_crops_window() {
+        let side = 4usize;
+        // mean value at (c, y, x) = 100c + 10y + x
+        let chw: Vec<f32> = (0..3 * side * side)
+            .map(|i| (100 * (i / 16) + 10 * (i % 16 / 4) + i % 4) as f32)
+            .collect();
+        let n = Normalization {
+            mean: [0.0; 3],
+            std: [1.0, 2.0, 4.0],
+            mean_image: Some(PixelMean::new(side as u32, chw).unwrap()),
+        };
+        let dn = DeviceNorm::new(&n, Device::Cpu).unwrap();
+        assert_eq!(dn.mean_image_side(), Some(4));
+        // three 2x2 crops of zeros
+        let images = Tensor::zeros([3, 2, 2, 3], (Kind::Uint8, Device::Cpu));
+        // crop 0 at (x 1, y 2); crop 1 at (x 2, y 0) already mirrored; crop 2 at
+        // (x 0, y 1) mirrored on the device by `flips`
+        let windows = Tensor::from_slice(&[1i64, 2, 0, 2, 0, 1, 0, 1, 1]).reshape([3, 3]);
+        let flips = Tensor::from_slice(&[false, false, true]);
+        let out = dn
+            .apply(&images, Some(&flips), None, Some(&windows))
+            .unwrap();
+        assert_eq!(out.size(), [3, 3, 2, 2]);
+        let cases = [(0, 1, 2, false), (1, 2, 0, true), (2, 0, 1, true)];
+        for (s, x0, y0, mirrored) in cases {
+            for c in 0..3i64 {
+                for i in 0..2i64 {
+                    for j in 0..2i64 {
+                        let sx = if mirrored { x0 + 1 - j } else { x0 + j };
+                        let m = (100 * c + 10 * (y0 + i) + sx) as f64;
+                        let want = -m / n.std[c as usize];
+                        let got = out.double_value(&[s, c, i, j]);
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "s{s} c{c} ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // without windows a mean image cannot be applied
+        assert!(dn.apply(&images, None, None, None).is_err());
+        assert!(PixelMean::new(4, vec![0.0; 47]).is_err());
+        assert!(PixelMean::new(4, vec![f32::NAN; 48]).is_err());
+    }
+
     #[test]
     fn normalises_flips_and_lights_per_sample() {
         let n = Normalization {
             mean: [10.0, 20.0, 30.0],
             std: [2.0, 4.0, 5.0],
+            mean_image: None,
         };
         let dn = DeviceNorm::new(&n, Device::Cpu).unwrap();
         // Two 1x2 images, HWC: pixel values chosen per (sample, x, channel).
@@ -95,7 +249,7 @@ mod tests {
         let images = Tensor::from_slice(&px).reshape([2, 1, 2, 3]);
         let flips = Tensor::from_slice(&[false, true]);
         let light = Tensor::from_slice(&[1.0f32, 2.0, 3.0, -1.0, -2.0, -3.0]).reshape([2, 3]);
-        let out = dn.apply(&images, Some(&flips), Some(&light)).unwrap();
+        let out = dn.apply(&images, Some(&flips), Some(&light), None).unwrap();
         assert_eq!(out.size(), [2, 3, 1, 2]);
         for s in 0..2i64 {
             for c in 0..3i64 {

@@ -28,6 +28,9 @@ pub struct StagedBatch {
     pub flips: Option<Tensor>,
     /// float `[N, 3]` RGB lighting offsets, 0-255 scale (None: no lighting).
     pub lighting: Option<Tensor>,
+    /// int64 `[N, 3]`: each crop's left column and top row in the stored image and
+    /// whether it ends up mirrored (for a per-pixel mean image).
+    pub windows: Option<Tensor>,
     /// Epoch this batch belongs to.
     pub epoch: u64,
     /// Index of this batch within its epoch.
@@ -78,7 +81,8 @@ impl HostMemory {
 }
 
 /// Builds a [`StagedBatch`] from borrowed host buffers: `images` is `n` HWC crops of
-/// `side x side x 3` bytes, `lighting` `n * 3` floats, `flips` `n` flags.
+/// `side x side x 3` bytes, `lighting` `n * 3` floats, `flips` `n` flags, `windows`
+/// `n` (x, y, mirrored) triples.
 #[allow(clippy::too_many_arguments)]
 pub fn stage(
     images: &[u8],
@@ -86,6 +90,7 @@ pub fn stage(
     labels: &[i64],
     flips: Option<&[bool]>,
     lighting: Option<&[f32]>,
+    windows: Option<&[[i64; 3]]>,
     memory: HostMemory,
     epoch: u64,
     index: u64,
@@ -97,9 +102,12 @@ pub fn stage(
             images.len()
         )));
     }
-    if flips.is_some_and(|f| f.len() != n) || lighting.is_some_and(|l| l.len() != n * 3) {
+    if flips.is_some_and(|f| f.len() != n)
+        || lighting.is_some_and(|l| l.len() != n * 3)
+        || windows.is_some_and(|w| w.len() != n)
+    {
         return Err(TrainError::Data(format!(
-            "batch {index} of epoch {epoch}: flip/lighting lengths do not match {n} labels"
+            "batch {index} of epoch {epoch}: flip/lighting/window lengths do not match {n} labels"
         )));
     }
     let dims = [n as i64, side as i64, side as i64, 3];
@@ -136,20 +144,62 @@ pub fn stage(
         })
         .transpose()
         .ctx(|| "stage lighting".into())?;
+    let windows = windows
+        .map(|w| {
+            Tensor::f_from_slice(w.as_flattened())
+                .and_then(|t| t.f_reshape([n as i64, 3]))
+                .and_then(pin)
+        })
+        .transpose()
+        .ctx(|| "stage windows".into())?;
     Ok(StagedBatch {
         images,
         labels,
         flips,
         lighting,
+        windows,
         epoch,
         index,
     })
 }
 
 impl StagedBatch {
+    /// Every crop window lies inside a `side` square image (checked on the host,
+    /// before anything indexes the mean image with it on the device).
+    fn check_windows(&self, side: i64) -> Result<()> {
+        let bad = |what: String| {
+            TrainError::Data(format!(
+                "batch {} of epoch {}: {what}",
+                self.index, self.epoch
+            ))
+        };
+        let windows = self
+            .windows
+            .as_ref()
+            .ok_or_else(|| bad("no crop windows for the mean image".into()))?;
+        let size = self.images.size();
+        let (h, w) = (size[1], size[2]);
+        let flat: Vec<i64> = windows
+            .f_flatten(0, -1)
+            .and_then(|t| Vec::<i64>::try_from(&t))
+            .ctx(|| "read crop windows".into())?;
+        for t in flat.chunks_exact(3) {
+            if t[0] < 0 || t[1] < 0 || t[0] + w > side || t[1] + h > side {
+                return Err(bad(format!(
+                    "crop window {w}x{h} at ({}, {}) is outside the {side}x{side} mean image",
+                    t[0], t[1]
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the copy to `device` (asynchronous from pinned memory) and enqueues the
     /// normalisation there.
     pub fn upload(self, device: Device, norm: &DeviceNorm) -> Result<DeviceBatch> {
+        if let Some(side) = norm.mean_image_side() {
+            self.check_windows(side)?;
+        }
         let non_blocking = device.is_cuda();
         let up = |t: &Tensor| t.f_to_device_(device, t.kind(), non_blocking, false);
         let images = up(&self.images).ctx(|| "copy images to the device".into())?;
@@ -166,7 +216,13 @@ impl StagedBatch {
             .map(up)
             .transpose()
             .ctx(|| "copy lighting".into())?;
-        let input = norm.apply(&images, flips.as_ref(), lighting.as_ref())?;
+        let windows = self
+            .windows
+            .as_ref()
+            .map(up)
+            .transpose()
+            .ctx(|| "copy windows".into())?;
+        let input = norm.apply(&images, flips.as_ref(), lighting.as_ref(), windows.as_ref())?;
         Ok(DeviceBatch {
             input,
             labels,
@@ -267,6 +323,7 @@ mod tests {
             &[i as i64, 0],
             None,
             None,
+            None,
             HostMemory::Pageable,
             0,
             i,
@@ -348,6 +405,7 @@ mod tests {
                 &[1, 2, 3, 4],
                 None,
                 None,
+                None,
                 HostMemory::Pageable,
                 0,
                 0
@@ -360,6 +418,7 @@ mod tests {
                 1,
                 &[1, 2, 3, 4],
                 Some(&[true]),
+                None,
                 None,
                 HostMemory::Pageable,
                 0,

@@ -295,7 +295,7 @@ impl Trainer {
             version: CHECKPOINT_VERSION,
             model: self.model.spec().clone(),
             classes: self.classes.clone(),
-            normalization: self.norm,
+            normalization: self.norm.clone(),
             step: self.step,
             epoch: self.epoch,
             batch_in_epoch: self.batch_in_epoch,
@@ -605,10 +605,15 @@ impl Trainer {
             Tensor::f_randint(2, [bs], (Kind::Int64, device)).ctx(|| "synthetic flips".into())?;
         let lighting =
             Tensor::f_randn([bs, 3], (Kind::Float, device)).ctx(|| "synthetic lighting".into())?;
+        // Windows at the origin (the mean image, if any, is at least the crop's size).
+        let windows =
+            Tensor::f_zeros([bs, 3], (Kind::Int64, device)).ctx(|| "synthetic windows".into())?;
         let run = |n: u64, this: &mut Trainer| -> Result<()> {
             for _ in 0..n {
                 // The same on-device normalisation as the real loop.
-                let input = this.dnorm.apply(&images, Some(&flips), Some(&lighting))?;
+                let input =
+                    this.dnorm
+                        .apply(&images, Some(&flips), Some(&lighting), Some(&windows))?;
                 let batch = DeviceBatch {
                     input,
                     labels: labels.shallow_clone(),

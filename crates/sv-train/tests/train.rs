@@ -10,7 +10,7 @@ use sv_train::Device;
 use sv_train::checkpoint;
 use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
 use sv_train::eval::EvalMode;
-use sv_train::input::Normalization;
+use sv_train::input::{Normalization, PixelMean};
 use sv_train::schedule::ScheduleConfig;
 use sv_train::trainer::TrainData;
 use sv_train::trainer::{LAST_CHECKPOINT, TrainConfig, Trainer};
@@ -138,10 +138,18 @@ fn resume_continues_exactly() {
     let norm = Normalization {
         mean: [60.0; 3],
         std: [50.0; 3],
+        mean_image: None,
     };
     // 8 steps cross an epoch end (validation + schedule) at step 5.
     let straight = tmp.path().join("straight");
-    let mut t = Trainer::new(config(Some(8)), classes(4), norm, Device::Cpu, &straight).unwrap();
+    let mut t = Trainer::new(
+        config(Some(8)),
+        classes(4),
+        norm.clone(),
+        Device::Cpu,
+        &straight,
+    )
+    .unwrap();
     let out = t
         .run(&mut source(&train, 11), Some(&val), &mut |_| {})
         .unwrap();
@@ -149,7 +157,14 @@ fn resume_continues_exactly() {
     assert_eq!(t.position(), (1, 3));
 
     let split = tmp.path().join("split");
-    let mut a = Trainer::new(config(Some(3)), classes(4), norm, Device::Cpu, &split).unwrap();
+    let mut a = Trainer::new(
+        config(Some(3)),
+        classes(4),
+        norm.clone(),
+        Device::Cpu,
+        &split,
+    )
+    .unwrap();
     a.run(&mut source(&train, 11), Some(&val), &mut |_| {})
         .unwrap();
     assert_eq!(a.position(), (0, 3));
@@ -200,6 +215,7 @@ fn tiny_model_learns_well_above_chance() {
     let norm = Normalization {
         mean: [60.0; 3],
         std: [50.0; 3],
+        mean_image: None,
     };
     let cfg = TrainConfig {
         epochs: 3,
@@ -282,17 +298,39 @@ fn pipeline_source_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let train = make_set(&tmp.path().join("train"), Split::Train, 4, 10, 1);
     let val = make_set(&tmp.path().join("val"), Split::Val, 4, 2, 2);
+    // With the paper's per-pixel mean image: it must reach the checkpoint and come
+    // back on resume for the weights to match.
+    let side = SIDE as usize;
+    let chw: Vec<f32> = (0..3 * side * side)
+        .map(|i| 40.0 + (i % 97) as f32)
+        .collect();
+    let mean_image = PixelMean::new(SIDE, chw).unwrap();
     let norm = Normalization {
         mean: [60.0; 3],
         std: [50.0; 3],
+        mean_image: Some(mean_image.clone()),
     };
     assert_eq!(pipeline(&train, 11).batches_per_epoch(), 5);
     let straight = tmp.path().join("straight");
-    let mut t = Trainer::new(config(Some(8)), classes(4), norm, Device::Cpu, &straight).unwrap();
+    let mut t = Trainer::new(
+        config(Some(8)),
+        classes(4),
+        norm.clone(),
+        Device::Cpu,
+        &straight,
+    )
+    .unwrap();
     t.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
         .unwrap();
     let split = tmp.path().join("split");
-    let mut a = Trainer::new(config(Some(3)), classes(4), norm, Device::Cpu, &split).unwrap();
+    let mut a = Trainer::new(
+        config(Some(3)),
+        classes(4),
+        norm.clone(),
+        Device::Cpu,
+        &split,
+    )
+    .unwrap();
     a.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
         .unwrap();
     let mut b = Trainer::resume(
@@ -311,6 +349,28 @@ fn pipeline_source_resumes_exactly() {
     for ((n1, a), (_, b)) in w1.iter().zip(&w2) {
         assert!(a == b, "{n1} differs after resume through the pipeline");
     }
+    let ck = checkpoint::load(&split.join(LAST_CHECKPOINT)).unwrap();
+    assert_eq!(ck.meta.normalization.mean_image, Some(mean_image));
+    assert!(ck.params.iter().all(|(n, _)| !n.starts_with("input.")));
+
+    // The mean image changes the training: the same run with the channel mean only
+    // ends elsewhere.
+    let plain = tmp.path().join("plain");
+    let channel_only = Normalization {
+        mean_image: None,
+        ..norm.clone()
+    };
+    let mut p = Trainer::new(
+        config(Some(8)),
+        classes(4),
+        channel_only,
+        Device::Cpu,
+        &plain,
+    )
+    .unwrap();
+    p.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
+        .unwrap();
+    assert_ne!(weights(&plain.join(LAST_CHECKPOINT))[0].1, w1[0].1);
 }
 
 /// LRN against PyTorch's LocalResponseNorm (fixture from tools/make_lrn_fixture.py):
@@ -408,6 +468,7 @@ fn cuda_matches_cpu() {
     let norm = Normalization {
         mean: [60.0; 3],
         std: [50.0; 3],
+        mean_image: None,
     };
     let dir = tmp.path().join("cuda");
     let mut t = Trainer::new(config(Some(7)), classes(4), norm, Device::Cuda(0), &dir).unwrap();

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sv_image::{PrepConfig, Preprocessor};
 use sv_train::checkpoint;
 use sv_train::eval::{EvalMode, predict_host};
@@ -22,8 +22,9 @@ pub struct Args {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Side of the stored square the image is first reduced to (the shards' side).
-    #[arg(long, default_value_t = 256)]
-    pub size: u32,
+    /// Default: the side of the checkpoint's mean image if it has one, else 256.
+    #[arg(long)]
+    pub size: Option<u32>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -44,8 +45,15 @@ pub fn run(args: Args) -> Result<i32> {
     let mut model = Model::new(&ck.meta.model, device)?;
     model.load_params(&ck.params, &args.checkpoint)?;
     let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
-    let mut prep = Preprocessor::new(PrepConfig::with_side(args.size));
-    let side = args.size as usize;
+    let mean_side = ck.meta.normalization.mean_image.as_ref().map(|m| m.side);
+    let size = args.size.or(mean_side).unwrap_or(256);
+    if let Some(m) = mean_side
+        && m != size
+    {
+        bail!("--size {size} differs from the checkpoint's {m}x{m} mean image");
+    }
+    let mut prep = Preprocessor::new(PrepConfig::with_side(size));
+    let side = size as usize;
     let mut pixels = vec![0u8; side * side * 3];
     let mode = if args.ten_crop {
         EvalMode::TenCrop

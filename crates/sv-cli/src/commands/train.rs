@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
-use sv_stats::{Convention, PcaStats, PixelScale};
+use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
 use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
-use sv_train::input::Normalization;
+use sv_train::input::{Normalization, PixelMean};
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
@@ -33,6 +33,13 @@ pub struct Args {
     /// ImageNet's usual mean/std and no lighting.
     #[arg(long)]
     pub stats: Option<PathBuf>,
+    /// Subtract this per-pixel mean image (the paper's "mean activity over the
+    /// training set", Caffe's compute_image_mean), at each crop pixel's position,
+    /// instead of the per-channel mean: the `.npy` that `pca compute --mean-image`
+    /// writes, 3 x side x side for the training shards' side. Kept in the checkpoint,
+    /// so eval, predict and --resume use it too.
+    #[arg(long, value_name = "FILE.npy")]
+    pub mean_image: Option<PathBuf>,
     /// Output directory: metrics.jsonl, last.safetensors, best.safetensors.
     #[arg(long)]
     pub out: PathBuf,
@@ -188,6 +195,7 @@ fn stats(args: &Args) -> Result<Stats> {
     let norm = Normalization {
         mean: s.scale_255.mean,
         std: s.scale_255.std,
+        mean_image: None,
     };
     let (convention, pipeline_convention) = match args.lighting.as_str() {
         "none" => return Ok((norm, None, None)),
@@ -232,9 +240,32 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
-    let (norm, lighting, pipeline_lighting) = stats(&args)?;
+    let (mut norm, lighting, pipeline_lighting) = stats(&args)?;
+    if let Some(path) = &args.mean_image {
+        let m = MeanImage::load_npy(path)
+            .with_context(|| format!("read the mean image {}", path.display()))?;
+        let side = train.geometry().side;
+        if m.side != side {
+            bail!(
+                "{} is a {s}x{s} mean image but {} holds {side}x{side} images",
+                path.display(),
+                train_dir.display(),
+                s = m.side
+            );
+        }
+        norm.mean_image = Some(
+            PixelMean::new(m.side, m.data)
+                .with_context(|| format!("the mean image {}", path.display()))?,
+        );
+    }
     let last = args.out.join(LAST_CHECKPOINT);
     let mut trainer = if args.resume && last.exists() {
+        if args.mean_image.is_some() {
+            eprintln!(
+                "resuming: --mean-image is ignored, the normalisation saved in {} applies",
+                last.display()
+            );
+        }
         Trainer::resume(&last, cfg, device, &args.out)
             .with_context(|| format!("resume from {}", last.display()))?
     } else {
