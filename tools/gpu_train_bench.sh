@@ -9,6 +9,7 @@
 #   2. makes synthetic JPEGs and shards them there (nothing large travels);
 #   3. ceiling: our trainer on one GPU-resident synthetic batch (--synthetic-data);
 #   4. ours end to end: shards -> prefetch thread -> pinned -> device, full alexnet;
+#      then a short run with the paper's per-pixel mean image (--mean-image);
 #   5. PyTorch eager, same architecture/update/normalisation, data already on the GPU;
 #   6. prints images/s for each, the ratios, and our data-wait share.
 #
@@ -63,7 +64,8 @@ echo "== synthetic data: $IMAGES train images, $CLASSES classes"
 PER_CLASS=$(( (IMAGES + CLASSES - 1) / CLASSES ))
 "$BIN" synth --output "$WORK/synth" --classes "$CLASSES" --per-class "$PER_CLASS" --val-per-class 1 --seed 1 >/dev/null
 "$BIN" shard build --input "$WORK/synth/train" --output "$WORK/train" --codec raw >/dev/null
-"$BIN" pca compute --shards "$WORK/train" --output "$WORK/pca.json" --sample 1000 >/dev/null
+"$BIN" pca compute --shards "$WORK/train" --output "$WORK/pca.json" --sample 1000 \
+    --mean-image "$WORK/mean.npy" >/dev/null
 echo "   done in $(( $(date +%s) - t0 )) s"
 
 echo "== 1/3 ours, compute-only ceiling (GPU-resident synthetic batch, $STEPS steps)"
@@ -78,6 +80,14 @@ echo "== 2/3 ours, end to end from shards ($STEPS steps)"
     --checkpoint-every 0 --log-every "$(( STEPS >= 40 ? 20 : 1 ))" --json >"$RESULTS/train.json"
 cp "$WORK/run/metrics.jsonl" "$RESULTS/train-metrics.jsonl"
 cat "$RESULTS/train.json"
+
+MEAN_STEPS=$(( STEPS < 40 ? STEPS : 40 ))
+echo "== 2b ours with the paper's per-pixel mean image ($MEAN_STEPS steps: the gather on the device)"
+"$BIN" train --train "$WORK/train" --stats "$WORK/pca.json" --mean-image "$WORK/mean.npy" \
+    --out "$WORK/run-mean" --model "$MODEL" --batch-size "$BATCH" --device "$DEVICE" \
+    --max-steps "$MEAN_STEPS" --epochs 1000 --checkpoint-every 0 --log-every "$MEAN_STEPS" \
+    --json >"$RESULTS/train-mean-image.json"
+cat "$RESULTS/train-mean-image.json"
 
 echo "== 3/3 PyTorch eager, same architecture, data on the device ($STEPS steps)"
 if [ "$MODEL" = alexnet ]; then
