@@ -55,6 +55,78 @@ fn make_set(dir: &Path, split: Split, classes: usize, per_class: usize, seed: u6
     dir.to_path_buf()
 }
 
+/// The flags the training runs here share: data and statistics, the tiny model on
+/// the CPU, batch 8, seed 3.
+fn tiny_run<'a>(train: &'a Path, val: &'a Path, stats: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--train",
+        s(train),
+        "--val",
+        s(val),
+        "--stats",
+        s(stats),
+        "--model",
+        "alexnet-tiny",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
+}
+
+/// `pca compute` of `shards` into `stats` (and the mean image into `mean`).
+fn pca(shards: &Path, stats: &Path, mean: Option<&Path>) {
+    let mut args = vec![
+        "pca",
+        "compute",
+        "--shards",
+        s(shards),
+        "--output",
+        s(stats),
+    ];
+    if let Some(m) = mean {
+        args.extend(["--mean-image", s(m)]);
+    }
+    ok(&args);
+}
+
+/// The first `n` records of `val` exported as image files into `dir`, sorted.
+fn exported(val: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
+    let limit = n.to_string();
+    ok(&[
+        "shard",
+        "export",
+        s(val),
+        "--output",
+        s(dir),
+        "--limit",
+        &limit,
+    ]);
+    let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    images
+}
+
+/// `eval --ten-crop --json` of checkpoint `ck` on `val`, on the CPU.
+fn ten_crop_eval(ck: &Path, val: &Path) -> serde_json::Value {
+    json(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(ck),
+        "--val",
+        s(val),
+        "--ten-crop",
+        "--device",
+        "cpu",
+        "--json",
+    ]))
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -87,33 +159,10 @@ fn train_eval_predict_plot_and_resume() {
     let train = make_set(&t.path().join("train"), Split::Train, 4, 32, 1); // 128 images
     let val = make_set(&t.path().join("val"), Split::Val, 4, 8, 2); // 32 images
     let stats = t.path().join("pca.json");
-    ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&train),
-        "--output",
-        s(&stats),
-    ]);
+    pca(&train, &stats, None);
     let out = t.path().join("run");
-    let common = [
-        "--train",
-        s(&train),
-        "--val",
-        s(&val),
-        "--stats",
-        s(&stats),
-        "--model",
-        "alexnet-tiny",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        "--log-every",
-        "4",
-    ];
+    let mut common = tiny_run(&train, &val, &stats);
+    common.extend(["--log-every", "4"]);
     let mut args = vec!["train", "--out", s(&out), "--epochs", "4", "--json"];
     args.extend_from_slice(&common);
     let summary = json(&ok(&args));
@@ -138,17 +187,7 @@ fn train_eval_predict_plot_and_resume() {
 
     // eval agrees with the trainer's final evaluation.
     let ck = out.join("last.safetensors");
-    let e = json(&ok(&[
-        "eval",
-        "--checkpoint",
-        s(&ck),
-        "--val",
-        s(&val),
-        "--ten-crop",
-        "--device",
-        "cpu",
-        "--json",
-    ]));
+    let e = ten_crop_eval(&ck, &val);
     assert_eq!(e["top1_err"].as_f64().unwrap(), top1);
     assert_eq!(e["images"], 32);
     let centre = ok(&[
@@ -163,21 +202,7 @@ fn train_eval_predict_plot_and_resume() {
     assert!(centre.contains("top-1 error"), "{centre}");
 
     // predict on exported images: names come from the checkpoint's class list.
-    let png = t.path().join("png");
-    ok(&[
-        "shard",
-        "export",
-        s(&val),
-        "--output",
-        s(&png),
-        "--limit",
-        "2",
-    ]);
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&png)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    images.sort();
+    let images = exported(&val, &t.path().join("png"), 2);
     let mut pargs = vec![
         "predict",
         "--checkpoint",
@@ -318,39 +343,10 @@ fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
     let train = make_set(&t.path().join("train"), Split::Train, 4, 8, 5); // 32 images
     let val = make_set(&t.path().join("val"), Split::Val, 4, 2, 6);
     let (stats, mean) = (t.path().join("pca.json"), t.path().join("mean.npy"));
-    ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&train),
-        "--output",
-        s(&stats),
-        "--mean-image",
-        s(&mean),
-    ]);
+    pca(&train, &stats, Some(&mean));
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--out",
-            s(out),
-            "--train",
-            s(&train),
-            "--val",
-            s(&val),
-            "--stats",
-            s(&stats),
-            "--model",
-            "alexnet-tiny",
-            "--batch-size",
-            "8",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--seed",
-            "3",
-            "--json",
-        ];
+        let mut args = vec!["train", "--out", s(out), "--epochs", "1", "--json"];
+        args.extend(tiny_run(&train, &val, &stats));
         args.extend_from_slice(extra);
         json(&ok(&args))
     };
@@ -371,35 +367,10 @@ fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
     );
     // eval takes the mean image from the checkpoint: it reproduces the final ten-crop
     // evaluation of the run
-    let e = json(&ok(&[
-        "eval",
-        "--checkpoint",
-        s(&ck),
-        "--val",
-        s(&val),
-        "--ten-crop",
-        "--device",
-        "cpu",
-        "--json",
-    ]));
+    let e = ten_crop_eval(&ck, &val);
     assert_eq!(e["top1_err"], summary["final_eval"]["top1_err"]);
     // predict sizes images to the mean image's side unless told otherwise
-    let png = t.path().join("png");
-    ok(&[
-        "shard",
-        "export",
-        s(&val),
-        "--output",
-        s(&png),
-        "--limit",
-        "1",
-    ]);
-    let image = std::fs::read_dir(&png)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let image = exported(&val, &t.path().join("png"), 1).remove(0);
     let p = json(&ok(&[
         "predict",
         "--checkpoint",
@@ -440,16 +411,7 @@ fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
     w.finish().unwrap();
     let small_mean = t.path().join("small.npy");
     let small_stats = t.path().join("small.json");
-    ok(&[
-        "pca",
-        "compute",
-        "--shards",
-        s(&small),
-        "--output",
-        s(&small_stats),
-        "--mean-image",
-        s(&small_mean),
-    ]);
+    pca(&small, &small_stats, Some(&small_mean));
     let err = fails(&[
         "train",
         "--out",

@@ -129,6 +129,40 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// A new CPU run of `steps` steps over `data` into `dir` (4 classes, validated on
+/// `val` at each epoch end).
+fn trained(
+    dir: &Path,
+    steps: u64,
+    norm: &Normalization,
+    data: &mut dyn TrainData,
+    val: &Dataset,
+) -> Trainer {
+    let mut t = Trainer::new(
+        config(Some(steps)),
+        classes(4),
+        norm.clone(),
+        Device::Cpu,
+        dir,
+    )
+    .unwrap();
+    t.run(data, Some(val), &mut |_| {}).unwrap();
+    t
+}
+
+/// The run in `dir` resumed from its last checkpoint and carried on to `steps` steps.
+fn resumed(dir: &Path, steps: u64, data: &mut dyn TrainData, val: &Dataset) -> Trainer {
+    let mut t = Trainer::resume(
+        &dir.join(LAST_CHECKPOINT),
+        config(Some(steps)),
+        Device::Cpu,
+        dir,
+    )
+    .unwrap();
+    t.run(data, Some(val), &mut |_| {}).unwrap();
+    t
+}
+
 #[test]
 fn resume_continues_exactly() {
     let _g = lock();
@@ -142,43 +176,16 @@ fn resume_continues_exactly() {
     };
     // 8 steps cross an epoch end (validation + schedule) at step 5.
     let straight = tmp.path().join("straight");
-    let mut t = Trainer::new(
-        config(Some(8)),
-        classes(4),
-        norm.clone(),
-        Device::Cpu,
-        &straight,
-    )
-    .unwrap();
-    let out = t
-        .run(&mut source(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
-    assert_eq!(out.steps, 8);
+    let t = trained(&straight, 8, &norm, &mut source(&train, 11), &val);
+    assert_eq!(t.step(), 8);
     assert_eq!(t.position(), (1, 3));
 
     let split = tmp.path().join("split");
-    let mut a = Trainer::new(
-        config(Some(3)),
-        classes(4),
-        norm.clone(),
-        Device::Cpu,
-        &split,
-    )
-    .unwrap();
-    a.run(&mut source(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
-    assert_eq!(a.position(), (0, 3));
+    let a = trained(&split, 3, &norm, &mut source(&train, 11), &val);
+    assert_eq!((a.step(), a.position()), (3, (0, 3)));
     drop(a);
-    let mut b = Trainer::resume(
-        &split.join(LAST_CHECKPOINT),
-        config(Some(8)),
-        Device::Cpu,
-        &split,
-    )
-    .unwrap();
-    assert_eq!(b.step(), 3);
-    b.run(&mut source(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
+    let b = resumed(&split, 8, &mut source(&train, 11), &val);
+    assert_eq!(b.step(), 8);
     assert_eq!(b.schedule(), t.schedule());
 
     let w1 = weights(&straight.join(LAST_CHECKPOINT));
@@ -312,36 +319,10 @@ fn pipeline_source_resumes_exactly() {
     };
     assert_eq!(pipeline(&train, 11).batches_per_epoch(), 5);
     let straight = tmp.path().join("straight");
-    let mut t = Trainer::new(
-        config(Some(8)),
-        classes(4),
-        norm.clone(),
-        Device::Cpu,
-        &straight,
-    )
-    .unwrap();
-    t.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
+    trained(&straight, 8, &norm, &mut pipeline(&train, 11), &val);
     let split = tmp.path().join("split");
-    let mut a = Trainer::new(
-        config(Some(3)),
-        classes(4),
-        norm.clone(),
-        Device::Cpu,
-        &split,
-    )
-    .unwrap();
-    a.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
-    let mut b = Trainer::resume(
-        &split.join(LAST_CHECKPOINT),
-        config(Some(8)),
-        Device::Cpu,
-        &split,
-    )
-    .unwrap();
-    b.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
+    trained(&split, 3, &norm, &mut pipeline(&train, 11), &val);
+    resumed(&split, 8, &mut pipeline(&train, 11), &val);
     let (w1, w2) = (
         weights(&straight.join(LAST_CHECKPOINT)),
         weights(&split.join(LAST_CHECKPOINT)),
@@ -360,16 +341,7 @@ fn pipeline_source_resumes_exactly() {
         mean_image: None,
         ..norm.clone()
     };
-    let mut p = Trainer::new(
-        config(Some(8)),
-        classes(4),
-        channel_only,
-        Device::Cpu,
-        &plain,
-    )
-    .unwrap();
-    p.run(&mut pipeline(&train, 11), Some(&val), &mut |_| {})
-        .unwrap();
+    trained(&plain, 8, &channel_only, &mut pipeline(&train, 11), &val);
     assert_ne!(weights(&plain.join(LAST_CHECKPOINT))[0].1, w1[0].1);
 }
 
