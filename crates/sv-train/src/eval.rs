@@ -40,6 +40,19 @@ pub struct EvalResult {
     pub top5_err: f64,
 }
 
+/// A checkpoint ready to score images: its metadata, the model with its weights on
+/// `device`, and its input normalisation (mean image included) there.
+pub fn load_for_inference(
+    path: &std::path::Path,
+    device: Device,
+) -> Result<(crate::checkpoint::Checkpoint, Model, DeviceNorm)> {
+    let ck = crate::checkpoint::load(path)?;
+    let mut model = Model::new(&ck.meta.model, device)?;
+    model.load_params(&ck.params, path)?;
+    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    Ok((ck, model, norm))
+}
+
 /// Crop offsets `(y, x)` for a `crop` square in a `side` square image.
 pub fn crop_offsets(side: i64, crop: i64, mode: EvalMode) -> Vec<(i64, i64)> {
     let m = side - crop;

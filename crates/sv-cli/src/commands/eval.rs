@@ -5,10 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use sv_shard::Dataset;
-use sv_train::checkpoint;
-use sv_train::eval::{EvalMode, evaluate};
-use sv_train::input::DeviceNorm;
-use sv_train::model::Model;
+use sv_train::eval::{EvalMode, evaluate, load_for_inference};
 
 /// Flags of `supervision eval`.
 #[derive(clap::Args, Debug)]
@@ -38,10 +35,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
-    let ck = checkpoint::load(&args.checkpoint)?;
-    let mut model = Model::new(&ck.meta.model, device)?;
-    model.load_params(&ck.params, &args.checkpoint)?;
-    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
     let data = Dataset::open(&args.val).with_context(|| format!("open {}", args.val.display()))?;
     if data.classes().len() as i64 != ck.meta.model.classes {
         anyhow::bail!(

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use sv_image::{PrepConfig, Preprocessor};
-use sv_train::checkpoint;
-use sv_train::eval::{EvalMode, predict_host};
-use sv_train::input::DeviceNorm;
-use sv_train::model::Model;
+use sv_train::eval::{EvalMode, load_for_inference, predict_host};
 
 /// Flags of `supervision predict`.
 #[derive(clap::Args, Debug)]
@@ -41,10 +38,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
-    let ck = checkpoint::load(&args.checkpoint)?;
-    let mut model = Model::new(&ck.meta.model, device)?;
-    model.load_params(&ck.params, &args.checkpoint)?;
-    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
     let mean_side = ck.meta.normalization.mean_image.as_ref().map(|m| m.side);
     let size = args.size.or(mean_side).unwrap_or(256);
     if let Some(m) = mean_side
