@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 
 /// Path of the `supervision` binary of this build (target/<profile>/supervision).
 ///
-/// `cargo test --workspace` builds it already; when a single package is tested it is
-/// built here once, so the tests never run a stale binary from another profile.
+/// `cargo test --workspace` builds it (and `supervision-torch`, which it runs for the
+/// libtorch commands) already; when a single package is tested they are built here
+/// once, so the tests never run a stale binary from another profile.
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -19,10 +20,12 @@ pub fn binary() -> &'static Path {
             .and_then(Path::parent)
             .expect("target profile dir");
         let bin = profile_dir.join(format!("supervision{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
+        let torch = profile_dir.join(format!("supervision-torch{}", std::env::consts::EXE_SUFFIX));
+        let need_torch = cfg!(feature = "train");
+        if !bin.exists() || (need_torch && !torch.exists()) {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "sv-cli", "--bin", "supervision"])
+                .args(["build", "-p", "sv-cli", "--bins"])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build -p sv-cli failed");

@@ -18,7 +18,7 @@ if [ -n "${SUPERVISION_BIN:-}" ]; then
   BIN="$SUPERVISION_BIN"   # an already built binary
 else
   echo "== building the supervision binary (release)"
-  cargo build --release --locked -p sv-cli --bin supervision
+  cargo build --release --locked -p sv-cli --bins   # supervision + supervision-torch
   BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/supervision"
 fi
 

@@ -5,7 +5,7 @@
 # version tch 0.24 is built for) from the package registry, under
 #   ${SUPERVISION_CACHE:-~/.cache/supervision}/venv-torch-2.11.0
 # and sets what the build needs: LIBTORCH_USE_PYTORCH=1 and the venv's python first on
-# PATH (torch-sys asks that python where libtorch is). The `supervision` binary records
+# PATH (torch-sys asks that python where libtorch is). The `supervision-torch` binary records
 # libtorch's directory as an rpath (crates/sv-cli/build.rs), so running it needs nothing.
 #
 # Use:

@@ -4,6 +4,7 @@
 mod bench;
 mod pca;
 mod shard;
+mod startup;
 mod synth;
 #[cfg(feature = "train")]
 mod train;

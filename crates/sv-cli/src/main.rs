@@ -1,8 +1,13 @@
 //! `supervision`: the command line of SuperVision. Clap types live here; each
 //! command turns its flags into a plain library config and draws progress.
+//!
+//! This binary never links libtorch. `train`, `eval`, `predict` and `model` are run by
+//! `supervision-torch`, installed beside it by the same build: see [`forward`].
 
 mod commands;
-mod progress;
+mod forward;
+
+use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
@@ -28,19 +33,19 @@ enum Command {
     /// Dataset statistics: mean image, channel moments, RGB covariance and PCA.
     #[command(subcommand)]
     Pca(commands::pca::Cmd),
-    /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
-    #[cfg(feature = "train")]
-    Train(Box<commands::train::Args>),
-    /// Top-1/top-5 error of a checkpoint on a validation shard set.
-    #[cfg(feature = "train")]
-    Eval(commands::eval::Args),
-    /// Top-5 classes of image files under a checkpoint.
-    #[cfg(feature = "train")]
-    Predict(commands::predict::Args),
-    /// Describe the models: layers, output shapes, parameter counts.
-    #[cfg(feature = "train")]
-    #[command(subcommand)]
-    Model(commands::model::Cmd),
+    /// Train AlexNet on shard sets (libtorch; CPU or CUDA). `supervision train --help`
+    /// lists its options.
+    #[command(disable_help_flag = true)]
+    Train(Forwarded),
+    /// Top-1/top-5 error of a checkpoint on a validation shard set (libtorch).
+    #[command(disable_help_flag = true)]
+    Eval(Forwarded),
+    /// Top-5 classes of image files under a checkpoint (libtorch).
+    #[command(disable_help_flag = true)]
+    Predict(Forwarded),
+    /// Describe the models: layers, output shapes, parameter counts (libtorch).
+    #[command(disable_help_flag = true)]
+    Model(Forwarded),
     /// Draw loss, errors and learning rate from a metrics.jsonl to a PNG.
     Plot(commands::plot::Args),
     /// Benchmarks: the input pipeline's throughput and determinism digest.
@@ -48,43 +53,39 @@ enum Command {
     Bench(commands::bench::Cmd),
 }
 
+/// The arguments of a command that `supervision-torch` runs, passed on untouched
+/// (`--help` included).
+#[derive(clap::Args, Debug)]
+struct Forwarded {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
+}
+
 fn main() {
+    // `supervision help train` asks the binary that knows train's options.
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    if raw.len() >= 3 && raw[1] == "help" && forward::is_torch_command(&raw[2]) {
+        let cmd = raw[2].to_string_lossy().into_owned();
+        sv_cli::exit_with(forward::run(&cmd, 0, vec!["--help".into()]));
+    }
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    sv_cli::init_tracing(cli.verbose);
+    let v = cli.verbose;
     let result = match cli.command {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),
         Command::Pca(cmd) => commands::pca::run(cmd),
-        #[cfg(feature = "train")]
-        Command::Train(args) => commands::train::run(*args),
-        #[cfg(feature = "train")]
-        Command::Eval(args) => commands::eval::run(args),
-        #[cfg(feature = "train")]
-        Command::Predict(args) => commands::predict::run(args),
-        #[cfg(feature = "train")]
-        Command::Model(cmd) => commands::model::run(cmd),
+        Command::Train(f) => forward::run("train", v, f.args),
+        Command::Eval(f) => forward::run("eval", v, f.args),
+        Command::Predict(f) => forward::run("predict", v, f.args),
+        Command::Model(f) => forward::run("model", v, f.args),
         Command::Plot(args) => commands::plot::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::exit(1);
-        }
-    }
-}
-
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    sv_cli::exit_with(result)
 }

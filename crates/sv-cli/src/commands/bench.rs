@@ -351,9 +351,9 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     };
     drop(loader);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        sv_cli::outln!(
             "{} ({} codec, {} records): {} batches of {} -> {} {} crops of {}",
             report.shards,
             report.codec,
@@ -364,7 +364,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             report.layout,
             report.crop
         );
-        println!(
+        sv_cli::outln!(
             "{:.0} images/s, {:.1} MB/s in, {:.1} MB/s out, {} workers, {:.3} s",
             report.images_per_s,
             report.input_mb_per_s,
@@ -372,7 +372,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             report.workers,
             report.seconds
         );
-        println!(
+        sv_cli::outln!(
             "stages (CPU s, all batches): verify {:.3}, decode {:.3}, augment {:.3}; consumer waited {:.3}",
             report.stage_seconds.verify,
             report.stage_seconds.decode,
@@ -380,7 +380,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             report.stage_seconds.consumer_wait
         );
         if let Some(m) = &report.memory {
-            println!(
+            sv_cli::outln!(
                 "peak resident memory {:.1} MiB (anonymous {:.1} MiB, file-backed {:.1} MiB{})",
                 m.peak_rss_mib,
                 m.peak_anon_mib,
@@ -393,7 +393,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             );
         }
         if let Some(d) = &report.digest {
-            println!("digest {d}");
+            sv_cli::outln!("digest {d}");
         }
     }
     Ok(0)

@@ -1,16 +1,9 @@
 //! One module per top-level command; each exposes `Args`/`Cmd` and `run`, which
-//! returns the process exit code.
+//! returns the process exit code. The libtorch commands live in `src/torch/` (the
+//! `supervision-torch` binary).
 
 pub mod bench;
-#[cfg(feature = "train")]
-pub mod eval;
-#[cfg(feature = "train")]
-pub mod model;
 pub mod pca;
 pub mod plot;
-#[cfg(feature = "train")]
-pub mod predict;
 pub mod shard;
 pub mod synth;
-#[cfg(feature = "train")]
-pub mod train;

@@ -11,7 +11,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use sv_shard::Dataset;
 use sv_stats::{ComputeConfig, MeanImageInfo};
 
-use crate::progress;
+use sv_cli::progress;
 
 /// Dataset statistics commands.
 #[derive(Subcommand, Debug)]
@@ -105,7 +105,7 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
 
     let bytes = stats.pixels as f64 * 3.0;
     let workers = config.workers.clamp(1, visit.max(1) as usize);
-    println!(
+    sv_cli::outln!(
         "{} images of {} records ({} pixels each channel), {:.1} MB of pixels in {:.2} s: {:.2} GB/s with {} workers{}",
         stats.images,
         stats.source.records,
@@ -117,19 +117,19 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
         if config.verify { ", CRC-checked" } else { "" }
     );
     let s = &stats.scale_255;
-    println!("0-255 scale   mean {}", fmt3(&s.mean));
-    println!("              std  {}", fmt3(&s.std));
-    println!("              eigenvalues {}", fmt3(&s.eigenvalues));
+    sv_cli::outln!("0-255 scale   mean {}", fmt3(&s.mean));
+    sv_cli::outln!("              std  {}", fmt3(&s.std));
+    sv_cli::outln!("              eigenvalues {}", fmt3(&s.eigenvalues));
     let u = &stats.scale_unit;
-    println!("[0,1] scale   mean {}", fmt3(&u.mean));
-    println!("              std  {}", fmt3(&u.std));
-    println!("              eigenvalues {}", fmt3(&u.eigenvalues));
+    sv_cli::outln!("[0,1] scale   mean {}", fmt3(&u.mean));
+    sv_cli::outln!("              std  {}", fmt3(&u.std));
+    sv_cli::outln!("              eigenvalues {}", fmt3(&u.eigenvalues));
     for (i, v) in stats.eigenvectors.iter().enumerate() {
-        println!("eigenvector {i}  {}", fmt3(v));
+        sv_cli::outln!("eigenvector {i}  {}", fmt3(v));
     }
-    println!("wrote {}", args.output.display());
+    sv_cli::outln!("wrote {}", args.output.display());
     if let Some(path) = &args.mean_image {
-        println!("wrote {}", path.display());
+        sv_cli::outln!("wrote {}", path.display());
     }
     Ok(0)
 }

@@ -274,14 +274,16 @@ pub fn run(args: Args) -> Result<i32> {
 
     img.save(&args.output)
         .with_context(|| format!("write {}", args.output.display()))?;
-    println!("wrote {} ({}x{} px)", args.output.display(), w, 3 * h);
-    println!("  x: steps {x0} to {x1}");
-    println!("  panel 1: training loss {l0:.4} to {l1:.4} (black: windows, blue: epochs)");
+    sv_cli::outln!("wrote {} ({}x{} px)", args.output.display(), w, 3 * h);
+    sv_cli::outln!("  x: steps {x0} to {x1}");
+    sv_cli::outln!("  panel 1: training loss {l0:.4} to {l1:.4} (black: windows, blue: epochs)");
     if let Some((a, b)) = range(s.val_top1.iter().map(|p| p.1)) {
-        println!(
+        sv_cli::outln!(
             "  panel 2: val top-1 error {a:.4} to {b:.4} (red), top-5 orange, train top-1 grey; scale 0-1"
         );
     }
-    println!("  panel 3: learning rate 1e{r0:.1} to 1e{r1:.1} (log scale, grid at powers of ten)");
+    sv_cli::outln!(
+        "  panel 3: learning rate 1e{r0:.1} to 1e{r1:.1} (log scale, grid at powers of ten)"
+    );
     Ok(0)
 }

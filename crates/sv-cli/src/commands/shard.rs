@@ -10,7 +10,7 @@ use sv_build::{BuildConfig, InputSpec, Progress};
 use sv_core::Split;
 use sv_shard::{Codec, Dataset};
 
-use crate::progress;
+use sv_cli::progress;
 
 /// Shard dataset commands.
 #[derive(Subcommand, Debug)]
@@ -197,7 +197,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     let m = &summary.manifest;
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     if summary.up_to_date {
-        println!(
+        sv_cli::outln!(
             "{} is up to date: {} records in {} shards ({}), {} rejected",
             a.output.display(),
             m.records,
@@ -209,7 +209,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     }
     let secs = started.elapsed().as_secs_f64();
     let processed = summary.inputs.saturating_sub(summary.resumed_inputs);
-    println!(
+    sv_cli::outln!(
         "built {}: {} records in {} {} shards ({}), {} classes, {} of {} files rejected, \
          {:.1} s ({:.0} images/s){}",
         a.output.display(),
@@ -230,12 +230,12 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     );
     if !summary.rejects.is_empty() {
         for r in summary.rejects.iter().take(5) {
-            println!("  rejected {}: {}", r.path, r.reason);
+            sv_cli::outln!("  rejected {}: {}", r.path, r.reason);
         }
         if summary.rejects.len() > 5 {
-            println!("  ... {} more", summary.rejects.len() - 5);
+            sv_cli::outln!("  ... {} more", summary.rejects.len() - 5);
         }
-        println!(
+        sv_cli::outln!(
             "  all rejects: {}",
             a.output.join(sv_build::REJECTS_FILE).display()
         );
@@ -259,7 +259,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
         );
     }
     if report.ok() {
-        println!(
+        sv_cli::outln!(
             "ok: {} records in {} shards ({}) verified",
             report.records,
             report.shards,
@@ -336,34 +336,37 @@ fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
             .collect(),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("dataset   {}", a.dir.display());
-        println!("split     {}", report.split);
+        sv_cli::outln!("dataset   {}", a.dir.display());
+        sv_cli::outln!("split     {}", report.split);
         match report.jpeg_quality {
-            Some(q) => println!("codec     {} (quality {q})", report.codec),
-            None => println!("codec     {}", report.codec),
+            Some(q) => sv_cli::outln!("codec     {} (quality {q})", report.codec),
+            None => sv_cli::outln!("codec     {}", report.codec),
         }
-        println!("images    {0}x{0}x3 uint8 (HWC RGB)", report.side);
-        println!("records   {}", report.records);
-        println!(
+        sv_cli::outln!("images    {0}x{0}x3 uint8 (HWC RGB)", report.side);
+        sv_cli::outln!("records   {}", report.records);
+        sv_cli::outln!(
             "shards    {} ({}, {} per record)",
             report.shards,
             human_bytes(report.bytes),
             human_bytes(report.bytes_per_record as u64)
         );
-        println!("classes   {}", report.classes.len());
+        sv_cli::outln!("classes   {}", report.classes.len());
         for c in &report.classes {
-            println!(
+            sv_cli::outln!(
                 "  {:>5}  {:<10} {:>8}  {}",
-                c.label, c.wnid, c.records, c.name
+                c.label,
+                c.wnid,
+                c.records,
+                c.name
             );
         }
     }
     if let Some(sheet) = &a.sheet {
         let (rows, cols) = contact_sheet(&ds, sheet, a.per_class.max(1))?;
         if !a.json {
-            println!(
+            sv_cli::outln!(
                 "contact sheet: {} ({rows} classes x up to {cols} records)",
                 sheet.display()
             );
@@ -451,7 +454,7 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!(
+    sv_cli::outln!(
         "exported {} records to {}",
         indices.len(),
         a.output.display()

@@ -98,13 +98,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         threads: args.threads,
     };
     let total = u64::from(args.classes) * u64::from(args.per_class + args.val_per_class);
-    let bar = crate::progress::bar(total, "images");
+    let bar = sv_cli::progress::bar(total, "images");
     let start = std::time::Instant::now();
     let summary = sv_synth::generate(&args.output, &config, |done, _| bar.set_position(done))
         .with_context(|| format!("synth into {}", args.output.display()))?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    sv_cli::outln!(
         "synth: {} classes, {} train + {} val images ({:.1} MiB) in {:.1}s into {}; quirks: {} grayscale, {} CMYK, {} PNG named .JPEG",
         summary.classes.len(),
         summary.train_images,

@@ -27,7 +27,7 @@ pub fn run(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::List => {
             for m in MODEL_NAMES {
-                println!("{m}");
+                sv_cli::outln!("{m}");
             }
         }
         Cmd::Summary {
@@ -38,14 +38,16 @@ pub fn run(cmd: Cmd) -> Result<i32> {
             let spec = ModelSpec::by_name(&model, classes)?;
             let summary = spec.summary()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(0);
             }
-            println!(
+            sv_cli::outln!(
                 "{} (input {:?}, init {:?})",
-                summary.model, summary.input, spec.init
+                summary.model,
+                summary.input,
+                spec.init
             );
-            println!("{:<44} {:>16} {:>12}", "layer", "output", "params");
+            sv_cli::outln!("{:<44} {:>16} {:>12}", "layer", "output", "params");
             for r in &summary.rows {
                 let shape = r
                     .output
@@ -53,9 +55,9 @@ pub fn run(cmd: Cmd) -> Result<i32> {
                     .map(|d| d.to_string())
                     .collect::<Vec<_>>()
                     .join("x");
-                println!("{:<44} {:>16} {:>12}", r.layer, shape, group(r.params));
+                sv_cli::outln!("{:<44} {:>16} {:>12}", r.layer, shape, group(r.params));
             }
-            println!("total parameters: {}", group(summary.total_params));
+            sv_cli::outln!("total parameters: {}", group(summary.total_params));
         }
     }
     Ok(0)

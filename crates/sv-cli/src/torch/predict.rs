@@ -90,13 +90,13 @@ pub fn run(args: Args) -> Result<i32> {
                 serde_json::json!({"image": path, "top": t})
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for (path, top) in &results {
-            println!("{}", path.display());
+            sv_cli::outln!("{}", path.display());
             for (rank, &(i, p)) in top.iter().enumerate() {
                 let (n, w) = name(i);
-                println!("  {}. {:6.2}%  {w}  {n}", rank + 1, 100.0 * p);
+                sv_cli::outln!("  {}. {:6.2}%  {w}  {n}", rank + 1, 100.0 * p);
             }
         }
     }

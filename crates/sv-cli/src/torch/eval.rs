@@ -51,7 +51,7 @@ pub fn run(args: Args) -> Result<i32> {
         EvalMode::Centre
     };
     let total = args.limit.map_or(data.len(), |l| l.min(data.len()));
-    let pb = crate::progress::bar(total as u64, "images");
+    let pb = sv_cli::progress::bar(total as u64, "images");
     let r = evaluate(
         &model,
         &norm,
@@ -68,9 +68,9 @@ pub fn run(args: Args) -> Result<i32> {
             "step": ck.meta.step, "mode": mode.as_str(), "images": r.images,
             "top1_err": r.top1_err, "top5_err": r.top5_err,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
+        sv_cli::outln!(
             "{} ({}, step {}) on {} images, {}: top-1 error {:.2}%, top-5 error {:.2}%",
             args.checkpoint.display(),
             ck.meta.model.name,

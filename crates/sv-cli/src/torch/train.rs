@@ -325,7 +325,7 @@ pub fn run(args: Args) -> Result<i32> {
         cfg.batch_size,
         trainer.step()
     );
-    let pb = crate::progress::bar(total_steps, "steps");
+    let pb = sv_cli::progress::bar(total_steps, "steps");
     pb.set_position(trainer.step());
     let outcome = trainer.run(source.as_mut(), val.as_ref(), &mut |e| match e {
         Event::Step { step, .. } => pb.set_position(step),
@@ -363,9 +363,9 @@ pub fn run(args: Args) -> Result<i32> {
         "device": format!("{device:?}"),
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
+        sv_cli::outln!(
             "trained {} to step {} ({} epochs done): {:.1} images/s, data wait {:.2}% of step time",
             spec.name,
             outcome.steps,
@@ -374,21 +374,21 @@ pub fn run(args: Args) -> Result<i32> {
             100.0 * outcome.data_wait_share
         );
         if let Some((m, r)) = outcome.final_eval {
-            println!(
+            sv_cli::outln!(
                 "final {} evaluation: top-1 error {:.2}%, top-5 error {:.2}%",
                 m.as_str(),
                 100.0 * r.top1_err,
                 100.0 * r.top5_err
             );
         } else if let Some(r) = outcome.last_val {
-            println!(
+            sv_cli::outln!(
                 "last validation: top-1 error {:.2}%, top-5 error {:.2}%",
                 100.0 * r.top1_err,
                 100.0 * r.top5_err
             );
         }
-        println!("checkpoint: {}", outcome.checkpoint.display());
-        println!("metrics:    {}", args.out.join(METRICS_FILE).display());
+        sv_cli::outln!("checkpoint: {}", outcome.checkpoint.display());
+        sv_cli::outln!("metrics:    {}", args.out.join(METRICS_FILE).display());
     }
     Ok(0)
 }
@@ -410,9 +410,9 @@ fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) 
         "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!(
+        sv_cli::outln!(
             "compute-only ceiling: {} batch {batch} on {device:?}: {ips:.1} images/s over {steps} steps",
             spec.name
         );

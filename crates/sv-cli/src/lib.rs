@@ -1,0 +1,45 @@
+//! What the two executables of SuperVision share.
+//!
+//! SuperVision installs two binaries side by side, built by one `cargo build -p sv-cli`:
+//! - `supervision`: synth, shard, pca, bench, plot. It never links libtorch, so it starts
+//!   at once and needs nothing but itself on a data-preparation machine.
+//! - `supervision-torch`: train, eval, predict, model. It links libtorch (and its CUDA
+//!   libraries, about 0.9 s and 470 MB of mapping at start-up). `supervision train ...`
+//!   runs it in its own place (exec), the way `git foo` runs `git-foo`, so users keep
+//!   typing `supervision train`.
+//!
+//! This library holds the pieces both use: progress bars, logging set-up, standard
+//! output that treats a closed pipe as a quiet exit, and the exit-code handling.
+
+pub mod output;
+pub mod progress;
+
+/// Sets up `tracing` on stderr: warnings by default, `-v` debug, `-vv` trace;
+/// `RUST_LOG` overrides.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Ends the process with a command's result: its exit code, or the error chain on
+/// stderr and exit code 1. A closed standard output (`supervision ... | head`) is a
+/// quiet exit with code 0, as ripgrep does.
+pub fn exit_with(result: anyhow::Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) if output::is_closed_stdout(&err) => std::process::exit(0),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}

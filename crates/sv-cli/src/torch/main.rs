@@ -1,0 +1,47 @@
+//! `supervision-torch`: the commands of SuperVision that need libtorch (train, eval,
+//! predict, model). Users run them as `supervision train ...`; the `supervision`
+//! binary, which never loads libtorch, hands these commands to this one.
+
+mod eval;
+mod model;
+mod predict;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// SuperVision's libtorch commands: train AlexNet, evaluate and apply checkpoints,
+/// describe the models. Usually run as `supervision <command>`.
+#[derive(Parser, Debug)]
+#[command(name = "supervision", version, about, long_about = None)]
+struct Cli {
+    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
+    Train(Box<train::Args>),
+    /// Top-1/top-5 error of a checkpoint on a validation shard set.
+    Eval(eval::Args),
+    /// Top-5 classes of image files under a checkpoint.
+    Predict(predict::Args),
+    /// Describe the models: layers, output shapes, parameter counts.
+    #[command(subcommand)]
+    Model(model::Cmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    sv_cli::init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Model(cmd) => model::run(cmd),
+    };
+    sv_cli::exit_with(result)
+}

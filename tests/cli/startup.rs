@@ -1,0 +1,157 @@
+//! The two executables: `supervision` starts without libtorch and hands the libtorch
+//! commands to `supervision-torch`; a closed standard output is a quiet exit.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use sv_tests::{binary, s, supervision};
+
+/// Runs `cmd` to its end and returns (exit code, peak resident set in KiB), from
+/// `wait4` on that one child (other tests' children do not count).
+fn run_with_rusage(cmd: &mut Command) -> (i32, i64) {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for the child we spawned and own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child); // already reaped
+    assert!(libc::WIFEXITED(status), "child did not exit normally");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn data_commands_do_not_load_libtorch() {
+    let (code, kib) = run_with_rusage(supervision().arg("--version"));
+    assert_eq!(code, 0);
+    assert!(
+        kib < 100 * 1024,
+        "`supervision --version` peaked at {} MiB; libtorch loaded?",
+        kib / 1024
+    );
+    // The dynamic loader's own account of what it opened (glibc).
+    let out = supervision()
+        .args(["shard", "--help"])
+        .env("LD_DEBUG", "files")
+        .output()
+        .expect("spawn");
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("libtorch") && !log.contains("libc10"),
+        "supervision opened libtorch:\n{log}"
+    );
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn torch_commands_run_through_supervision_torch() {
+    // --help reaches the libtorch binary, which knows train's options; usage names the
+    // command the user typed.
+    for args in [&["train", "--help"][..], &["help", "train"][..]] {
+        let out = supervision().args(args).output().expect("spawn");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(text.contains("--batch-size"), "{args:?}:\n{text}");
+        assert!(text.contains("supervision train"), "{args:?}:\n{text}");
+    }
+    let out = supervision()
+        .args(["model", "list"])
+        .output()
+        .expect("spawn");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alexnet"));
+    // Exit codes pass through: a bad flag is clap's usage error (2).
+    let out = supervision()
+        .args(["eval", "--no-such-flag"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn supervision_alone_names_the_missing_torch_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lone = dir.path().join("supervision");
+    std::fs::copy(binary(), &lone).expect("copy binary");
+    let run = |args: &[&str]| {
+        Command::new(&lone)
+            .args(args)
+            .env_remove("SUPERVISION_TORCH")
+            .env("PATH", dir.path())
+            .output()
+            .expect("spawn")
+    };
+    assert!(run(&["shard", "--help"]).status.success());
+    let out = run(&["train", "--help"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("supervision-torch") && err.contains("cargo build"),
+        "{err}"
+    );
+    // A wrong SUPERVISION_TORCH is named, not ignored.
+    let out = Command::new(&lone)
+        .args(["model", "list"])
+        .env("SUPERVISION_TORCH", dir.path().join("nowhere"))
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE,
+/// whatever the timing.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two new descriptors, which we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe {
+        drop(OwnedFd::from_raw_fd(fds[0]));
+        Stdio::from(File::from_raw_fd(fds[1]))
+    }
+}
+
+fn assert_quiet_exit(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert_eq!(out.status.code(), Some(0), "{what}: {err}");
+}
+
+#[test]
+fn closed_stdout_is_a_quiet_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("synth");
+    let args = [
+        "synth",
+        "--output",
+        s(&out),
+        "--classes",
+        "1",
+        "--per-class",
+        "1",
+        "--val-per-class",
+        "1",
+        "--min-side",
+        "32",
+        "--max-side",
+        "40",
+    ];
+    assert_quiet_exit(supervision().args(args), "synth");
+    assert!(Path::new(&out).join("train").is_dir(), "synth still ran");
+    if cfg!(feature = "train") {
+        assert_quiet_exit(supervision().args(["model", "list"]), "model list");
+    }
+}
