@@ -85,6 +85,8 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-search=native={}", lib.display());
+    // For dependents' build scripts, which give their own test binaries an rpath.
+    println!("cargo:libtorch_lib={}", lib.display());
 
     // This crate's tests, examples and benches only (link-arg does not propagate).
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
