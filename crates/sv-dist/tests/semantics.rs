@@ -117,7 +117,7 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
     // One rank, whole batches.
     let single = Model::new(&spec(), Device::Cpu).unwrap();
     load(&single, &init);
-    let mut opt = PaperSgd::new(single.params(), SgdConfig::default()).unwrap();
+    let mut opt = PaperSgd::new(single.params(), single.names(), SgdConfig::default()).unwrap();
     let mut solo = sv_dist::Solo::new(Device::Cpu);
     for b in batches.iter() {
         step(&single, &mut opt, &mut solo, &b.0, &b.1).unwrap();
@@ -145,7 +145,8 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
                 let mut params: Vec<Tensor> =
                     model.params().iter().map(Tensor::shallow_clone).collect();
                 broadcast_and_verify(&mut coll, &mut params).unwrap();
-                let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+                let mut opt =
+                    PaperSgd::new(model.params(), model.names(), SgdConfig::default()).unwrap();
                 let mut sums = Vec::new();
                 for b in batches.iter() {
                     let (x, y) = shard(b, r, 2);
@@ -194,7 +195,8 @@ fn a_rank_that_dies_mid_run_ends_the_others_with_its_name() {
                 let mut params: Vec<Tensor> =
                     model.params().iter().map(Tensor::shallow_clone).collect();
                 broadcast_and_verify(&mut coll, &mut params).map_err(|e| e.to_string())?;
-                let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+                let mut opt =
+                    PaperSgd::new(model.params(), model.names(), SgdConfig::default()).unwrap();
                 for (i, b) in batches.iter().enumerate() {
                     if r == 2 && i == 2 {
                         panic!("rank 2 crashes at step 2");
