@@ -177,6 +177,8 @@ impl Memory {
 
 /// Run a `bench` command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // The loader reads shards through memory maps (see `shard::run`).
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Pipeline(args) => pipeline(args),
     }

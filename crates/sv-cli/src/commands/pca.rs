@@ -56,6 +56,8 @@ pub struct ComputeArgs {
 
 /// Run a `pca` command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // The pass reads shards through memory maps (see `shard::run`).
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Compute(args) => compute(args),
     }

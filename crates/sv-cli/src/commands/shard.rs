@@ -132,6 +132,9 @@ pub struct ExportArgs {
 
 /// Run a shard command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // inspect and export read shards through memory maps: a shard truncated under
+    // them by another program ends in a message naming it, not a bare bus error.
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Build(a) => build(a),
         Cmd::Verify(a) => verify(a),
