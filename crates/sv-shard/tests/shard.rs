@@ -313,6 +313,19 @@ fn a_manifest_that_lies_is_caught() {
         ("not a plain file name", |v| {
             v["shards"][0]["name"] = "../x.svs".into()
         }),
+        ("wnid \"../../etc/x\", which is not a plain name", |v| {
+            v["classes"][2]["wnid"] = "../../etc/x".into()
+        }),
+        ("class 0 has wnid \"\"", |v| {
+            v["classes"][0]["wnid"] = "".into()
+        }),
+        (
+            "wnid n00000001 is listed twice in the class list (labels 1 and 3)",
+            |v| v["classes"][3]["wnid"] = "n00000001".into(),
+        ),
+        ("the shards' record counts add up past 2^64", |v| {
+            v["shards"][0]["records"] = u64::MAX.into();
+        }),
         ("missing field", |v| {
             v.as_object_mut().unwrap().remove("shards");
         }),
