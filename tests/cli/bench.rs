@@ -33,7 +33,8 @@ fn dataset(dir: &Path, n: usize, codec: Codec) {
     w.finish().unwrap();
 }
 
-fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
+/// `bench pipeline` over `dir`: 7 batches of 8 crops of 56, JSON report, plus `extra`.
+fn bench_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "bench",
         "pipeline",
@@ -48,7 +49,11 @@ fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
         "--json",
     ];
     args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&args)).expect("JSON report")
+    args
+}
+
+fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(&bench_args(dir, extra))).expect("JSON report")
 }
 
 fn digest(v: &serde_json::Value) -> String {
@@ -217,22 +222,10 @@ fn a_stats_file_that_cannot_normalise_is_refused_naming_file_and_field() {
         let path = tmp.path().join("bad.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
         for output in ["f32", "u8"] {
-            let err = fails(&[
-                "bench",
-                "pipeline",
-                "--shards",
-                s(&dir),
-                "--batch-size",
-                "4",
-                "--batches",
-                "1",
-                "--crop",
-                "32",
-                "--output",
-                output,
-                "--stats",
-                s(&path),
-            ]);
+            let err = fails(&bench_args(
+                &dir,
+                &["--output", output, "--stats", s(&path)],
+            ));
             assert!(
                 err.contains("bad.json") && err.contains(field),
                 "{field}, {output}:\n{err}"

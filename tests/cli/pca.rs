@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, DatasetWriter, WriterConfig};
-use sv_tests::{fails, ok, s};
+use sv_tests::{fails, names, ok, s};
 
 const SIDE: u32 = 12;
 
@@ -362,16 +362,6 @@ fn synth_then_shard_build_then_pca() {
         std::fs::metadata(&npy).unwrap().len(),
         128 + 3 * 64 * 64 * 4
     );
-}
-
-/// Every name in a folder, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, DatasetWriter, MANIFEST_FILE, Manifest, WriterConfig};
-use sv_tests::{fails, ok, s, supervision};
+use sv_tests::{fails, ok, png_dims, s, supervision};
 
 const SIDE: u32 = 8;
 
@@ -330,6 +330,19 @@ fn inconsistent_shard_headers_are_described_in_words() {
     assert!(err.contains("train-00000.svs"), "{err}");
 }
 
+/// `shard inspect DIR --sheet SHEET --per-class N`.
+fn sheet_args<'a>(dir: &'a Path, sheet: &'a Path, per_class: &'a str) -> [&'a str; 7] {
+    [
+        "shard",
+        "inspect",
+        s(dir),
+        "--sheet",
+        s(sheet),
+        "--per-class",
+        per_class,
+    ]
+}
+
 #[test]
 fn contact_sheet_size_is_bounded_and_checked() {
     let t = tempfile::tempdir().unwrap();
@@ -338,27 +351,11 @@ fn contact_sheet_size_is_bounded_and_checked() {
     dataset(&d, 1000, 2, Codec::Raw);
     let sheet = t.path().join("sheet.png");
     // Far more than any class holds: the sheet is as wide as the fullest row.
-    ok(&[
-        "shard",
-        "inspect",
-        s(&d),
-        "--sheet",
-        s(&sheet),
-        "--per-class",
-        "100000",
-    ]);
+    ok(&sheet_args(&d, &sheet, "100000"));
     assert_eq!(png_dims(&sheet), (500 * 10 + 2, 2 * 10 + 2));
     // Values whose arithmetic would wrap.
     for huge in ["18446744073709551615", "4294967296", "429496730"] {
-        let out = run_bounded(&[
-            "shard",
-            "inspect",
-            s(&d),
-            "--sheet",
-            s(&sheet),
-            "--per-class",
-            huge,
-        ]);
+        let out = run_bounded(&sheet_args(&d, &sheet, huge));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "--per-class {huge}:\n{err}");
         assert_words(&err);
@@ -367,42 +364,20 @@ fn contact_sheet_size_is_bounded_and_checked() {
     let big = t.path().join("big");
     dataset(&big, 2000, 1, Codec::Raw);
     let wide = t.path().join("wide.png");
-    let err = fails_bounded(&[
-        "shard",
-        "inspect",
-        s(&big),
-        "--sheet",
-        s(&wide),
-        "--per-class",
-        "2000",
-    ]);
+    let err = fails_bounded(&sheet_args(&big, &wide, "2000"));
     assert!(
         err.contains("--per-class") && err.contains("pixels"),
         "{err}"
     );
     assert!(!wide.exists());
-    let err = fails(&[
-        "shard",
-        "inspect",
-        s(&d),
-        "--sheet",
-        s(&sheet),
-        "--per-class",
-        "0",
-    ]);
-    assert!(err.contains("--per-class"), "{err}");
+    let err = fails(&sheet_args(&d, &sheet, "0"));
+    assert!(
+        err.contains("--per-class") && err.contains("at least 1"),
+        "{err}"
+    );
     // A sheet path that is a directory leaves nothing behind.
     let err = fails_bounded(&["shard", "inspect", s(&d), "--sheet", s(t.path())]);
     assert!(err.contains("is a directory"), "{err}");
-}
-
-/// Width and height from a PNG's IHDR.
-fn png_dims(path: &Path) -> (u32, u32) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[1..4], b"PNG", "{} is not a PNG", path.display());
-    let w = u32::from_be_bytes(b[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(b[20..24].try_into().unwrap());
-    (w, h)
 }
 
 #[test]

@@ -59,13 +59,13 @@ pub struct PipelineArgs {
     #[arg(long, value_name = "DIR")]
     shards: PathBuf,
     /// Samples per batch.
-    #[arg(long, default_value_t = 128, value_parser = sv_cli::args::at_least_one_u64)]
+    #[arg(long, default_value_t = 128, value_parser = sv_cli::args::at_least_one::<u64>)]
     batch_size: u64,
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one)]
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
     workers: Option<usize>,
     /// Batches to time (epochs repeat as needed).
-    #[arg(long, default_value_t = 100, value_parser = sv_cli::args::at_least_one_u64)]
+    #[arg(long, default_value_t = 100, value_parser = sv_cli::args::at_least_one::<u64>)]
     batches: u64,
     /// Batches to run before the clock starts (they still count in the digest).
     #[arg(long, default_value_t = 0)]

@@ -40,10 +40,10 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "FILE.npy")]
     mean_image: Option<PathBuf>,
     /// Use a seeded subset of N records for a quick estimate.
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one_u64)]
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<u64>)]
     sample: Option<u64>,
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one)]
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
     workers: Option<usize>,
     /// Seed of the --sample draw.
     #[arg(long, default_value_t = 0)]

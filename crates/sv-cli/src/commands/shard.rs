@@ -94,7 +94,7 @@ pub struct VerifyArgs {
     /// The dataset folder.
     dir: PathBuf,
     /// Threads (default: all cores).
-    #[arg(long, value_parser = sv_cli::args::at_least_one)]
+    #[arg(long, value_parser = sv_cli::args::at_least_one::<usize>)]
     workers: Option<usize>,
 }
 
@@ -111,7 +111,7 @@ pub struct InspectArgs {
     sheet: Option<PathBuf>,
     /// Records per row of the contact sheet (at most what fits in a sheet 16,384
     /// pixels wide).
-    #[arg(long, default_value_t = 8, value_parser = sv_cli::args::at_least_one)]
+    #[arg(long, default_value_t = 8, value_parser = sv_cli::args::at_least_one::<usize>)]
     per_class: usize,
 }
 
