@@ -513,6 +513,7 @@ fn prepare_output(
                 body.push_str(&journal_line(s)?);
             }
             let file = write_journal(out, body.as_bytes())?;
+            remove_temp_leftovers(out)?;
             tracing::info!(shards = shards.len(), "resuming an interrupted build");
             return Ok(Journal { file, shards });
         }
@@ -591,6 +592,21 @@ fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(v)
 }
 
+/// Remove the temporary files a killed build left (their shards are written again).
+fn remove_temp_leftovers(out: &Path) -> Result<(), BuildError> {
+    for p in list_our_files(out)? {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if sv_core::fs::is_temp_name(&name) {
+            std::fs::remove_file(&p).map_err(|source| BuildError::Io {
+                path: p.clone(),
+                op: "remove",
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn journal_line<T: Serialize>(v: &T) -> Result<String, BuildError> {
     let mut s = serde_json::to_string(v)
         .map_err(|e| BuildError::Input(format!("journal serialisation: {e}")))?;
@@ -660,19 +676,6 @@ fn write_json_atomic<T: Serialize>(out: &Path, name: &str, v: &T) -> Result<(), 
 }
 
 fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
-    let path = out.join(name);
-    let tmp = out.join(format!("{name}.tmp"));
-    let io = |p: &Path, op| {
-        let p = p.to_path_buf();
-        move |source| BuildError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io(&tmp, "write"))?;
-    f.sync_all().map_err(io(&tmp, "sync"))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))
+    sv_core::fs::write_atomic(out.join(name), bytes).map_err(sv_shard::ShardError::from)?;
+    Ok(())
 }

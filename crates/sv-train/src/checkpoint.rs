@@ -10,8 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
@@ -151,29 +150,30 @@ pub fn save(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| TrainError::Config(format!("{} is not a file path", path.display())))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    // One atomic write for the whole project: temporary file in the same folder,
+    // fsync, rename, folder fsync; the temporary file is removed on any error.
+    let fs_err = |e: sv_core::fs::FsError| match e {
+        sv_core::fs::FsError::Io { path, source, .. } => TrainError::Io { path, source },
+        other => TrainError::Checkpoint {
+            path: other.path().to_path_buf(),
+            what: other.to_string(),
+        },
+    };
+    let file = sv_core::fs::AtomicFile::create(path).map_err(fs_err)?;
     let views = host.iter().map(|(n, h)| (n.as_str(), h));
-    safetensors::tensor::serialize_to_file(views, &info, &tmp).map_err(|e| {
-        TrainError::Checkpoint {
-            path: tmp.clone(),
-            what: format!("write failed: {e:?}"),
-        }
-    })?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    safetensors::tensor::serialize_to_file(views, &info, file.temp_path()).map_err(
+        |e| match e {
+            safetensors::SafeTensorError::IoError(source) => TrainError::Io {
+                path: file.temp_path().to_path_buf(),
+                source,
+            },
+            other => TrainError::Checkpoint {
+                path: path.into(),
+                what: format!("cannot be written: {other}"),
+            },
+        },
+    )?;
+    file.commit().map_err(fs_err)?;
     Ok(())
 }
 
