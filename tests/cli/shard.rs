@@ -418,3 +418,65 @@ fn refuses_to_overwrite_other_data() {
     ]);
     assert!(err.contains("--force"), "{err}");
 }
+
+#[test]
+fn zero_workers_is_refused_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 2);
+    let out = t.path().join("shards");
+    let err = fails(&[
+        "shard",
+        "build",
+        "--input",
+        s(&root.join("train")),
+        "--output",
+        s(&out),
+        "--workers",
+        "0",
+    ]);
+    assert!(
+        err.contains("--workers 0") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_second_build_process_fails_at_once_and_the_first_finishes_intact() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 3, 40);
+    let train = root.join("train");
+    let out = t.path().join("shards");
+    let args = ["--codec", "jpeg", "--max-shard-mib", "1", "--workers", "1"];
+    let mut first = supervision()
+        .args(["shard", "build", "--input", s(&train), "--output", s(&out)])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it has started writing (its journal exists).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join(".build-journal.jsonl").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for extra in [&[][..], &["--force"][..]] {
+        let t0 = Instant::now();
+        let mut a = vec!["shard", "build", "--input", s(&train), "--output", s(&out)];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(extra);
+        let err = fails(&a);
+        assert!(
+            err.contains(&format!("pid {}", first.id())) && err.contains("another build"),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "did not fail at once"
+        );
+    }
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    let v = ok(&["shard", "verify", s(&out)]);
+    assert!(v.contains("ok: 120 records"), "{v}");
+}

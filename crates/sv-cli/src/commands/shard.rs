@@ -72,13 +72,13 @@ pub struct BuildArgs {
     /// JPEG quality (jpeg codec).
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
-    /// Decoding threads (default: all cores).
+    /// Decoding threads (default: all cores; at least 1).
     #[arg(long)]
     workers: Option<usize>,
     /// Side of the stored square images.
     #[arg(long, default_value_t = sv_core::DEFAULT_SIDE)]
     size: u32,
-    /// Largest shard file, in MiB.
+    /// Largest shard file, in MiB: no shard is larger.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_shard_mib: u64,
     /// Fail on the first file that cannot be used instead of skipping it.
@@ -87,6 +87,11 @@ pub struct BuildArgs {
     /// Replace a dataset in --output that was built from other inputs or settings.
     #[arg(long)]
     force: bool,
+    /// Also record a CRC-32 of every input's content, not only its size and
+    /// modification time, so a file rewritten in place is noticed. Checking a later
+    /// run against it reads every input again.
+    #[arg(long)]
+    hash_inputs: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -144,6 +149,9 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
 }
 
 fn build(a: BuildArgs) -> anyhow::Result<i32> {
+    if a.workers == Some(0) {
+        bail!("--workers 0: the build needs at least 1 decoding thread");
+    }
     let classes = match &a.classes_from {
         Some(dir) => Some(
             sv_shard::Manifest::load(dir)
@@ -173,6 +181,8 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         max_shard_bytes: a.max_shard_mib.saturating_mul(1 << 20),
         strict: a.strict,
         force: a.force,
+        hash_inputs: a.hash_inputs,
+        part: None,
     };
     let started = Instant::now();
     let bar = progress::bar(0, "images");
@@ -197,7 +207,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     };
     let result = sv_build::build(&config, &on_progress);
     bar.finish_and_clear();
-    let summary = result.with_context(|| format!("building {}", a.output.display()))?;
+    let summary = result.map_err(|e| build_error(e, &a))?;
     let m = &summary.manifest;
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     if summary.up_to_date {
@@ -209,7 +219,11 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
             human_bytes(bytes),
             summary.rejects.len()
         );
+        print_ignored(&summary, &a.output)?;
         return Ok(0);
+    }
+    if let Some(why) = &summary.rebuilt_because {
+        sv_cli::outln!("rebuilt from the first shard that no longer held: {why}");
     }
     let secs = started.elapsed().as_secs_f64();
     let processed = summary.inputs.saturating_sub(summary.resumed_inputs);
@@ -244,7 +258,43 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
             a.output.join(sv_build::REJECTS_FILE).display()
         );
     }
+    print_ignored(&summary, &a.output)?;
     Ok(0)
+}
+
+/// The library's error with the command's context, and advice in flag terms.
+fn build_error(e: sv_build::BuildError, a: &BuildArgs) -> anyhow::Error {
+    let advice = match &e {
+        sv_build::BuildError::Occupied { holds, .. } => match holds {
+            sv_build::Occupant::InterruptedBuild => "; or pass --force to start over",
+            sv_build::Occupant::OtherDataset => "; pass --force to replace it",
+            sv_build::Occupant::OtherFiles => {
+                "; or pass --force to build beside the files there (they are kept)"
+            }
+        },
+        _ => "",
+    };
+    let text = format!("{:#}", anyhow::Error::new(e));
+    anyhow::anyhow!("building {}: {text}{advice}", a.output.display())
+}
+
+/// Entries found in the input and not read, with the reason (a few, then a count).
+fn print_ignored(summary: &sv_build::BuildSummary, out: &Path) -> anyhow::Result<()> {
+    if summary.ignored.is_empty() {
+        return Ok(());
+    }
+    sv_cli::outln!("{} entries of the input ignored:", summary.ignored.len());
+    for i in summary.ignored.iter().take(5) {
+        sv_cli::outln!("  ignored {}: {}", i.path, i.reason);
+    }
+    if summary.ignored.len() > 5 {
+        sv_cli::outln!(
+            "  ... {} more, listed in {}",
+            summary.ignored.len() - 5,
+            out.join(sv_build::BUILD_FILE).display()
+        );
+    }
+    Ok(())
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
