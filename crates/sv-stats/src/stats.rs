@@ -300,7 +300,9 @@ impl PcaStats {
         Ok(stats)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), StatsError> {
+    /// The checks of [`PcaStats::load`], for statistics about to be written to
+    /// `path` (named in the error).
+    pub fn validate(&self, path: &Path) -> Result<(), StatsError> {
         if self.format != FORMAT_NAME {
             return Err(StatsError::format(
                 path,
