@@ -8,7 +8,9 @@
 //! - [`schedule`]: divide-by-10-on-plateau, fixed steps, constant.
 //! - [`input`]: uint8 crops to normalised float on the device (flips, PCA lighting).
 //! - [`prefetch`]: the double-buffered prefetch thread and pinned staging.
-//! - [`trainer`]: the loop, metrics windows, data-wait measurement, checkpoints, resume.
+//! - [`trainer`]: the loop as named steps (train an epoch, validate, end the epoch:
+//!   schedule, record, checkpoints), data-wait measurement, resume.
+//! - [`window`]: metrics windows and totals; device values read a window later.
 //! - [`eval`]: top-1/top-5 error, centre crop and ten-crop.
 //! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
@@ -29,6 +31,7 @@ pub mod optim;
 pub mod prefetch;
 pub mod schedule;
 pub mod trainer;
+pub mod window;
 
 pub use error::{Result, TrainError};
 /// The loader crate, re-exported so callers configure [`data::PipelineSource`] with

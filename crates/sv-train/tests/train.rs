@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, Dataset, DatasetWriter, WriterConfig};
-use sv_train::Device;
+use sv_train::{Device, TrainError};
 use sv_train::checkpoint;
-use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
+use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
 use sv_train::eval::EvalMode;
 use sv_train::input::{Normalization, PixelMean};
 use sv_train::schedule::ScheduleConfig;
@@ -102,11 +102,22 @@ fn config(max_steps: Option<u64>) -> TrainConfig {
     }
 }
 
+/// [`config`] without a step limit, for `epochs` epochs.
+fn config_for_epochs(epochs: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        ..config(None)
+    }
+}
+
 fn source(data: &Arc<Dataset>, seed: u64) -> ShardSource {
-    let lighting = Lighting {
-        eigval: [30.0, 5.0, 1.0],
+    // [0, 1]-scale eigenvalues: with std 0.1, offsets of about 3, 0.5 and 0.1 grey
+    // levels along the three components
+    let lighting = sv_pipeline::Lighting {
+        eigval: [30.0 / 255.0, 5.0 / 255.0, 1.0 / 255.0],
         eigvec: [[0.58, -0.7, 0.4], [0.58, 0.0, -0.8], [0.58, 0.7, 0.4]],
-        sigma: 0.1,
+        convention: sv_pipeline::LightingConvention::Paper,
+        std: 0.1,
     };
     ShardSource::new(
         data.clone(),
@@ -453,4 +464,52 @@ fn cuda_matches_cpu() {
             .iter()
             .all(|(_, w)| w.iter().all(|v| v.is_finite()))
     );
+}
+
+/// A damaged record reaches the caller as the pipeline's own error, with the shard
+/// and record it names kept as the source (not flattened into a string).
+#[test]
+fn a_damaged_record_is_a_typed_pipeline_error() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train");
+    let train = make_set(&dir, Split::Train, 4, 4, 1);
+    drop(train);
+    // one byte in the middle of the first shard: inside an image's payload
+    let shard = dir.join("train-00000.svs");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5A;
+    std::fs::write(&shard, bytes).unwrap();
+    let train = Arc::new(Dataset::open(&dir).unwrap());
+    let config = sv_pipeline::LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        seed: 1,
+        verify: true,
+        augment: sv_pipeline::Augment::train(63),
+        ..Default::default()
+    };
+    let mut source = PipelineSource::new(train, config).unwrap();
+    let mut t = Trainer::new(
+        config_for_epochs(2),
+        classes(4),
+        Normalization::default(),
+        Device::Cpu,
+        &tmp.path().join("out"),
+    )
+    .unwrap();
+    let err = t.run(&mut source, None, &mut |_| {}).unwrap_err();
+    let TrainError::Pipeline(inner) = &err else {
+        panic!("expected a pipeline error, got {err:?}")
+    };
+    assert!(
+        matches!(inner, sv_pipeline::Error::Record { .. }),
+        "{inner:?}"
+    );
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(chain.contains("train-00000.svs") && chain.contains("checksum"), "{chain}");
 }

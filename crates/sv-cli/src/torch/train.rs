@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
-use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
-use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
+use sv_stats::{MeanImage, PcaStats};
+use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
 use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
 use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
 use sv_train::sv_pipeline;
+use sv_train::sv_pipeline::LightingConvention;
 use sv_train::trainer::{
     BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
 };
@@ -205,16 +206,11 @@ fn config(args: &Args) -> Result<TrainConfig> {
     })
 }
 
-type Stats = (
-    Normalization,
-    Option<Lighting>,
-    Option<sv_pipeline::Lighting>,
-);
-
-fn stats(args: &Args) -> Result<Stats> {
+/// Normalisation statistics and the PCA lighting (one type for both loaders).
+fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> {
     let Some(path) = &args.stats else {
         tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
-        return Ok((Normalization::default(), None, None));
+        return Ok((Normalization::default(), None));
     };
     let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
     let norm = Normalization {
@@ -222,33 +218,13 @@ fn stats(args: &Args) -> Result<Stats> {
         std: s.scale_255.std,
         mean_image: None,
     };
-    let (convention, pipeline_convention) = match args.lighting.as_str() {
-        "none" => return Ok((norm, None, None)),
-        "paper" => (Convention::Paper, sv_pipeline::LightingConvention::Paper),
-        "cuda-convnet2" => (
-            Convention::CudaConvnet2,
-            sv_pipeline::LightingConvention::CudaConvnet2,
-        ),
+    let convention = match args.lighting.as_str() {
+        "none" => return Ok((norm, None)),
+        "paper" => LightingConvention::Paper,
+        "cuda-convnet2" => LightingConvention::CudaConvnet2,
         l => bail!("unknown --lighting {l} (paper, cuda-convnet2, none)"),
     };
-    let mut eigvec = [[0.0; 3]; 3];
-    for (i, v) in s.eigenvectors.iter().enumerate() {
-        for (c, x) in v.iter().enumerate() {
-            eigvec[c][i] = *x;
-        }
-    }
-    let lighting = Lighting {
-        eigval: s.magnitudes(convention, PixelScale::Byte),
-        eigvec,
-        sigma: s.lighting.alpha_std,
-    };
-    let pipeline = sv_pipeline::Lighting {
-        eigval: s.scale_unit.eigenvalues.map(|v| v as f32),
-        eigvec: eigvec.map(|row| row.map(|v| v as f32)),
-        convention: pipeline_convention,
-        std: s.lighting.alpha_std as f32,
-    };
-    Ok((norm, Some(lighting), Some(pipeline)))
+    Ok((norm, Some(s.lighting(convention))))
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -265,7 +241,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
-    let (mut norm, lighting, pipeline_lighting) = stats(&args)?;
+    let (mut norm, lighting) = stats(&args)?;
     if let Some(path) = &args.mean_image {
         let m = MeanImage::load_npy(path)
             .with_context(|| format!("read the mean image {}", path.display()))?;
@@ -318,7 +294,7 @@ pub fn run(args: Args) -> Result<i32> {
                 augment: sv_pipeline::Augment::Train {
                     crop: spec.input_side as u32,
                     flip: !args.no_mirror,
-                    lighting: pipeline_lighting,
+                    lighting,
                 },
                 release_pages: args.release_pages,
                 ..Default::default()
