@@ -51,6 +51,9 @@ pub enum TrainError {
         /// What is wrong with it.
         what: String,
     },
+    /// Writing a file atomically failed (the path and step are in the source).
+    #[error(transparent)]
+    File(#[from] sv_core::fs::FsError),
     /// A JSON file (statistics, metrics) is malformed.
     #[error("{path}: {source}")]
     Json {

@@ -115,7 +115,7 @@ pub fn predict_probs(
         }
         for input in inputs {
             let p = model
-                .forward(&input, false)?
+                .infer(&input)?
                 .f_softmax(-1, Kind::Float)
                 .ctx(|| "softmax".into())?;
             sum = Some(match sum {

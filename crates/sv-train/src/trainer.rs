@@ -23,13 +23,16 @@ use sv_core::{ClassInfo, mix64};
 use sv_shard::Dataset;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointMeta};
+use crate::checkpoint::{
+    self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointMeta, CheckpointWriter, HostCheckpoint,
+};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
 use crate::input::{DeviceNorm, InputScale, Normalization};
 use crate::metrics::{MetricsRecord, MetricsWriter};
 use crate::model::{InitScheme, Model, ModelSpec};
-use crate::optim::{PaperSgd, SgdConfig};
+use crate::optim::{PaperSgd, ScalerState, SgdConfig};
+use crate::params::Precision;
 use crate::prefetch::{CurrentStream, DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer};
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
@@ -76,6 +79,16 @@ pub struct TrainConfig {
     pub final_ten_crop: bool,
     /// Batches staged ahead by the prefetch thread.
     pub prefetch_depth: usize,
+    /// Precision of the forward and backward passes (default: bf16 on CUDA, fp32 on
+    /// the CPU). A run-time choice: a resumed run takes this invocation's.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// Channels-last input and convolutions (default: on CUDA).
+    #[serde(default)]
+    pub channels_last: Option<bool>,
+    /// Initial fp16 loss scale (default 65536, PyTorch GradScaler's).
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -96,7 +109,23 @@ impl Default for TrainConfig {
             val_limit: None,
             final_ten_crop: true,
             prefetch_depth: 1,
+            precision: None,
+            channels_last: None,
+            loss_scale: None,
         }
+    }
+}
+
+impl TrainConfig {
+    /// The precision on `device`: the configured one, else bf16 on CUDA, fp32 on CPU.
+    pub fn precision_on(&self, device: Device) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(device))
+    }
+
+    /// Whether inputs are channels-last on `device`: as configured, else on CUDA.
+    pub fn channels_last_on(&self, device: Device) -> bool {
+        self.channels_last.unwrap_or(device.is_cuda())
     }
 }
 
@@ -227,6 +256,7 @@ pub struct Trainer {
     best_top1: Option<f64>,
     out_dir: PathBuf,
     transfer: Box<dyn Transfer>,
+    writer: CheckpointWriter,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -265,10 +295,22 @@ impl Trainer {
             spec.input_scale = scale;
         }
         tch::manual_seed(step_seed(config.seed, u64::MAX));
-        let model = Model::new(&spec, device)?;
-        let opt = PaperSgd::new(model.params(), model.names(), config.sgd)?;
+        let model = Model::with_precision(&spec, device, config.precision_on(device))?;
+        let mut opt = PaperSgd::new(model.store(), config.sgd)?;
+        if let Some(scale) = config.loss_scale {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(TrainError::Config(format!(
+                    "the loss scale must be positive, got {scale}"
+                )));
+            }
+            opt.set_scaler_state(ScalerState {
+                scale,
+                ..ScalerState::default()
+            })?;
+        }
         let schedule = Schedule::new(config.schedule.clone(), config.lr)?;
-        let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?;
+        let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?
+            .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
         Ok(Trainer {
             config,
@@ -284,6 +326,7 @@ impl Trainer {
             best_top1: None,
             out_dir: out_dir.into(),
             transfer: Box::new(CurrentStream),
+            writer: CheckpointWriter::new(),
         })
     }
 
@@ -313,12 +356,16 @@ impl Trainer {
             seed: saved.seed,
             ..config
         };
-        let mut model = Model::new(&ck.meta.model, device)?;
+        let mut model = Model::with_precision(&ck.meta.model, device, config.precision_on(device))?;
         model.load_params(&ck.params, path)?;
-        let mut opt = PaperSgd::new(model.params(), model.names(), config.sgd)?;
+        let mut opt = PaperSgd::new(model.store(), config.sgd)?;
         let vel = ck.velocities_for(model.names(), path)?;
-        opt.load_velocities(vel)?;
-        let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?;
+        opt.load_velocities(model.store(), vel)?;
+        if let Some(state) = ck.meta.loss_scale {
+            opt.set_scaler_state(state)?;
+        }
+        let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?
+            .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
         Ok(Trainer {
             config,
@@ -334,6 +381,7 @@ impl Trainer {
             best_top1: ck.meta.best_top1,
             out_dir: out_dir.into(),
             transfer: Box::new(CurrentStream),
+            writer: CheckpointWriter::new(),
         })
     }
 
@@ -379,18 +427,20 @@ impl Trainer {
                 source: e,
             })?,
             best_top1: self.best_top1,
+            loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
         })
     }
 
-    /// Writes the full state atomically to `path`.
-    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        checkpoint::save(
-            path,
-            &self.meta()?,
-            self.model.names(),
-            self.model.params(),
-            self.opt.velocities(),
-        )
+    /// Copies the full state to the host (waiting for the device) for a checkpoint.
+    fn capture(&self) -> Result<HostCheckpoint> {
+        HostCheckpoint::capture(self.meta()?, self.model.store(), self.opt.velocity())
+    }
+
+    /// Writes the full state atomically to `path` (after any checkpoint still being
+    /// written in the background).
+    pub fn save_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.writer.finish()?;
+        self.capture()?.write(path)
     }
 
     /// One optimiser step on a device batch: gradients, their reduction across
@@ -412,7 +462,9 @@ impl Trainer {
         let loss = logits
             .f_cross_entropy_loss::<Tensor>(&batch.labels, None, tch::Reduction::Mean, -100, 0.0)
             .ctx(|| "loss".into())?;
-        loss.f_backward()
+        self.opt
+            .scale_loss(&loss)?
+            .f_backward()
             .ctx(|| format!("backward at step {}", self.step))?;
         let misses = logits
             .f_detach()
@@ -431,7 +483,7 @@ impl Trainer {
 
     /// The paper's update with the schedule's current rate.
     fn apply_update(&mut self) -> Result<()> {
-        self.opt.step(self.model.params(), self.schedule.lr)
+        self.opt.step(self.model.store(), self.schedule.lr)
     }
 
     fn sync(&self) {
@@ -488,6 +540,7 @@ impl Trainer {
             self.end_epoch(result, &totals, &mut run)?;
         }
         let final_eval = self.final_evaluation(val, &mut run)?;
+        self.writer.finish()?;
         Ok(TrainOutcome {
             steps: self.step,
             epochs_done: self.epoch,
@@ -637,7 +690,8 @@ impl Trainer {
         if let Some(r) = val {
             if self.best_top1.is_none_or(|b| r.top1_err < b) {
                 self.best_top1 = Some(r.top1_err);
-                self.save(&self.out_dir.join(BEST_CHECKPOINT), run)?;
+                let best = self.out_dir.join(BEST_CHECKPOINT);
+                self.save(&best, run)?;
             }
             run.last_val = Some(r);
         }
@@ -672,8 +726,11 @@ impl Trainer {
         Ok(Some((mode, r)))
     }
 
-    fn save(&self, path: &Path, run: &mut RunState<'_>) -> Result<()> {
-        self.save_checkpoint(path)?;
+    /// A checkpoint of the current state: copied to the host here, written by the
+    /// background writer while training goes on.
+    fn save(&mut self, path: &Path, run: &mut RunState<'_>) -> Result<()> {
+        let ck = self.capture()?;
+        self.writer.write(path, ck)?;
         (run.on_event)(Event::Checkpoint(path));
         Ok(())
     }

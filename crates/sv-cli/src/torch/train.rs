@@ -14,6 +14,7 @@ use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
+use sv_train::params::Precision;
 use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
 use sv_train::sv_pipeline;
 use sv_train::sv_pipeline::LightingConvention;
@@ -106,6 +107,19 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Number type of the forward and backward passes: bf16, fp16 (with dynamic loss
+    /// scaling) or fp32. Master weights, momentum, LRN, softmax and loss stay fp32.
+    /// Default: bf16 on CUDA, fp32 on the CPU.
+    #[arg(long, value_name = "bf16|fp16|fp32")]
+    pub precision: Option<String>,
+    /// Channels-last (NHWC) input and convolutions: the uint8 batch is already NHWC,
+    /// so it goes to the convolutions without a transpose. Default: true on CUDA,
+    /// false on the CPU.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub channels_last: Option<bool>,
+    /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
+    #[arg(long, default_value_t = 65536.0)]
+    pub loss_scale: f64,
     /// Continue from OUT/last.safetensors (run-length flags apply; the rest is restored).
     #[arg(long)]
     pub resume: bool,
@@ -203,6 +217,13 @@ fn config(args: &Args) -> Result<TrainConfig> {
         val_limit: args.val_limit,
         final_ten_crop: !args.no_ten_crop,
         prefetch_depth: 1,
+        precision: args
+            .precision
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()?,
+        channels_last: args.channels_last,
+        loss_scale: Some(args.loss_scale),
     })
 }
 
@@ -319,9 +340,16 @@ pub fn run(args: Args) -> Result<i32> {
     let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
     eprintln!(
-        "training {} ({} parameters) on {device:?}: {} images, {bpe} steps/epoch, batch {}, from step {}",
+        "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}, from step {}",
         spec.name,
         trainer.model().param_count(),
+        cfg.precision_on(device).as_str(),
+        if cfg.channels_last_on(device) {
+            ", channels-last"
+        } else {
+            ""
+        },
+        spec.input_scale.as_str(),
         train.len(),
         cfg.batch_size,
         trainer.step()
@@ -362,6 +390,9 @@ pub fn run(args: Args) -> Result<i32> {
         "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
         "device": format!("{device:?}"),
+        "precision": cfg.precision_on(device).as_str(),
+        "channels_last": cfg.channels_last_on(device),
+        "input_scale": spec.input_scale.as_str(),
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
@@ -403,19 +434,24 @@ fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) 
         .collect();
     let spec = ModelSpec::by_name(&cfg.model, classes.len() as i64)?;
     let batch = cfg.batch_size;
+    let precision = cfg.precision_on(device);
+    let channels_last = cfg.channels_last_on(device);
     let mut t = Trainer::new(cfg, classes, Normalization::default(), device, &args.out)?;
     let warmup = (steps / 10).clamp(1, 20);
     let ips = t.bench_compute(steps, warmup)?;
     let v = serde_json::json!({
         "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
         "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
+        "precision": precision.as_str(), "channels_last": channels_last,
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         sv_cli::outln!(
-            "compute-only ceiling: {} batch {batch} on {device:?}: {ips:.1} images/s over {steps} steps",
-            spec.name
+            "compute-only ceiling: {} batch {batch} on {device:?} ({}{}): {ips:.1} images/s over {steps} steps",
+            spec.name,
+            precision.as_str(),
+            if channels_last { ", channels-last" } else { "" }
         );
     }
     Ok(0)
