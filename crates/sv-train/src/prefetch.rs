@@ -2,8 +2,11 @@
 //! and stages it as host tensors ([`HostBatch::stage`]; in page-locked memory when CUDA
 //! is present, so the device copy can be asynchronous) while the training thread runs
 //! step i; the training thread then starts the copy to the device without blocking
-//! ([`StagedBatch::upload`], through a [`Transfer`]: the current stream, or a copy
-//! stream) and measures how long it waited for the thread.
+//! ([`StagedBatch::upload`], through a [`Transfer`]) and measures how long it waited
+//! for the thread. On CUDA the transfer is a [`CopyStreamTransfer`]: the copy runs on
+//! a side stream while the compute stream still runs step i, and the compute stream
+//! waits for it with an event, so copy and compute overlap on the GPU. On the CPU (and
+//! with the copy stream turned off) [`CurrentStream`] copies in line.
 //!
 //! Pinned blocks come from libtorch's caching host allocator, which records an event
 //! on every asynchronous copy out of a block and reuses the block only after that event
@@ -287,6 +290,74 @@ impl StagedBatch {
     }
 }
 
+/// Copies on a CUDA side stream (sv-c10's [`sv_c10::CopyStream`]): the copies of batch
+/// i+1 run on the copy engine while the compute stream still runs step i, and the
+/// compute stream waits (on the device, not the host) for an event recorded after
+/// them before it normalises the batch.
+pub struct CopyStreamTransfer {
+    stream: sv_c10::CopyStream,
+    /// Host tensors of the last uploads, kept until their copies are surely over
+    /// (dropping them waits for the copy; two batches back it has long finished).
+    in_flight: std::collections::VecDeque<sv_c10::Sources>,
+}
+
+impl std::fmt::Debug for CopyStreamTransfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyStreamTransfer")
+            .field("device", &self.stream.device())
+            .finish()
+    }
+}
+
+impl CopyStreamTransfer {
+    /// A copy stream on the CUDA `device` (an error on the CPU, where there is
+    /// nothing to overlap: use [`CurrentStream`]).
+    pub fn new(device: Device) -> Result<CopyStreamTransfer> {
+        let stream = sv_c10::CopyStream::new(device).map_err(|source| TrainError::C10 {
+            context: format!("a copy stream on {device:?}"),
+            source,
+        })?;
+        Ok(CopyStreamTransfer {
+            stream,
+            in_flight: std::collections::VecDeque::with_capacity(3),
+        })
+    }
+}
+
+impl Transfer for CopyStreamTransfer {
+    fn to_device(&mut self, host: &[&Tensor], _device: Device) -> Result<Vec<Tensor>> {
+        let c10 = |context: &str| {
+            let context = context.to_string();
+            move |source| TrainError::C10 { context, source }
+        };
+        let upload = self
+            .stream
+            .upload(host.iter().map(|t| t.shallow_clone()).collect())
+            .map_err(c10("copy a batch on the copy stream"))?;
+        let (device, sources) = upload
+            .wait()
+            .map_err(c10("make the compute stream wait for the copy"))?;
+        self.in_flight.push_back(sources);
+        while self.in_flight.len() > 2 {
+            if let Some(old) = self.in_flight.pop_front() {
+                old.release()
+                    .map_err(c10("wait for an earlier batch's copy"))?;
+            }
+        }
+        Ok(device)
+    }
+}
+
+/// The host->device path for `device`: a copy stream on CUDA when `copy_stream`,
+/// otherwise the current stream.
+pub fn transfer_for(device: Device, copy_stream: bool) -> Result<Box<dyn Transfer>> {
+    if device.is_cuda() && copy_stream {
+        Ok(Box::new(CopyStreamTransfer::new(device)?))
+    } else {
+        Ok(Box::new(CurrentStream))
+    }
+}
+
 /// The background thread and the channel it fills.
 pub struct Prefetcher {
     rx: Option<Receiver<Result<StagedBatch>>>,
@@ -456,6 +527,20 @@ mod tests {
         let mut p = Prefetcher::spawn(source, 1).unwrap();
         assert!(p.next_batch().unwrap().is_ok());
         assert!(matches!(p.next_batch(), Some(Err(TrainError::Thread(_)))));
+    }
+
+    #[test]
+    fn copy_streams_are_for_cuda_only() {
+        assert!(
+            transfer_for(Device::Cpu, true).is_ok(),
+            "the CPU copies in place"
+        );
+        if !tch::Cuda::is_available() {
+            assert!(matches!(
+                CopyStreamTransfer::new(Device::Cpu),
+                Err(TrainError::C10 { .. })
+            ));
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::metrics::{MetricsRecord, MetricsWriter};
 use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, ScalerState, SgdConfig};
 use crate::params::Precision;
-use crate::prefetch::{CurrentStream, DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer};
+use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer, transfer_for};
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
 
@@ -89,6 +89,9 @@ pub struct TrainConfig {
     /// Initial fp16 loss scale (default 65536, PyTorch GradScaler's).
     #[serde(default)]
     pub loss_scale: Option<f64>,
+    /// Copy batches to a CUDA device on a side stream (default: on).
+    #[serde(default)]
+    pub copy_stream: Option<bool>,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +115,7 @@ impl Default for TrainConfig {
             precision: None,
             channels_last: None,
             loss_scale: None,
+            copy_stream: None,
         }
     }
 }
@@ -312,6 +316,7 @@ impl Trainer {
         let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?
             .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
+        let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
         Ok(Trainer {
             config,
             model,
@@ -325,7 +330,7 @@ impl Trainer {
             batch_in_epoch: 0,
             best_top1: None,
             out_dir: out_dir.into(),
-            transfer: Box::new(CurrentStream),
+            transfer,
             writer: CheckpointWriter::new(),
         })
     }
@@ -367,6 +372,7 @@ impl Trainer {
         let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?
             .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
+        let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
         Ok(Trainer {
             config,
             model,
@@ -380,7 +386,7 @@ impl Trainer {
             batch_in_epoch: ck.meta.batch_in_epoch,
             best_top1: ck.meta.best_top1,
             out_dir: out_dir.into(),
-            transfer: Box::new(CurrentStream),
+            transfer,
             writer: CheckpointWriter::new(),
         })
     }
@@ -574,8 +580,9 @@ impl Trainer {
             self.batch_in_epoch += 1;
             let last = self.reached_max_steps() || self.batch_in_epoch >= batches;
             if !last {
-                // Batch i+1 was staged by the thread during step i; its copy and
-                // normalisation are queued now, behind step i.
+                // Batch i+1 was staged by the thread during step i. On CUDA its copy
+                // runs on the copy stream beside step i's kernels; its normalisation
+                // is queued behind them, waiting for the copy's event.
                 next = self.fetch(&mut pf)?;
             }
             window.add(loss, misses, images);

@@ -723,7 +723,9 @@ fn a_failed_background_checkpoint_fails_the_run() {
         &out,
     )
     .unwrap();
-    let err = t.run(&mut source(&train, 1), None, &mut |_| {}).unwrap_err();
+    let err = t
+        .run(&mut source(&train, 1), None, &mut |_| {})
+        .unwrap_err();
     assert!(matches!(err, TrainError::File(_)), "{err:?}");
     assert!(err.to_string().contains(LAST_CHECKPOINT), "{err}");
     let left: Vec<_> = std::fs::read_dir(&out)

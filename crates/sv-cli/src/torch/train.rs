@@ -117,6 +117,10 @@ pub struct Args {
     /// false on the CPU.
     #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
     pub channels_last: Option<bool>,
+    /// Copy each batch to a CUDA device on a side stream that overlaps the previous
+    /// step (sv-c10); false copies on the compute stream, between steps.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub copy_stream: bool,
     /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
     #[arg(long, default_value_t = 65536.0)]
     pub loss_scale: f64,
@@ -224,6 +228,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
             .transpose()?,
         channels_last: args.channels_last,
         loss_scale: Some(args.loss_scale),
+        copy_stream: Some(args.copy_stream),
     })
 }
 
@@ -392,6 +397,7 @@ pub fn run(args: Args) -> Result<i32> {
         "device": format!("{device:?}"),
         "precision": cfg.precision_on(device).as_str(),
         "channels_last": cfg.channels_last_on(device),
+        "copy_stream": device.is_cuda() && args.copy_stream,
         "input_scale": spec.input_scale.as_str(),
     });
     if args.json {
