@@ -59,15 +59,16 @@ fn step(
     coll: &mut dyn Collective,
     input: &Tensor,
     labels: &Tensor,
-) -> Result<(), DistError> {
+) -> Result<Tensor, DistError> {
     let logits = model.forward(input, false).unwrap(); // dropout off
     let loss = logits.cross_entropy_for_logits(labels);
     loss.backward();
     // The gradients sit in the model's flat buffer; 256 KiB buckets: several buckets
     // even for the tiny model.
     all_reduce_flat(coll, model.store().grad(), 256 << 10, ReduceOp::Avg)?;
+    let averaged = model.store().grad().copy();
     opt.step(model.store(), 0.01).unwrap();
-    Ok(())
+    Ok(averaged)
 }
 
 /// Rank `r` of `world`: samples r, r + world, r + 2 world, ... of each batch (the
@@ -92,12 +93,6 @@ fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn max_abs(a: &[Tensor]) -> f64 {
-    a.iter()
-        .map(|x| x.abs().max().double_value(&[]))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
     let side = spec().input_side;
@@ -109,8 +104,9 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
     load(&single, &init);
     let mut opt = PaperSgd::new(single.store(), SgdConfig::default()).unwrap();
     let mut solo = sv_dist::Solo::new(Device::Cpu);
+    let mut want_grads = Vec::new();
     for b in batches.iter() {
-        step(&single, &mut opt, &mut solo, &b.0, &b.1).unwrap();
+        want_grads.push(step(&single, &mut opt, &mut solo, &b.0, &b.1).unwrap());
     }
     let want = snapshot(&single);
 
@@ -137,14 +133,16 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
                 broadcast_and_verify(&mut coll, &mut params).unwrap();
                 let mut opt = PaperSgd::new(model.store(), SgdConfig::default()).unwrap();
                 let mut sums = Vec::new();
+                let mut first_grad = None;
                 for b in batches.iter() {
                     let (x, y) = shard(b, r, 2);
-                    step(&model, &mut opt, &mut coll, &x, &y).unwrap();
+                    let g = step(&model, &mut opt, &mut coll, &x, &y).unwrap();
+                    first_grad.get_or_insert(g);
                     // Bit-identical on every rank after every step.
                     verify_identical(&mut coll, model.params()).unwrap();
                     sums.push(checksum(model.params()).unwrap());
                 }
-                (snapshot(&model), sums)
+                (snapshot(&model), sums, first_grad.unwrap())
             })
         })
         .collect();
@@ -156,16 +154,34 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
         "bit-identical ranks"
     );
 
-    // Same arithmetic up to float32 rounding: the mean over 8 images becomes the mean
-    // of two means over 4, and the summation orders differ. Tolerance 1e-6 (relative to
-    // the largest weight when above 1); measured here: 3e-8, one float32 ulp at 0.45.
+    // The first step starts from the same weights in both runs, so its averaged
+    // gradient differs from the single rank's only by float32 rounding: the mean over 8
+    // images becomes the mean of two means over 4, and the CPU's convolution kernels
+    // (chosen per batch size and per CPU) sum in other orders. A real fault (a bucket
+    // not reduced, a sum instead of a mean, a rank's half missing) is an error of 50% or
+    // more; 1e-4 of the largest component leaves room for any kernel's rounding.
+    let g_two = &out[0].2;
+    let g_one = &want_grads[0];
+    let g_diff = (g_two - g_one).abs().max().double_value(&[]);
+    let g_scale = g_one.abs().max().double_value(&[]);
+    assert!(g_scale > 0.0, "a gradient to compare");
+    assert!(
+        g_diff <= 1e-4 * g_scale,
+        "first step, 2 x {} vs 1 x {BATCH}: max |dg| {g_diff:e} (gradient up to {g_scale:e})",
+        BATCH / 2
+    );
+
+    // After several steps the rounding is amplified wherever a ReLU or a max-pool
+    // choice flips on one side only, by an amount that depends on the CPU: measured
+    // 3e-8 on one machine and 9e-5 on another, for weights that moved 0.12. The
+    // difference must stay a small fraction of how far the weights moved; a wrong
+    // update rule or a missed reduction moves them by a different amount altogether.
     let diff = max_abs_diff(&out[0].0, &want);
     let moved = max_abs_diff(&want, &init);
-    let scale = max_abs(&want);
     assert!(moved > 1e-3, "the weights moved ({moved})");
     assert!(
-        diff <= 1e-6 * scale.max(1.0),
-        "2 x {} vs 1 x {BATCH}: max |dw| {diff:e} (weights up to {scale}, moved {moved})",
+        diff <= 1e-2 * moved,
+        "{STEPS} steps, 2 x {} vs 1 x {BATCH}: max |dw| {diff:e} (weights moved {moved})",
         BATCH / 2
     );
 }
@@ -190,7 +206,8 @@ fn a_rank_that_dies_mid_run_ends_the_others_with_its_name() {
                         panic!("rank 2 crashes at step 2");
                     }
                     let (x, y) = shard(b, r as i64, 3);
-                    step(&model, &mut opt, &mut coll, &x, &y).map_err(|e| e.to_string())?;
+                    let _averaged =
+                        step(&model, &mut opt, &mut coll, &x, &y).map_err(|e| e.to_string())?;
                 }
                 Ok(r)
             })
