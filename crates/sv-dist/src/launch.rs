@@ -127,6 +127,15 @@ impl RankEnv {
     }
 }
 
+/// CUDA devices libtorch can use in this process (0 without a driver).
+pub fn visible_cuda_devices() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    }
+}
+
 fn required(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<String> {
     get(var).ok_or_else(|| DistError::Env {
         var,

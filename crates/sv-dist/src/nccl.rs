@@ -66,6 +66,20 @@ pub fn connect_store(env: &RankEnv, timeout: Duration) -> Result<Store> {
         .ctx("prefix the store")
 }
 
+/// Runs the rendezvous store for `world` ranks started on this machine (the
+/// `--nproc-per-node` parent's, as torchrun's agent runs one): a TCPStore server on
+/// 127.0.0.1 at a free port ([`Store::port`]); the ranks connect to it as clients.
+pub fn host_store(world: usize, timeout: Duration) -> Result<Store> {
+    Store::tcp(&TcpStoreConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        is_server: true,
+        world_size: Some(world),
+        timeout,
+    })
+    .ctx("start the rendezvous store on 127.0.0.1")
+}
+
 /// Waits until all `world` ranks have called this on `store`, naming the missing ones
 /// after `timeout`.
 pub fn rendezvous(store: &Store, env: &RankEnv, timeout: Duration) -> Result<()> {
@@ -181,36 +195,6 @@ impl NcclCollective {
             .as_ref()
             .ok_or_else(|| DistError::Config("the NCCL group was already shut down".into()))
     }
-
-    /// Orderly end of a job that succeeded on every rank: shuts the communicator down,
-    /// stops the heartbeats, and (on the rank that runs the store) waits until every
-    /// rank has let go of the store before returning.
-    pub fn finish(mut self) -> Result<()> {
-        if let Some(pg) = self.pg.take() {
-            pg.barrier()
-                .ctx("final barrier")
-                .map_err(|e| self.explain(e))?;
-            pg.shutdown().ctx("shut the NCCL group down")?;
-        }
-        watchdog::mark_done(&self.store, self.env.rank).ctx("mark this rank done")?;
-        if let Some(w) = self.watchdog.take() {
-            w.stop();
-        }
-        self.store.add("released", 1).ctx("release the store")?;
-        if !self.env.agent_store && self.env.rank == 0 {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while (self
-                .store
-                .add("released", 0)
-                .ctx("wait for the ranks to leave")? as usize)
-                < self.env.world_size
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Collective for NcclCollective {
@@ -246,5 +230,37 @@ impl Collective for NcclCollective {
         if let Err(e) = watchdog::report_failure(&self.store, self.env.rank, message) {
             tracing::warn!("could not tell the other ranks about this failure: {e}");
         }
+    }
+    /// Orderly end of a job that succeeded on every rank: shuts the communicator down,
+    /// stops the heartbeats, and (on the rank that runs the store) waits until every
+    /// rank has let go of the store before returning. Later collectives are errors.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(pg) = self.pg.take() {
+            let done = pg.barrier().ctx("final barrier");
+            if let Err(e) = done {
+                // Dropping the group aborts it: peers may be gone.
+                drop(pg);
+                return Err(self.explain(e));
+            }
+            pg.shutdown().ctx("shut the NCCL group down")?;
+        }
+        watchdog::mark_done(&self.store, self.env.rank).ctx("mark this rank done")?;
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
+        self.store.add("released", 1).ctx("release the store")?;
+        if !self.env.agent_store && self.env.rank == 0 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while (self
+                .store
+                .add("released", 0)
+                .ctx("wait for the ranks to leave")? as usize)
+                < self.env.world_size
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 }
