@@ -135,6 +135,8 @@ enum Fault {
     DataError(u64, u64),
     /// The rank's thread panics when epoch `e` starts: it dies without a word.
     Killed(u64),
+    /// The data source stalls for `secs` seconds before (epoch, batch): the rank hangs.
+    Hangs(u64, u64, u64),
 }
 
 /// A data source with a fault injected.
@@ -160,6 +162,10 @@ impl TrainData for Faulty {
         let fault = self.fault;
         let it = self.inner.epoch(epoch, start, memory)?;
         Ok(Box::new(it.map(move |b| match (b, fault) {
+            (Ok(b), Fault::Hangs(e, i, secs)) if b.epoch == e && b.index == i => {
+                std::thread::sleep(Duration::from_secs(secs));
+                Ok(b)
+            }
             (Ok(b), Fault::DataError(e, i)) if b.epoch == e && b.index == i => {
                 Err(TrainError::Batch {
                     epoch: e,
@@ -187,6 +193,8 @@ struct Job {
     check_every: u64,
     /// Wraps each rank's collective (tests that tamper with it).
     wrap: fn(ThreadCollective) -> Box<dyn Collective>,
+    /// How long a collective waits for every rank before naming the missing ones.
+    timeout: Duration,
 }
 
 /// What a rank ends with: its master weights, and the outcome.
@@ -216,6 +224,7 @@ impl Job {
             faults: vec![Fault::None; world],
             check_every: 1,
             wrap: plain,
+            timeout: Duration::from_secs(60),
         }
     }
 
@@ -224,7 +233,7 @@ impl Job {
     fn run(&self) -> Vec<Result<RankEnd, String>> {
         let build = Arc::new(Mutex::new(()));
         let group: Vec<Option<ThreadCollective>> = if self.job {
-            thread_group(self.world, Duration::from_secs(60))
+            thread_group(self.world, self.timeout)
                 .into_iter()
                 .map(Some)
                 .collect()
@@ -503,6 +512,26 @@ fn a_killed_rank_ends_the_others_with_its_name() {
     let ck =
         sv_train::checkpoint::load(&d.root.join("killed/rank0").join(LAST_CHECKPOINT)).unwrap();
     assert_eq!((ck.meta.step, ck.meta.epoch), (8, 1));
+}
+
+#[test]
+fn a_hung_rank_is_named_within_the_timeout() {
+    let _serial = serial();
+    let d = data();
+    let mut job = Job::new(2, config(4, 5), &d.train, &d.root.join("hung"));
+    job.timeout = Duration::from_secs(3);
+    job.faults[1] = Fault::Hangs(0, 2, 6); // rank 1 stalls 6 s before its third batch
+    let t = std::time::Instant::now();
+    let out = job.run();
+    let e = out[0].as_ref().unwrap().outcome.as_ref().unwrap_err();
+    assert!(
+        e.contains("timed out after 3 s waiting for rank(s) [1]"),
+        "rank 0 names rank 1: {e}"
+    );
+    // rank 1 comes back to find rank 0 gone, and says so
+    let e1 = out[1].as_ref().unwrap().outcome.as_ref().unwrap_err();
+    assert!(e1.contains("rank 0 left the group"), "{e1}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
 /// Adds 1e-3 to rank 1's first gradient bucket at its third all-reduce.
