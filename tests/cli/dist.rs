@@ -121,7 +121,10 @@ fn launcher_flags_and_variables_are_checked_in_words() {
     bad_list[3] = ("SLURM_JOB_NODELIST", "gpu[08-07]");
     let (o, _) = run_env(&bad_list, &tiny(out, &[]));
     let e = stderr(&o);
-    assert!(e.contains("SLURM_JOB_NODELIST") && e.contains("backwards"), "{e}");
+    assert!(
+        e.contains("SLURM_JOB_NODELIST") && e.contains("backwards"),
+        "{e}"
+    );
     // --nproc-per-node under a launcher, --device with a rank, unknown --collective,
     // a count of 0.
     let (o, _) = run_env(TORCHRUN_RANK1, &tiny(out, &["--nproc-per-node", "2"]));
@@ -132,7 +135,10 @@ fn launcher_flags_and_variables_are_checked_in_words() {
     );
     let (o, _) = run_env(TORCHRUN_RANK1, &tiny(out, &["--device", "cpu"]));
     let e = stderr(&o);
-    assert!(e.contains("--device cpu: rank 1") && e.contains("leave --device at auto"), "{e}");
+    assert!(
+        e.contains("--device cpu: rank 1") && e.contains("leave --device at auto"),
+        "{e}"
+    );
     let e = fails(&tiny(out, &["--collective", "gloo"]));
     assert!(e.contains("unknown --collective gloo (auto, nccl)"), "{e}");
     let e = fails(&tiny(out, &["--nproc-per-node", "0"]));
@@ -155,9 +161,15 @@ fn a_one_rank_launch_is_a_plain_run_and_help_says_what_batch_means() {
     let (o, _) = run_env(&one, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((v["world_size"].as_u64(), v["collective"].as_str()), (Some(1), Some("none")));
+    assert_eq!(
+        (v["world_size"].as_u64(), v["collective"].as_str()),
+        (Some(1), Some("none"))
+    );
     // --nproc-per-node 1 is one process too
-    ok(&tiny(s(t.path()), &["--device", "cpu", "--nproc-per-node", "1"]));
+    ok(&tiny(
+        s(t.path()),
+        &["--device", "cpu", "--nproc-per-node", "1"],
+    ));
     let help = ok(&["train", "--help"]);
     assert!(help.contains("Images per step on each rank"), "{help}");
     assert!(help.contains("global batch of N x this"), "{help}");

@@ -5,17 +5,19 @@
 //! 1. connect to the TCPStore at `MASTER_ADDR:MASTER_PORT` (rank 0 runs the server
 //!    unless the launcher does), under the key prefix `supervision/attempt_<n>`;
 //! 2. wait until every rank has joined, or name the ranks that did not (timeout);
-//! 3. create the NCCL communicator on `cuda:<local rank>` (eagerly, so a failure shows
-//!    here), and start the heartbeat thread on a second store connection.
+//! 3. start the heartbeat thread on a second store connection, then create the NCCL
+//!    communicator on `cuda:<local rank>` (eagerly, so a failure shows here; it is
+//!    reported to the other ranks, which are waiting in theirs).
 //!
 //! Collectives run on NCCL's stream; waiting for one makes the current stream wait, so
 //! the host does not block (as in DDP). Once the watchdog has found a failure, every
 //! collective returns it as an error naming the rank; the watchdog's callback has
 //! already aborted the communicator so a collective blocked on the dead rank returns.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sv_c10::{ProcessGroupNccl, Store, TcpStoreConfig};
+use sv_c10::{AbortHandle, ProcessGroupNccl, Store, TcpStoreConfig};
 use tch::{Device, Tensor};
 
 use crate::collective::{Collective, ReduceOp};
@@ -147,21 +149,43 @@ impl NcclCollective {
         }
         let store = connect_store(env, config.rendezvous_timeout)?;
         rendezvous(&store, env, config.rendezvous_timeout)?;
-        let pg = ProcessGroupNccl::new(
+        // The heartbeats start before the communicator: creating it waits for every
+        // rank, and a rank that dies meanwhile must be named too. The abort handle
+        // reaches the hook once the communicator exists.
+        let abort: Arc<Mutex<Option<AbortHandle>>> = Arc::default();
+        let abort_later = abort.clone();
+        let hook: OnFailure = Box::new(move |f: &Failure| {
+            if let Some(h) = abort_later
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let _ = h.abort();
+            }
+            on_failure(f);
+        });
+        let wd_store = store.try_clone().ctx("open the heartbeat connection")?;
+        let watchdog = Watchdog::start(wd_store, env.rank, env.world_size, config.watchdog, hook)?;
+        let pg = match ProcessGroupNccl::new(
             &store,
             env.rank,
             env.world_size,
             device,
             config.nccl_timeout,
-        )
-        .ctx("create the NCCL communicator")?;
-        let abort = pg.abort_handle();
-        let hook: OnFailure = Box::new(move |f: &Failure| {
-            let _ = abort.abort();
-            on_failure(f);
-        });
-        let wd_store = store.try_clone().ctx("open the heartbeat connection")?;
-        let watchdog = Watchdog::start(wd_store, env.rank, env.world_size, config.watchdog, hook)?;
+        ) {
+            Ok(pg) => pg,
+            Err(e) => {
+                // tell the ranks waiting in theirs, then fail
+                let note = format!("could not create its NCCL communicator: {e}");
+                let _ = watchdog::report_failure(&store, env.rank, &note);
+                watchdog.stop();
+                return Err(DistError::C10 {
+                    op: "create the NCCL communicator",
+                    source: e,
+                });
+            }
+        };
+        *abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(pg.abort_handle());
         Ok(NcclCollective {
             pg: Some(pg),
             store,

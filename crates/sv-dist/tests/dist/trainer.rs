@@ -70,7 +70,7 @@ fn dataset(dir: &Path, split: Split, n: usize) -> Arc<Dataset> {
             .map(|p| {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
                 let (y, x, ch) = (p / (side * 3), (p / 3) % side, p % 3);
-                let lit = (y < side / 2) == (c < 2) && (x < side / 2) == (c % 2 == 0);
+                let lit = (y < side / 2) == (c < 2) && (x < side / 2) == c.is_multiple_of(2);
                 if lit && ch == c % 3 {
                     220
                 } else {
@@ -448,8 +448,8 @@ fn resume_after_a_failed_rank_is_exact_and_the_failure_is_named() {
         ..Job::new(2, config(4, 8), &d.train, &d.root.join("cut"))
     })
     .run();
-    for r in 0..2 {
-        assert_eq!(ok(&resumed[r]).weights, want.weights, "rank {r} weights");
+    for (r, end) in resumed.iter().enumerate() {
+        assert_eq!(ok(end).weights, want.weights, "rank {r} weights");
     }
     // Rank 0's last checkpoints, weights and velocities, bit for bit.
     let tensors = |run: &str| {
