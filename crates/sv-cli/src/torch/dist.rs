@@ -130,7 +130,8 @@ impl Role {
 }
 
 /// The device of rank `env`: `cuda:LOCAL_RANK` (or the one GPU the launcher left
-/// visible). `--device` must be left at auto (or plain cuda).
+/// visible), made the process's current CUDA device. `--device` must be left at auto
+/// (or plain cuda).
 pub fn rank_device(env: &RankEnv, device_flag: &str) -> Result<Device> {
     if !matches!(device_flag, "auto" | "cuda") {
         bail!(
@@ -139,7 +140,8 @@ pub fn rank_device(env: &RankEnv, device_flag: &str) -> Result<Device> {
             env.rank
         );
     }
-    let index = env.cuda_index(visible_cuda_devices())?;
+    let index = env.bind_cuda()?;
+    // also turns cuDNN's autotuning on, as for any CUDA run
     Ok(sv_train::parse_device(&format!("cuda:{index}"))?)
 }
 
