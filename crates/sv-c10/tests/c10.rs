@@ -203,6 +203,7 @@ fn tcp_store_between_two_processes() {
 #[test]
 fn copy_stream_round_trip_on_a_gpu() {
     if !gpu() {
+        eprintln!("copy_stream_round_trip_on_a_gpu: skipped, no CUDA device");
         return;
     }
     let device = Device::Cuda(0);
@@ -243,6 +244,14 @@ fn copy_stream_round_trip_on_a_gpu() {
 #[test]
 fn nccl_world_of_one_on_a_gpu() {
     if !gpu() || !nccl_built() {
+        eprintln!(
+            "nccl_world_of_one_on_a_gpu: skipped, {}",
+            if gpu() {
+                "sv-c10 was built without NCCL"
+            } else {
+                "no CUDA device"
+            }
+        );
         return;
     }
     let device = Device::Cuda(0);
