@@ -15,8 +15,9 @@
 //! and only rank 0 writes files.
 //!
 //! Determinism: the weights are initialised from torch's generator seeded with the
-//! run's seed, and before every step the generator is re-seeded from (seed, step), so
-//! the dropout masks of step s are the same whether or not the run was resumed. The
+//! run's seed, and before every step the generator is re-seeded from (seed, step) (and
+//! the rank, in a data-parallel job), so the dropout masks of step s are the same
+//! whether or not the run was resumed. The
 //! data source is asked for (epoch, first batch), and the pipeline's keyed randomness
 //! gives the same batches from there.
 
