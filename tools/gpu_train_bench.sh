@@ -99,6 +99,10 @@ else
 fi
 cat "$RESULTS/pytorch.json"
 
+echo "== NCCL at world size 1 (communicator, bucketed all-reduce, against the single-process path)"
+TRAIN="$WORK/train" BIN_DIR="$(dirname "$BIN")" OUT="$RESULTS" WORK="$WORK" PYTHON="$PY" \
+    tools/gpu/nccl_world1.sh || echo "FAILED nccl-world-1: $? part(s); logs in $RESULTS/nccl-*.log"
+
 "$PY" tools/gpu/summarise.py "$RESULTS/ceiling.json" "$RESULTS/train-metrics.jsonl" "$RESULTS/pytorch.json" \
     | tee "$RESULTS/summary.txt"
 echo "== total $(( $(date +%s) - t0 )) s; results in $RESULTS"

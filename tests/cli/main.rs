@@ -2,6 +2,8 @@
 //! generates (synthetic images, generated shards) and checks behaviour, not speed.
 
 mod bench;
+#[cfg(feature = "train")]
+mod dist;
 mod pca;
 mod shard;
 mod startup;

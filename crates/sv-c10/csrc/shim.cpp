@@ -156,6 +156,12 @@ int sv_c10_cuda_device_count(int64_t* out, char** err) {
   });
 }
 
+// Makes `device` the calling thread's current CUDA device (cudaSetDevice), so work
+// without an explicit device, and the CUDA context, land there and not on cuda:0.
+int sv_c10_set_device(int64_t device, char** err) {
+  return guarded(err, [&] { cuda_impl()->setDevice(cuda_device(device)); });
+}
+
 // A stream from the CUDA stream pool of `device` (low priority unless `high`).
 int sv_c10_stream_from_pool(int64_t device, int high, int64_t* out, char** err) {
   return guarded(err, [&] {

@@ -14,6 +14,7 @@ unsafe extern "C" {
     pub(crate) fn sv_c10_has_nccl() -> c_int;
 
     pub(crate) fn sv_c10_cuda_device_count(out: *mut i64, err: *mut *mut c_char) -> c_int;
+    pub(crate) fn sv_c10_set_device(device: i64, err: *mut *mut c_char) -> c_int;
     pub(crate) fn sv_c10_stream_from_pool(
         device: i64,
         high: c_int,

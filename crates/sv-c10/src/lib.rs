@@ -21,4 +21,6 @@ pub mod stream;
 pub use error::{C10Error, ErrorKind, Result};
 pub use nccl::{AbortHandle, ProcessGroupNccl, ReduceOp, nccl_built};
 pub use store::{Store, TcpStoreConfig};
-pub use stream::{CopyStream, Event, Sources, Stream, StreamGuard, Upload, cuda_device_count};
+pub use stream::{
+    CopyStream, Event, Sources, Stream, StreamGuard, Upload, cuda_device_count, set_current_device,
+};

@@ -51,6 +51,17 @@ pub fn cuda_device_count() -> Result<usize> {
     Ok(n.max(0) as usize)
 }
 
+/// Makes `device` the calling thread's current CUDA device (`cudaSetDevice`, as
+/// `torch.cuda.set_device`): one process per GPU calls it first, so its CUDA context
+/// and any work without an explicit device go to its own GPU rather than cuda:0.
+pub fn set_current_device(device: Device) -> Result<()> {
+    let index = cuda_index("set the current CUDA device", device)?;
+    // SAFETY: a plain index and the error out-parameter.
+    call("set the current CUDA device", |err| unsafe {
+        ffi::sv_c10_set_device(index, err)
+    })
+}
+
 /// A CUDA stream (a c10::Stream): a copyable handle; pool streams live as long as the
 /// process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -46,6 +46,10 @@ fn cpu_devices_are_refused_by_name() {
         Stream::current(Device::Cpu),
         Err(C10Error::NotCuda { .. })
     ));
+    assert!(matches!(
+        sv_c10::set_current_device(Device::Cpu),
+        Err(C10Error::NotCuda { .. })
+    ));
 }
 
 #[test]
@@ -58,6 +62,7 @@ fn without_a_gpu_cuda_calls_are_errors_not_crashes() {
         Stream::from_pool(Device::Cuda(0), false).map(|_| ()),
         Stream::current(Device::Cuda(0)).map(|_| ()),
         CopyStream::new(Device::Cuda(0)).map(|_| ()),
+        sv_c10::set_current_device(Device::Cuda(0)),
     ] {
         let e = r.unwrap_err();
         assert!(matches!(e, C10Error::Torch { .. }), "{e:?}");
@@ -198,9 +203,11 @@ fn tcp_store_between_two_processes() {
 #[test]
 fn copy_stream_round_trip_on_a_gpu() {
     if !gpu() {
+        eprintln!("copy_stream_round_trip_on_a_gpu: skipped, no CUDA device");
         return;
     }
     let device = Device::Cuda(0);
+    sv_c10::set_current_device(device).unwrap();
     let cs = CopyStream::new(device).unwrap();
     assert_ne!(
         cs.stream(),
@@ -237,6 +244,14 @@ fn copy_stream_round_trip_on_a_gpu() {
 #[test]
 fn nccl_world_of_one_on_a_gpu() {
     if !gpu() || !nccl_built() {
+        eprintln!(
+            "nccl_world_of_one_on_a_gpu: skipped, {}",
+            if gpu() {
+                "sv-c10 was built without NCCL"
+            } else {
+                "no CUDA device"
+            }
+        );
         return;
     }
     let device = Device::Cuda(0);

@@ -35,6 +35,11 @@ pub trait Collective: Send {
     fn report_failure(&mut self, message: &str) {
         let _ = message;
     }
+    /// Orderly end of a job that succeeded on every rank: returns when every rank has
+    /// called it, after which no collective may be called.
+    fn finish(&mut self) -> Result<()> {
+        self.barrier()
+    }
 }
 
 /// Default bucket size for gradient all-reduce: 64 MiB of float32 (AlexNet's 244 MB of
@@ -104,6 +109,41 @@ pub fn gather_i64(coll: &mut dyn Collective, value: &[i64]) -> Result<Vec<Vec<i6
     Ok(all.chunks(k.max(1)).map(<[i64]>::to_vec).collect())
 }
 
+/// Checks that every rank holds rank 0's `values` (one all-reduce). `what[i]` names
+/// `values[i]` in words; the first one that differs is [`DistError::Disagree`], on
+/// every rank.
+pub fn agree(coll: &mut dyn Collective, what: &[&str], values: &[i64]) -> Result<()> {
+    if what.len() != values.len() {
+        return Err(DistError::Config(format!(
+            "{} names for {} values to agree on",
+            what.len(),
+            values.len()
+        )));
+    }
+    let all = gather_i64(coll, values)?;
+    for (i, name) in what.iter().enumerate() {
+        if let Some((rank, v)) = all.iter().enumerate().find(|(_, v)| v[i] != all[0][i]) {
+            return Err(DistError::Disagree {
+                what: (*name).to_string(),
+                rank,
+                value: v[i],
+                expected: all[0][i],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The part of `0..n` that `rank` of `world` takes when work is split in contiguous
+/// slices whose sizes differ by at most one (the first `n % world` ranks take one
+/// more).
+pub fn slice_of(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let world = world.max(1);
+    let (base, extra) = (n / world, n % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
 /// A checksum of the exact bits of `tensors` (float or integer): two 64-bit sums of
 /// the bit patterns, one plain and one weighted by position, so a changed value and
 /// most swaps show. Integer sums wrap and are associative, so the result does not
@@ -145,11 +185,12 @@ pub fn broadcast_and_verify(coll: &mut dyn Collective, params: &mut [Tensor]) ->
         let _guard = tch::no_grad_guard();
         coll.broadcast(params, 0)?;
     }
-    verify_identical(coll, params)
+    verify_identical(coll, params, "after the broadcast")
 }
 
-/// Checks that every rank holds the same bits in `tensors` as rank 0.
-pub fn verify_identical(coll: &mut dyn Collective, tensors: &[Tensor]) -> Result<()> {
+/// Checks that every rank holds the same bits in `tensors` as rank 0 (one small
+/// all-reduce of checksums); `when` says when in the error ("after step 12").
+pub fn verify_identical(coll: &mut dyn Collective, tensors: &[Tensor], when: &str) -> Result<()> {
     let mine = checksum(tensors)?;
     let all = gather_i64(coll, &mine)?;
     let ranks: Vec<usize> = all
@@ -161,7 +202,10 @@ pub fn verify_identical(coll: &mut dyn Collective, tensors: &[Tensor]) -> Result
     if ranks.is_empty() {
         Ok(())
     } else {
-        Err(DistError::WeightsDiffer { ranks })
+        Err(DistError::WeightsDiffer {
+            ranks,
+            when: when.to_string(),
+        })
     }
 }
 
@@ -252,6 +296,21 @@ mod tests {
     }
 
     #[test]
+    fn slices_cover_everything_once_and_differ_by_at_most_one() {
+        for (n, world) in [(19, 3), (17, 3), (2, 5), (0, 2), (8, 1), (100, 8)] {
+            let slices: Vec<_> = (0..world).map(|r| slice_of(n, r, world)).collect();
+            assert_eq!(slices[0].start, 0);
+            assert_eq!(slices[world - 1].end, n);
+            for w in slices.windows(2) {
+                assert_eq!(w[0].end, w[1].start, "{n} over {world}: {slices:?}");
+                assert!(w[0].len() >= w[1].len() && w[0].len() - w[1].len() <= 1);
+            }
+        }
+        assert_eq!(slice_of(19, 0, 3), 0..7);
+        assert_eq!(slice_of(19, 2, 3), 13..19);
+    }
+
+    #[test]
     fn solo_is_the_identity() {
         let mut s = Solo::new(Device::Cpu);
         assert_eq!(sum_f64(&mut s, &[1.0, 2.5]).unwrap(), [1.0, 2.5]);
@@ -259,6 +318,7 @@ mod tests {
         let mut p = [Tensor::from_slice(&[1.0f32])];
         broadcast_and_verify(&mut s, &mut p).unwrap();
         check_resume_world(2, 2).unwrap();
+        agree(&mut s, &["the step"], &[5]).unwrap();
         let e = check_resume_world(8, 4).unwrap_err().to_string();
         assert!(e.contains("written by 8 rank(s) and this run has 4"), "{e}");
     }

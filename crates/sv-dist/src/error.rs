@@ -53,7 +53,7 @@ pub enum DistError {
     },
     /// Not every rank joined the rendezvous in time.
     #[error(
-        "rank(s) {missing:?} of {world} did not join the rendezvous at {addr} within          {secs:.0} s (are all {world} ranks started, e.g. under srun or torchrun?)"
+        "rank(s) {missing:?} of {world} did not join the rendezvous at {addr} within {secs:.0} s (are all {world} ranks started, e.g. under srun or torchrun?)"
     )]
     Rendezvous {
         /// Ranks that never arrived.
@@ -87,17 +87,34 @@ pub enum DistError {
         /// What that one called.
         expected: String,
     },
-    /// The ranks' weights differ after the initial broadcast.
-    #[error("the weights of rank(s) {ranks:?} differ from rank 0's after the broadcast")]
+    /// The ranks' weights differ (after the initial broadcast, or later: the replicas
+    /// drifted apart).
+    #[error("the weights of rank(s) {ranks:?} differ from rank 0's {when}")]
     WeightsDiffer {
         /// The ranks whose checksum differs from rank 0's.
         ranks: Vec<usize>,
+        /// When it was found ("after the broadcast", "after step 12").
+        when: String,
+    },
+    /// A rank holds another value than rank 0 for something every rank must share
+    /// (settings, the position a resumed run starts from).
+    #[error("rank {rank} disagrees with rank 0 on {what}: {value} where rank 0 has {expected}")]
+    Disagree {
+        /// What differs, in words (it may say how to fix it).
+        what: String,
+        /// The first rank that differs.
+        rank: usize,
+        /// Its value.
+        value: i64,
+        /// Rank 0's value.
+        expected: i64,
     },
     /// A checkpoint written with one world size cannot resume with another.
     #[error(
-        "the checkpoint was written by {saved} rank(s) and this run has {now}: each rank's \
-         position in the epoch depends on the world size, so resuming would skip or repeat \
-         images; resume with {saved} rank(s) (or start a new run)"
+        "the checkpoint was written by {saved} rank(s) and this run has {now}: the global \
+         batch (images per rank x ranks) and each rank's share of every epoch depend on the \
+         number of ranks, so the run would not continue as it started; resume with {saved} \
+         rank(s) (or start a new run)"
     )]
     WorldSizeChanged {
         /// World size recorded in the checkpoint.

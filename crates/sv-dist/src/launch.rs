@@ -121,9 +121,31 @@ impl RankEnv {
         }
     }
 
+    /// This rank's CUDA device (see [`RankEnv::cuda_index`]), made the process's current
+    /// device so its CUDA context is created there (not on cuda:0, where every rank's
+    /// context would otherwise take memory).
+    /// Returns the device index.
+    pub fn bind_cuda(&self) -> Result<usize> {
+        let index = self.cuda_index(visible_cuda_devices())?;
+        sv_c10::set_current_device(tch::Device::Cuda(index)).map_err(|source| DistError::C10 {
+            op: "make the rank's GPU the current CUDA device",
+            source,
+        })?;
+        Ok(index)
+    }
+
     /// `host:port` of the rendezvous store.
     pub fn store_addr(&self) -> String {
         format!("{}:{}", self.master_addr, self.master_port)
+    }
+}
+
+/// CUDA devices libtorch can use in this process (0 without a driver).
+pub fn visible_cuda_devices() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
     }
 }
 

@@ -5,17 +5,19 @@
 //! 1. connect to the TCPStore at `MASTER_ADDR:MASTER_PORT` (rank 0 runs the server
 //!    unless the launcher does), under the key prefix `supervision/attempt_<n>`;
 //! 2. wait until every rank has joined, or name the ranks that did not (timeout);
-//! 3. create the NCCL communicator on `cuda:<local rank>` (eagerly, so a failure shows
-//!    here), and start the heartbeat thread on a second store connection.
+//! 3. start the heartbeat thread on a second store connection, then create the NCCL
+//!    communicator on `cuda:<local rank>` (eagerly, so a failure shows here; it is
+//!    reported to the other ranks, which are waiting in theirs).
 //!
 //! Collectives run on NCCL's stream; waiting for one makes the current stream wait, so
 //! the host does not block (as in DDP). Once the watchdog has found a failure, every
 //! collective returns it as an error naming the rank; the watchdog's callback has
 //! already aborted the communicator so a collective blocked on the dead rank returns.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sv_c10::{ProcessGroupNccl, Store, TcpStoreConfig};
+use sv_c10::{AbortHandle, ProcessGroupNccl, Store, TcpStoreConfig};
 use tch::{Device, Tensor};
 
 use crate::collective::{Collective, ReduceOp};
@@ -64,6 +66,20 @@ pub fn connect_store(env: &RankEnv, timeout: Duration) -> Result<Store> {
     })?;
     base.prefixed(&format!("supervision/attempt_{}", env.attempt))
         .ctx("prefix the store")
+}
+
+/// Runs the rendezvous store for `world` ranks started on this machine (the
+/// `--nproc-per-node` parent's, as torchrun's agent runs one): a TCPStore server on
+/// 127.0.0.1 at a free port ([`Store::port`]); the ranks connect to it as clients.
+pub fn host_store(world: usize, timeout: Duration) -> Result<Store> {
+    Store::tcp(&TcpStoreConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        is_server: true,
+        world_size: Some(world),
+        timeout,
+    })
+    .ctx("start the rendezvous store on 127.0.0.1")
 }
 
 /// Waits until all `world` ranks have called this on `store`, naming the missing ones
@@ -133,21 +149,43 @@ impl NcclCollective {
         }
         let store = connect_store(env, config.rendezvous_timeout)?;
         rendezvous(&store, env, config.rendezvous_timeout)?;
-        let pg = ProcessGroupNccl::new(
+        // The heartbeats start before the communicator: creating it waits for every
+        // rank, and a rank that dies meanwhile must be named too. The abort handle
+        // reaches the hook once the communicator exists.
+        let abort: Arc<Mutex<Option<AbortHandle>>> = Arc::default();
+        let abort_later = abort.clone();
+        let hook: OnFailure = Box::new(move |f: &Failure| {
+            if let Some(h) = abort_later
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let _ = h.abort();
+            }
+            on_failure(f);
+        });
+        let wd_store = store.try_clone().ctx("open the heartbeat connection")?;
+        let watchdog = Watchdog::start(wd_store, env.rank, env.world_size, config.watchdog, hook)?;
+        let pg = match ProcessGroupNccl::new(
             &store,
             env.rank,
             env.world_size,
             device,
             config.nccl_timeout,
-        )
-        .ctx("create the NCCL communicator")?;
-        let abort = pg.abort_handle();
-        let hook: OnFailure = Box::new(move |f: &Failure| {
-            let _ = abort.abort();
-            on_failure(f);
-        });
-        let wd_store = store.try_clone().ctx("open the heartbeat connection")?;
-        let watchdog = Watchdog::start(wd_store, env.rank, env.world_size, config.watchdog, hook)?;
+        ) {
+            Ok(pg) => pg,
+            Err(e) => {
+                // tell the ranks waiting in theirs, then fail
+                let note = format!("could not create its NCCL communicator: {e}");
+                let _ = watchdog::report_failure(&store, env.rank, &note);
+                watchdog.stop();
+                return Err(DistError::C10 {
+                    op: "create the NCCL communicator",
+                    source: e,
+                });
+            }
+        };
+        *abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(pg.abort_handle());
         Ok(NcclCollective {
             pg: Some(pg),
             store,
@@ -180,36 +218,6 @@ impl NcclCollective {
         self.pg
             .as_ref()
             .ok_or_else(|| DistError::Config("the NCCL group was already shut down".into()))
-    }
-
-    /// Orderly end of a job that succeeded on every rank: shuts the communicator down,
-    /// stops the heartbeats, and (on the rank that runs the store) waits until every
-    /// rank has let go of the store before returning.
-    pub fn finish(mut self) -> Result<()> {
-        if let Some(pg) = self.pg.take() {
-            pg.barrier()
-                .ctx("final barrier")
-                .map_err(|e| self.explain(e))?;
-            pg.shutdown().ctx("shut the NCCL group down")?;
-        }
-        watchdog::mark_done(&self.store, self.env.rank).ctx("mark this rank done")?;
-        if let Some(w) = self.watchdog.take() {
-            w.stop();
-        }
-        self.store.add("released", 1).ctx("release the store")?;
-        if !self.env.agent_store && self.env.rank == 0 {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while (self
-                .store
-                .add("released", 0)
-                .ctx("wait for the ranks to leave")? as usize)
-                < self.env.world_size
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -246,5 +254,37 @@ impl Collective for NcclCollective {
         if let Err(e) = watchdog::report_failure(&self.store, self.env.rank, message) {
             tracing::warn!("could not tell the other ranks about this failure: {e}");
         }
+    }
+    /// Orderly end of a job that succeeded on every rank: shuts the communicator down,
+    /// stops the heartbeats, and (on the rank that runs the store) waits until every
+    /// rank has let go of the store before returning. Later collectives are errors.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(pg) = self.pg.take() {
+            let done = pg.barrier().ctx("final barrier");
+            if let Err(e) = done {
+                // Dropping the group aborts it: peers may be gone.
+                drop(pg);
+                return Err(self.explain(e));
+            }
+            pg.shutdown().ctx("shut the NCCL group down")?;
+        }
+        watchdog::mark_done(&self.store, self.env.rank).ctx("mark this rank done")?;
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
+        self.store.add("released", 1).ctx("release the store")?;
+        if !self.env.agent_store && self.env.rank == 0 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while (self
+                .store
+                .add("released", 0)
+                .ctx("wait for the ranks to leave")? as usize)
+                < self.env.world_size
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 }

@@ -381,6 +381,26 @@ mod tests {
     }
 
     #[test]
+    fn agree_names_the_first_rank_and_value_that_differ() {
+        let out = on_threads(3, |mut c| {
+            let step = if c.rank() == 2 { 40 } else { 12 };
+            crate::collective::agree(&mut c, &["the seed", "the step"], &[7, step])
+                .unwrap_err()
+                .to_string()
+        });
+        for e in out {
+            assert_eq!(
+                e,
+                "rank 2 disagrees with rank 0 on the step: 40 where rank 0 has 12"
+            );
+        }
+        let same = on_threads(2, |mut c| {
+            crate::collective::agree(&mut c, &["x"], &[1]).is_ok()
+        });
+        assert_eq!(same, [true, true]);
+    }
+
+    #[test]
     fn different_calls_are_a_mismatch() {
         let out = on_threads(2, |mut c| {
             let mut t = [Tensor::zeros(

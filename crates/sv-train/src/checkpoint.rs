@@ -70,6 +70,14 @@ pub struct CheckpointMeta {
     /// The fp16 loss scaler's state, when the run trains in fp16.
     #[serde(default)]
     pub loss_scale: Option<ScalerState>,
+    /// Ranks of the data-parallel job that wrote it (1 for one process, and for files
+    /// written before this field existed): a resumed run must have as many.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// A checkpoint in memory (tensors on the CPU).

@@ -122,6 +122,10 @@ pub enum TrainError {
     /// A background thread panicked or went away.
     #[error("background thread `{0}` stopped unexpectedly")]
     Thread(&'static str),
+    /// Data-parallel training: another rank failed, the ranks disagree, a collective
+    /// failed, or a checkpoint's world size differs (the rank and cause in words).
+    #[error(transparent)]
+    Dist(#[from] sv_dist::DistError),
     /// The loss became NaN or infinite.
     #[error("loss is not finite at step {step} ({loss})")]
     Diverged {

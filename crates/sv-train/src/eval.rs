@@ -178,6 +178,44 @@ pub fn evaluate(
             dataset: data.dir().to_path_buf(),
         });
     }
+    evaluate_range(model, norm, data, mode, batch_size, 0..total, progress).map(|c| c.result())
+}
+
+/// Exact miss counts over some images of a validation set: what the ranks of a
+/// data-parallel job add up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvalCounts {
+    /// Images scored.
+    pub images: u64,
+    /// Images whose label is not the top prediction.
+    pub wrong1: u64,
+    /// Images whose label is not among the top five.
+    pub wrong5: u64,
+}
+
+impl EvalCounts {
+    /// The error rates (0 without images).
+    pub fn result(&self) -> EvalResult {
+        let n = self.images.max(1) as f64;
+        EvalResult {
+            images: self.images,
+            top1_err: self.wrong1 as f64 / n,
+            top5_err: self.wrong5 as f64 / n,
+        }
+    }
+}
+
+/// Scores the records `range` of `data` in batches of `batch_size` (an empty range
+/// scores nothing); `progress` gets the number of images done so far.
+pub fn evaluate_range(
+    model: &Model,
+    norm: &DeviceNorm,
+    data: &Dataset,
+    mode: EvalMode,
+    batch_size: usize,
+    range: std::ops::Range<usize>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EvalCounts> {
     let shard_err = |source| TrainError::Shard {
         dataset: data.dir().to_path_buf(),
         source,
@@ -185,13 +223,13 @@ pub fn evaluate(
     let side = data.geometry().side as usize;
     let image_bytes = side * side * 3;
     let bs = batch_size.max(1);
-    let mut pixels = vec![0u8; bs * image_bytes];
+    let mut pixels = vec![0u8; bs.min(range.len()) * image_bytes];
     let mut labels = Vec::with_capacity(bs);
     let (mut wrong1, mut wrong5) = (0i64, 0i64);
     let device: Device = model.device();
-    let mut start = 0;
-    while start < total {
-        let n = bs.min(total - start);
+    let mut start = range.start;
+    while start < range.end {
+        let n = bs.min(range.end - start);
         labels.clear();
         for i in 0..n {
             let rec = data.record(start + i).map_err(shard_err)?;
@@ -211,12 +249,12 @@ pub fn evaluate(
         wrong1 += w1;
         wrong5 += w5;
         start += n;
-        progress(start as u64);
+        progress((start - range.start) as u64);
     }
-    Ok(EvalResult {
-        images: total as u64,
-        top1_err: wrong1 as f64 / total as f64,
-        top5_err: wrong5 as f64 / total as f64,
+    Ok(EvalCounts {
+        images: range.len() as u64,
+        wrong1: wrong1 as u64,
+        wrong5: wrong5 as u64,
     })
 }
 

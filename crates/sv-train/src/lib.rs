@@ -12,7 +12,8 @@
 //! - [`input`]: uint8 crops to normalised float on the device (flips, PCA lighting).
 //! - [`prefetch`]: the double-buffered prefetch thread and pinned staging.
 //! - [`trainer`]: the loop as named steps (train an epoch, validate, end the epoch:
-//!   schedule, record, checkpoints), data-wait measurement, resume.
+//!   schedule, record, checkpoints), data-wait measurement, resume; data-parallel
+//!   training over sv-dist's collectives ([`trainer::Trainer::distribute`]).
 //! - [`window`]: metrics windows and totals; device values read a window later.
 //! - [`eval`]: top-1/top-5 error, centre crop and ten-crop.
 //! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
@@ -38,6 +39,9 @@ pub mod trainer;
 pub mod window;
 
 pub use error::{Result, TrainError};
+/// The data-parallel crate (launchers, NCCL, the Collective trait), re-exported so the
+/// CLI hands the trainer the same version's collective.
+pub use sv_dist;
 /// The loader crate, re-exported so callers configure [`data::PipelineSource`] with
 /// the same version.
 pub use sv_pipeline;

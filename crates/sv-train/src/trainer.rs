@@ -9,9 +9,15 @@
 //! `compute_gradients`, `reduce_gradients` (where data-parallel training averages
 //! them), `apply_update`.
 //!
+//! Data parallelism ([`Trainer::distribute`], in `parallel`): each process is one rank
+//! of a job and trains on its own slice of every batch; the gradients are averaged
+//! across ranks after the backward pass, validation is split and its counts added up,
+//! and only rank 0 writes files.
+//!
 //! Determinism: the weights are initialised from torch's generator seeded with the
-//! run's seed, and before every step the generator is re-seeded from (seed, step), so
-//! the dropout masks of step s are the same whether or not the run was resumed. The
+//! run's seed, and before every step the generator is re-seeded from (seed, step) (and
+//! the rank, in a data-parallel job), so the dropout masks of step s are the same
+//! whether or not the run was resumed. The
 //! data source is asked for (epoch, first batch), and the pipeline's keyed randomness
 //! gives the same batches from there.
 
@@ -36,6 +42,9 @@ use crate::params::Precision;
 use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer, transfer_for};
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
+
+mod parallel;
+pub use parallel::ParallelConfig;
 
 /// Name of the latest checkpoint in the output directory.
 pub const LAST_CHECKPOINT: &str = "last.safetensors";
@@ -92,6 +101,10 @@ pub struct TrainConfig {
     /// Copy batches to a CUDA device on a side stream (default: on).
     #[serde(default)]
     pub copy_stream: Option<bool>,
+    /// Override of the dropout probability of every dropout layer (the models: 0.5).
+    /// 0 turns dropout off, as tests comparing runs step by step need.
+    #[serde(default)]
+    pub dropout: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +129,7 @@ impl Default for TrainConfig {
             channels_last: None,
             loss_scale: None,
             copy_stream: None,
+            dropout: None,
         }
     }
 }
@@ -195,7 +209,8 @@ pub struct TrainOutcome {
 /// What one call of [`Trainer::run`] keeps between steps: the metrics file, the
 /// window whose sums are still on their way, the totals, the last validation.
 struct RunState<'e> {
-    metrics: MetricsWriter,
+    /// None on the ranks other than 0 of a data-parallel job: they write no files.
+    metrics: Option<MetricsWriter>,
     last: PathBuf,
     pending: Option<ClosedWindow>,
     epoch: Totals,
@@ -205,9 +220,16 @@ struct RunState<'e> {
 }
 
 impl<'e> RunState<'e> {
-    fn open(out_dir: &Path, on_event: &'e mut dyn FnMut(Event<'_>)) -> Result<RunState<'e>> {
+    fn open(
+        out_dir: &Path,
+        writes_files: bool,
+        on_event: &'e mut dyn FnMut(Event<'_>),
+    ) -> Result<RunState<'e>> {
+        let metrics = out_dir.join(METRICS_FILE);
         Ok(RunState {
-            metrics: MetricsWriter::append(&out_dir.join(METRICS_FILE))?,
+            metrics: writes_files
+                .then(|| MetricsWriter::append(&metrics))
+                .transpose()?,
             last: out_dir.join(LAST_CHECKPOINT),
             pending: None,
             epoch: Totals::default(),
@@ -218,7 +240,9 @@ impl<'e> RunState<'e> {
     }
 
     fn record(&mut self, rec: &MetricsRecord) -> Result<()> {
-        self.metrics.write(rec)?;
+        if let Some(m) = &mut self.metrics {
+            m.write(rec)?;
+        }
         (self.on_event)(Event::Record(rec));
         Ok(())
     }
@@ -261,6 +285,10 @@ pub struct Trainer {
     out_dir: PathBuf,
     transfer: Box<dyn Transfer>,
     writer: CheckpointWriter,
+    /// The job this trainer is a rank of (None: a single process).
+    parallel: Option<parallel::DataParallel>,
+    /// World size of the checkpoint this trainer resumed from.
+    saved_world: Option<usize>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -298,6 +326,18 @@ impl Trainer {
         if let Some(scale) = config.input_scale {
             spec.input_scale = scale;
         }
+        if let Some(p) = config.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(TrainError::Config(format!(
+                    "the dropout probability must be in [0, 1), got {p}"
+                )));
+            }
+            for layer in &mut spec.layers {
+                if let crate::model::LayerSpec::Dropout { p: old } = layer {
+                    *old = p;
+                }
+            }
+        }
         tch::manual_seed(step_seed(config.seed, u64::MAX));
         let model = Model::with_precision(&spec, device, config.precision_on(device))?;
         let mut opt = PaperSgd::new(model.store(), config.sgd)?;
@@ -332,6 +372,8 @@ impl Trainer {
             out_dir: out_dir.into(),
             transfer,
             writer: CheckpointWriter::new(),
+            parallel: None,
+            saved_world: None,
         })
     }
 
@@ -359,6 +401,8 @@ impl Trainer {
             schedule: saved.schedule,
             sgd: saved.sgd,
             seed: saved.seed,
+            // the layers (and their dropout) come from the checkpoint's model
+            dropout: saved.dropout,
             ..config
         };
         let mut model = Model::with_precision(&ck.meta.model, device, config.precision_on(device))?;
@@ -388,6 +432,8 @@ impl Trainer {
             out_dir: out_dir.into(),
             transfer,
             writer: CheckpointWriter::new(),
+            parallel: None,
+            saved_world: Some(ck.meta.world_size),
         })
     }
 
@@ -434,6 +480,7 @@ impl Trainer {
             })?,
             best_top1: self.best_top1,
             loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
+            world_size: self.world_size(),
         })
     }
 
@@ -451,14 +498,17 @@ impl Trainer {
 
     /// One optimiser step on a device batch: gradients, their reduction across
     /// processes (a no-op for one), the update. Returns the step's detached mean loss
-    /// and its number of top-1 misses as device tensors (reading them would wait for
-    /// the device; the loop reads them a window later).
+    /// and its number of top-1 misses as device tensors, over the whole job's batch
+    /// (every rank's share; reading them would wait for the device; the loop reads
+    /// them a window later).
     pub fn train_step(&mut self, batch: &DeviceBatch) -> Result<(Tensor, Tensor)> {
-        tch::manual_seed(step_seed(self.config.seed, self.step));
-        let out = self.compute_gradients(batch)?;
-        self.reduce_gradients()?;
+        tch::manual_seed(self.dropout_seed());
+        self.announce_step();
+        let (loss, misses) = self.compute_gradients(batch)?;
+        let out = self.reduce_gradients(loss, misses)?;
         self.apply_update()?;
         self.step += 1;
+        self.check_replicas_every()?;
         Ok(out)
     }
 
@@ -479,12 +529,6 @@ impl Trainer {
             .and_then(|m| m.f_sum(Kind::Float))
             .ctx(|| "train error".into())?;
         Ok((loss.f_detach().ctx(|| "loss".into())?, misses))
-    }
-
-    /// Where data-parallel training averages the gradients across processes before
-    /// the update. One process: nothing to do.
-    fn reduce_gradients(&mut self) -> Result<()> {
-        Ok(())
     }
 
     /// The paper's update with the schedule's current rate.
@@ -521,8 +565,24 @@ impl Trainer {
     }
 
     /// Trains until `config.epochs` epochs (or `max_steps` steps) are done, evaluating on
-    /// `val` at each epoch end when given.
+    /// `val` at each epoch end when given. In a data-parallel job a failure is also
+    /// reported to the other ranks, so they stop with an error naming this one.
     pub fn run(
+        &mut self,
+        data: &mut dyn TrainData,
+        val: Option<&Dataset>,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<TrainOutcome> {
+        let outcome = self
+            .check_world()
+            .and_then(|()| self.run_epochs(data, val, on_event));
+        if let Err(e) = &outcome {
+            self.report_failure(e);
+        }
+        outcome
+    }
+
+    fn run_epochs(
         &mut self,
         data: &mut dyn TrainData,
         val: Option<&Dataset>,
@@ -532,7 +592,7 @@ impl Trainer {
         if batches == 0 {
             return Err(TrainError::EmptyEpoch);
         }
-        let mut run = RunState::open(&self.out_dir, on_event)?;
+        let mut run = RunState::open(&self.out_dir, self.writes_files(), on_event)?;
         while self.epoch < self.config.epochs && !self.reached_max_steps() {
             let totals = self.train_epoch(data, batches, &mut run)?;
             run.total.merge(&totals);
@@ -575,7 +635,8 @@ impl Trainer {
         let mut next = self.fetch(&mut pf)?;
         while let Some(batch) = next.take() {
             self.check_position(&batch)?;
-            let images = batch.labels.size()[0] as u64;
+            // every rank trains on a batch of the same size: the job's images
+            let images = batch.labels.size()[0] as u64 * self.world_size() as u64;
             let (loss, misses) = self.train_step(&batch)?;
             self.batch_in_epoch += 1;
             let last = self.reached_max_steps() || self.batch_in_epoch >= batches;
@@ -663,7 +724,7 @@ impl Trainer {
         (run.on_event)(Event::EvalStart {
             total: self.config.val_limit.map_or(v.len(), |l| l.min(v.len())) as u64,
         });
-        Ok(Some(self.evaluate(
+        Ok(Some(self.evaluate_job(
             v,
             EvalMode::Centre,
             self.config.val_limit,
@@ -722,7 +783,7 @@ impl Trainer {
         (run.on_event)(Event::EvalStart {
             total: v.len() as u64,
         });
-        let r = self.evaluate(v, mode, None)?;
+        let r = self.evaluate_job(v, mode, None)?;
         run.record(&MetricsRecord::Eval {
             step: self.step,
             mode: mode.as_str().into(),
@@ -736,6 +797,11 @@ impl Trainer {
     /// A checkpoint of the current state: copied to the host here, written by the
     /// background writer while training goes on.
     fn save(&mut self, path: &Path, run: &mut RunState<'_>) -> Result<()> {
+        // every rank checks, rank 0 alone writes what they all hold
+        self.check_replicas()?;
+        if !self.writes_files() {
+            return Ok(());
+        }
         let ck = self.capture()?;
         self.writer.write(path, ck)?;
         (run.on_event)(Event::Checkpoint(path));

@@ -2,6 +2,7 @@
 //! predict, model). Users run them as `supervision train ...`; the `supervision`
 //! binary, which never loads libtorch, hands these commands to this one.
 
+mod dist;
 mod eval;
 mod model;
 mod predict;

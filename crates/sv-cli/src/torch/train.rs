@@ -16,11 +16,14 @@ use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
 use sv_train::params::Precision;
 use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
+use sv_train::sv_dist::RankEnv;
 use sv_train::sv_pipeline;
 use sv_train::sv_pipeline::LightingConvention;
 use sv_train::trainer::{
     BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
 };
+
+use super::dist::{self, Role};
 
 /// Flags of `supervision train`.
 #[derive(clap::Args, Debug)]
@@ -65,7 +68,8 @@ pub struct Args {
     /// Stop after this many steps in total (writes a checkpoint).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Images per step.
+    /// Images per step on each rank (per GPU, as PyTorch DDP): with N ranks a step
+    /// trains on a global batch of N x this, and --lr applies to that global batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Initial learning rate.
@@ -167,6 +171,9 @@ pub struct Args {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Data-parallel training: --nproc-per-node, --collective, timeouts (torch/dist.rs).
+    #[command(flatten)]
+    pub dist: super::dist::DistArgs,
 }
 
 fn schedule(args: &Args) -> Result<ScheduleConfig> {
@@ -229,6 +236,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         channels_last: args.channels_last,
         loss_scale: Some(args.loss_scale),
         copy_stream: Some(args.copy_stream),
+        dropout: None,
     })
 }
 
@@ -254,10 +262,14 @@ fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> 
 }
 
 pub fn run(args: Args) -> Result<i32> {
-    let device = sv_train::parse_device(&args.device)?;
+    let (device, job) = match Role::resolve(&args.dist)? {
+        Role::Parent(n) => return dist::run_local_ranks(n, &args.dist, &args.device),
+        Role::Single => (sv_train::parse_device(&args.device)?, None),
+        Role::Rank(env) => (dist::rank_device(&env, &args.device)?, Some(env)),
+    };
     let cfg = config(&args)?;
     if let Some(steps) = args.synthetic_data {
-        return ceiling(&args, cfg, device, steps);
+        return ceiling(&args, cfg, device, steps, job.as_ref());
     }
     let train_dir = args.train.as_ref().context("--train is required")?;
     let train = Arc::new(
@@ -323,9 +335,15 @@ pub fn run(args: Args) -> Result<i32> {
                     lighting,
                 },
                 release_pages: args.release_pages,
+                // this rank's slice of every epoch
+                rank: job.as_ref().map_or(0, |e| e.rank),
+                world_size: job.as_ref().map_or(1, |e| e.world_size),
                 ..Default::default()
             };
             Box::new(PipelineSource::new(train.clone(), config)?)
+        }
+        "simple" if job.as_ref().is_some_and(|e| e.world_size > 1) => {
+            bail!("--loader simple reads the whole epoch on every rank; use --loader pipeline")
         }
         "simple" => {
             let aug = AugmentConfig {
@@ -342,24 +360,44 @@ pub fn run(args: Args) -> Result<i32> {
         }
         l => bail!("unknown --loader {l} (pipeline, simple)"),
     };
+    if let Some(env) = &job {
+        let coll = dist::join(env, device, &args.dist)?;
+        trainer
+            .distribute(coll, args.dist.parallel())
+            .with_context(|| format!("rank {} of {}", env.rank, env.world_size))?;
+    }
+    let (rank, world) = (trainer.rank(), trainer.world_size());
     let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
-    eprintln!(
-        "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}, from step {}",
-        spec.name,
-        trainer.model().param_count(),
-        cfg.precision_on(device).as_str(),
-        if cfg.channels_last_on(device) {
-            ", channels-last"
-        } else {
-            ""
-        },
-        spec.input_scale.as_str(),
-        train.len(),
-        cfg.batch_size,
-        trainer.step()
-    );
-    let pb = sv_cli::progress::bar(total_steps, "steps");
+    // rank 0 speaks for the job; the others only report errors
+    let lead = rank == 0;
+    let ranks = if world > 1 {
+        format!(", {world} ranks: global batch {}", cfg.batch_size * world)
+    } else {
+        String::new()
+    };
+    if lead {
+        eprintln!(
+            "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}{ranks}, from step {}",
+            spec.name,
+            trainer.model().param_count(),
+            cfg.precision_on(device).as_str(),
+            if cfg.channels_last_on(device) {
+                ", channels-last"
+            } else {
+                ""
+            },
+            spec.input_scale.as_str(),
+            train.len(),
+            cfg.batch_size,
+            trainer.step()
+        );
+    }
+    let pb = if lead {
+        sv_cli::progress::bar(total_steps, "steps")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     pb.set_position(trainer.step());
     let outcome = trainer.run(source.as_mut(), val.as_ref(), &mut |e| match e {
         Event::Step { step, .. } => pb.set_position(step),
@@ -379,8 +417,21 @@ pub fn run(args: Args) -> Result<i32> {
         }
         Event::EvalStart { total } => pb.set_message(format!("validating on {total} images")),
         _ => {}
-    })?;
+    });
+    let in_job = |e: sv_train::TrainError| {
+        let e = anyhow::Error::from(e);
+        if world > 1 {
+            e.context(format!("rank {rank} of {world}"))
+        } else {
+            e
+        }
+    };
+    let outcome = outcome.map_err(in_job)?;
+    trainer.finish_job().map_err(in_job)?;
     pb.finish_and_clear();
+    if !lead {
+        return Ok(0);
+    }
     let summary = serde_json::json!({
         "model": spec.name,
         "steps": outcome.steps,
@@ -399,6 +450,8 @@ pub fn run(args: Args) -> Result<i32> {
         "channels_last": cfg.channels_last_on(device),
         "copy_stream": device.is_cuda() && args.copy_stream,
         "input_scale": spec.input_scale.as_str(),
+        "world_size": world,
+        "global_batch": cfg.batch_size * world,
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
@@ -431,7 +484,13 @@ pub fn run(args: Args) -> Result<i32> {
     Ok(0)
 }
 
-fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) -> Result<i32> {
+fn ceiling(
+    args: &Args,
+    cfg: TrainConfig,
+    device: sv_train::Device,
+    steps: u64,
+    job: Option<&RankEnv>,
+) -> Result<i32> {
     let classes: Vec<_> = (0..args.synthetic_classes)
         .map(|i| sv_core::ClassInfo {
             wnid: format!("c{i}"),
@@ -443,12 +502,22 @@ fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) 
     let precision = cfg.precision_on(device);
     let channels_last = cfg.channels_last_on(device);
     let mut t = Trainer::new(cfg, classes, Normalization::default(), device, &args.out)?;
+    if let Some(env) = job {
+        // every step then averages its gradients over NCCL, as in training
+        t.distribute(dist::join(env, device, &args.dist)?, args.dist.parallel())?;
+    }
     let warmup = (steps / 10).clamp(1, 20);
-    let ips = t.bench_compute(steps, warmup)?;
+    // the ranks step together: the job trains world x what one rank does
+    let ips = t.bench_compute(steps, warmup)? * t.world_size() as f64;
+    t.finish_job()?;
+    if t.rank() != 0 {
+        return Ok(0);
+    }
     let v = serde_json::json!({
         "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
         "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
         "precision": precision.as_str(), "channels_last": channels_last,
+        "world_size": t.world_size(), "collective": if job.is_some() { "nccl" } else { "none" },
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
