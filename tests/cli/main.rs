@@ -8,3 +8,4 @@ mod startup;
 mod synth;
 #[cfg(feature = "train")]
 mod train;
+mod verify;

@@ -232,12 +232,19 @@ impl HostCheckpoint {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         let file = AtomicFile::create(path)?;
-        safetensors::tensor::serialize_to_file(views, &info, file.temp_path()).map_err(|e| {
-            TrainError::Checkpoint {
-                path: path.into(),
-                what: format!("write failed: {e}"),
-            }
-        })?;
+        safetensors::tensor::serialize_to_file(views, &info, file.temp_path()).map_err(
+            |e| match e {
+                // A full disk or a permission problem keeps its cause, in words.
+                safetensors::SafeTensorError::IoError(source) => TrainError::Io {
+                    path: file.temp_path().to_path_buf(),
+                    source,
+                },
+                other => TrainError::Checkpoint {
+                    path: path.into(),
+                    what: format!("cannot be written: {other}"),
+                },
+            },
+        )?;
         file.commit()?;
         Ok(())
     }
