@@ -740,6 +740,18 @@ impl Trainer {
         run: &mut RunState<'_>,
     ) -> Result<()> {
         let ended = self.epoch;
+        if let Some(scaler) = self.opt.scaler() {
+            // the device is idle after validation: reading the scaler costs nothing
+            let st = scaler.state()?;
+            tracing::info!(
+                epoch = ended,
+                skipped_steps = st.skipped,
+                loss_scale = st.scale,
+                "fp16 loss scaling: {} steps skipped so far, scale {}",
+                st.skipped,
+                st.scale
+            );
+        }
         self.schedule.end_epoch(ended, val.map(|r| r.top1_err));
         self.epoch += 1;
         self.batch_in_epoch = 0;

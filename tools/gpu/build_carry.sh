@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds what tools/gpu_train_bench.sh runs on the GPU machine, on the development
+# machine (same torch 2.11 as the device; the GPU machine has no Rust), into
+# target-gpu/carry: `supervision`, `supervision-torch` (release) and sv-train's
+# integration test binary (release, for `cuda_matches_cpu`) and sv-c10's (the copy
+# stream and NCCL tests of tools/gpu/nccl_world1.sh), stripped. The device
+# run carries that one folder (64 MiB limit for everything carried; the sizes are
+# printed and checked here).
+#
+#   tools/gpu/build_carry.sh        # then: run tools/gpu_train_bench.sh, carry target-gpu/carry
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=../setup-torch.sh
+source tools/setup-torch.sh >/dev/null
+export CARGO_TARGET_DIR=target-gpu
+cargo build --release --locked -p sv-cli --bins
+test_bin=$(cargo test --release --locked -p sv-train --test train --no-run --message-format=json \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "train" and m.get("executable"):
+        print(m["executable"])')
+c10_bin=$(cargo test --release --locked -p sv-c10 --test c10 --no-run --message-format=json \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "c10" and m.get("executable"):
+        print(m["executable"])')
+mkdir -p target-gpu/carry
+strip -o target-gpu/carry/supervision target-gpu/release/supervision
+strip -o target-gpu/carry/supervision-torch target-gpu/release/supervision-torch
+strip -o target-gpu/carry/sv-train-tests "$test_bin"
+strip -o target-gpu/carry/sv-c10-tests "$c10_bin"
+du -b target-gpu/carry/* | awk '{ t += $1; printf "%8.1f MiB  %s\n", $1 / 1048576, $2 }
+    END { printf "%8.1f MiB  total (limit 64)\n", t / 1048576; exit (t >= 64 * 1048576) }'
