@@ -92,6 +92,11 @@ pub struct TrainConfig {
     /// Copy batches to a CUDA device on a side stream (default: on).
     #[serde(default)]
     pub copy_stream: Option<bool>,
+    /// What the data source makes batches of (image side, augmentation, loader), for
+    /// the checkpoint: the trainer does not read it; the caller keeps it true to the
+    /// [`TrainData`] it passes.
+    #[serde(default)]
+    pub data: Option<crate::data::DataSettings>,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +121,7 @@ impl Default for TrainConfig {
             channels_last: None,
             loss_scale: None,
             copy_stream: None,
+            data: None,
         }
     }
 }
@@ -261,6 +267,8 @@ pub struct Trainer {
     out_dir: PathBuf,
     transfer: Box<dyn Transfer>,
     writer: CheckpointWriter,
+    /// The sums of the epoch in progress as the checkpoint resumed from had them.
+    resumed_sums: Option<Totals>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -332,6 +340,7 @@ impl Trainer {
             out_dir: out_dir.into(),
             transfer,
             writer: CheckpointWriter::new(),
+            resumed_sums: None,
         })
     }
 
@@ -388,6 +397,7 @@ impl Trainer {
             out_dir: out_dir.into(),
             transfer,
             writer: CheckpointWriter::new(),
+            resumed_sums: ck.meta.epoch_sums.map(Totals::from),
         })
     }
 
@@ -434,6 +444,7 @@ impl Trainer {
             })?,
             best_top1: self.best_top1,
             loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
+            epoch_sums: None,
         })
     }
 
@@ -532,12 +543,16 @@ impl Trainer {
         if batches == 0 {
             return Err(TrainError::EmptyEpoch);
         }
+        // lines past this position are from an invocation killed after its checkpoint
+        crate::metrics::drop_after(&self.out_dir.join(METRICS_FILE), self.step, self.epoch)?;
         let mut run = RunState::open(&self.out_dir, on_event)?;
+        run.epoch = self.resumed_sums.take().unwrap_or_default();
         while self.epoch < self.config.epochs && !self.reached_max_steps() {
             let totals = self.train_epoch(data, batches, &mut run)?;
             run.total.merge(&totals);
             if self.batch_in_epoch < batches {
-                // --max-steps ended the run inside the epoch
+                // --max-steps ended the run inside the epoch; the checkpoint keeps its sums
+                run.epoch = totals;
                 let last = run.last.clone();
                 self.save(&last, &mut run)?;
                 break;
@@ -592,7 +607,12 @@ impl Trainer {
                 index: self.batch_in_epoch - 1,
                 of: batches,
             });
-            if window.steps() == self.config.log_every || last {
+            // a checkpoint closes the window too: the metrics up to its step are written
+            // before it, and the epoch's sums in it are complete
+            let checkpoint = !last
+                && self.config.checkpoint_every > 0
+                && self.step.is_multiple_of(self.config.checkpoint_every);
+            if window.steps() == self.config.log_every || last || checkpoint {
                 // The first window holds the warm-up, the last ends the epoch: waiting
                 // for the device there makes every window's wall time its own.
                 if first_window || last {
@@ -605,12 +625,9 @@ impl Trainer {
                     lr: self.schedule.lr,
                     waited: pf.take_waited(),
                 })?;
-                run.close_window(closed, last)?;
+                run.close_window(closed, last || checkpoint)?;
             }
-            if !last
-                && self.config.checkpoint_every > 0
-                && self.step.is_multiple_of(self.config.checkpoint_every)
-            {
+            if checkpoint {
                 let last_path = run.last.clone();
                 self.save(&last_path, run)?;
             }
@@ -736,7 +753,8 @@ impl Trainer {
     /// A checkpoint of the current state: copied to the host here, written by the
     /// background writer while training goes on.
     fn save(&mut self, path: &Path, run: &mut RunState<'_>) -> Result<()> {
-        let ck = self.capture()?;
+        let mut ck = self.capture()?;
+        ck.set_epoch_sums(&run.epoch);
         self.writer.write(path, ck)?;
         (run.on_event)(Event::Checkpoint(path));
         Ok(())
