@@ -10,4 +10,6 @@ mod startup;
 mod synth;
 #[cfg(feature = "train")]
 mod train;
+#[cfg(feature = "train")]
+mod train_guards;
 mod verify;

@@ -399,7 +399,6 @@ fn an_output_that_is_a_directory_is_refused_before_the_pass_and_leaves_nothing()
 #[cfg(unix)]
 #[test]
 fn a_full_disk_keeps_the_old_files_and_leaves_no_temporary_file() {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
     let shards = tmp.path().join("shards");
     write(&shards, Codec::Raw, &images(6), 1 << 30);
@@ -418,20 +417,7 @@ fn a_full_disk_keeps_the_old_files_and_leaves_no_temporary_file() {
     ] {
         let mut cmd = sv_tests::supervision();
         cmd.args(&args);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                let lim = libc::rlimit {
-                    rlim_cur: 1024,
-                    rlim_max: 1024,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        sv_tests::limit_file_size(&mut cmd, 1024);
         let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");

@@ -8,27 +8,50 @@ use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, DatasetWriter, WriterConfig};
 use sv_tests::{fails, ok, s};
 
-const SIDE: u32 = 72;
+pub(crate) const SIDE: u32 = 72;
 
 /// A shard set whose classes differ by the position and colour of a bright square on
 /// noise: learnable by a tiny model in a few CPU epochs.
-fn make_set(dir: &Path, split: Split, classes: usize, per_class: usize, seed: u64) -> PathBuf {
-    let info = (0..classes)
-        .map(|i| ClassInfo {
-            wnid: format!("n{i:08}"),
+pub(crate) fn make_set(
+    dir: &Path,
+    split: Split,
+    classes: usize,
+    per_class: usize,
+    seed: u64,
+) -> PathBuf {
+    let wnids: Vec<String> = (0..classes).map(|i| format!("n{i:08}")).collect();
+    make_set_of(dir, split, &wnids, SIDE, per_class, seed)
+}
+
+/// [`make_set`] with the classes `wnids`, in that order (label i is `wnids[i]`, drawn
+/// as class i), of images `side` pixels square.
+pub(crate) fn make_set_of(
+    dir: &Path,
+    split: Split,
+    wnids: &[String],
+    side: u32,
+    per_class: usize,
+    seed: u64,
+) -> PathBuf {
+    let classes = wnids.len();
+    let info = wnids
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ClassInfo {
+            wnid: w.clone(),
             name: format!("shape {i}"),
         })
         .collect();
     let cfg = WriterConfig {
         split,
-        side: SIDE,
+        side,
         codec: Codec::Raw,
         jpeg_quality: 90,
         classes: info,
         max_shard_bytes: 1 << 20,
     };
     let mut w = DatasetWriter::create(dir, cfg).unwrap();
-    let side = SIDE as usize;
+    let side = side as usize;
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut rnd = move || {
         state ^= state << 13;
@@ -57,7 +80,7 @@ fn make_set(dir: &Path, split: Split, classes: usize, per_class: usize, seed: u6
 
 /// The flags the training runs here share: data and statistics, the tiny model on
 /// the CPU, batch 8, lr 0.005 (at 0.01 the tiny model's loss sometimes jumps), seed 3.
-fn tiny_run<'a>(train: &'a Path, val: &'a Path, stats: &'a Path) -> Vec<&'a str> {
+pub(crate) fn tiny_run<'a>(train: &'a Path, val: &'a Path, stats: &'a Path) -> Vec<&'a str> {
     vec![
         "--train",
         s(train),
@@ -79,7 +102,7 @@ fn tiny_run<'a>(train: &'a Path, val: &'a Path, stats: &'a Path) -> Vec<&'a str>
 }
 
 /// `pca compute` of `shards` into `stats` (and the mean image into `mean`).
-fn pca(shards: &Path, stats: &Path, mean: Option<&Path>) {
+pub(crate) fn pca(shards: &Path, stats: &Path, mean: Option<&Path>) {
     let mut args = vec![
         "pca",
         "compute",
@@ -95,7 +118,7 @@ fn pca(shards: &Path, stats: &Path, mean: Option<&Path>) {
 }
 
 /// The first `n` records of `val` exported as image files into `dir`, sorted.
-fn exported(val: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn exported(val: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
     let limit = n.to_string();
     ok(&[
         "shard",
@@ -129,13 +152,13 @@ fn ten_crop_eval(ck: &Path, val: &Path) -> serde_json::Value {
     ]))
 }
 
-fn json(text: &str) -> serde_json::Value {
+pub(crate) fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// The tensor bytes of a safetensors file (everything after the header, which holds
 /// the run's metadata and may differ between equivalent runs).
-fn tensor_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn tensor_bytes(path: &Path) -> Vec<u8> {
     let b = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
     b[8 + n..].to_vec()

@@ -4,6 +4,14 @@
 //! list, input normalisation, schedule state, pipeline position, seed and the training
 //! configuration. PyTorch reads it with `safetensors.torch.load_file`.
 //!
+//! Checksums (version 2). Two more metadata keys hold CRC-32s, as 8 lowercase hex
+//! digits: `supervision.tensor_crc32`, a JSON object with the CRC of every tensor's
+//! bytes by name, and `supervision.crc32`, the CRC of the `supervision` JSON, a
+//! newline and the `supervision.tensor_crc32` JSON. [`load`] checks both and
+//! refuses a file whose metadata or any tensor changed (naming the tensor), a
+//! tensor without a checksum and a checksum without a tensor. Files of version 1
+//! (written before the checksums) load unchecked, with a warning.
+//!
 //! Writes are atomic (sv-core's `AtomicFile`: a temporary name in the same directory,
 //! fsynced, renamed over the final name, the directory fsynced); a crash leaves either
 //! the old file or the new one, never a torn one.
@@ -28,13 +36,23 @@ use crate::model::ModelSpec;
 use crate::optim::ScalerState;
 use crate::params::ParamStore;
 use crate::schedule::Schedule;
+use crate::window::Totals;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::time::Duration;
 use sv_core::fs::AtomicFile;
 
 /// Identifies our checkpoints inside the metadata.
 pub const CHECKPOINT_FORMAT: &str = "supervision-checkpoint";
-/// Metadata layout version.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Metadata layout version (2: with checksums).
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// The version written before checksums existed, still read (unchecked).
+const UNCHECKED_VERSION: u32 = 1;
 const META_KEY: &str = "supervision";
+const TENSOR_CRC_KEY: &str = "supervision.tensor_crc32";
+const META_CRC_KEY: &str = "supervision.crc32";
+/// The largest safetensors header read (safetensors' own limit).
+const MAX_HEADER: u64 = 100_000_000;
 const MOMENTUM_PREFIX: &str = "momentum.";
 /// The tensor holding [`Normalization::mean_image`] (`[3, side, side]`), when set.
 pub const MEAN_IMAGE_TENSOR: &str = "input.mean_image";
@@ -74,6 +92,65 @@ pub struct CheckpointMeta {
     /// written before this field existed): a resumed run must have as many.
     #[serde(default = "one_rank")]
     pub world_size: usize,
+    /// The running sums of the epoch in progress up to `step` (a checkpoint written
+    /// inside an epoch), so a resumed run reports the whole epoch's mean loss and
+    /// throughput; None at an epoch boundary and in older files.
+    #[serde(default)]
+    pub epoch_sums: Option<EpochSums>,
+}
+
+impl CheckpointMeta {
+    /// The side of the stored square images the model was trained on (crops were
+    /// taken from images of this side), when the checkpoint says: its data settings,
+    /// else its mean image. Evaluation must see images of this side.
+    pub fn trained_side(&self) -> Option<u32> {
+        self.config
+            .get("data")
+            .and_then(|d| d.get("side"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|s| u32::try_from(s).ok())
+            .or_else(|| self.normalization.mean_image.as_ref().map(|m| m.side))
+    }
+}
+
+/// The sums a training epoch accumulates ([`Totals`]), as a checkpoint keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    /// Steps taken in the epoch.
+    pub steps: u64,
+    /// Images trained on.
+    pub images: u64,
+    /// Sum of the steps' mean losses.
+    pub loss_sum: f64,
+    /// Wall time of the steps, seconds.
+    pub seconds: f64,
+    /// Of which waiting for data, seconds.
+    pub waited_seconds: f64,
+}
+
+impl From<&Totals> for EpochSums {
+    fn from(t: &Totals) -> EpochSums {
+        EpochSums {
+            steps: t.steps,
+            images: t.images,
+            loss_sum: t.loss_sum,
+            seconds: t.time.as_secs_f64(),
+            waited_seconds: t.waited.as_secs_f64(),
+        }
+    }
+}
+
+impl From<EpochSums> for Totals {
+    fn from(s: EpochSums) -> Totals {
+        let secs = |v: f64| Duration::try_from_secs_f64(v).unwrap_or_default();
+        Totals {
+            steps: s.steps,
+            images: s.images,
+            loss_sum: s.loss_sum,
+            time: secs(s.seconds),
+            waited: secs(s.waited_seconds),
+        }
+    }
 }
 
 fn one_rank() -> usize {
@@ -222,13 +299,42 @@ impl HostCheckpoint {
         })
     }
 
-    /// Writes the checkpoint atomically to `path`.
-    pub fn write(&self, path: &Path) -> Result<()> {
+    /// Keeps the running sums of the epoch in progress (see
+    /// [`CheckpointMeta::epoch_sums`]); empty sums (an epoch boundary) keep none.
+    pub fn set_epoch_sums(&mut self, totals: &Totals) {
+        self.meta.epoch_sums = (totals.steps > 0).then(|| EpochSums::from(totals));
+    }
+
+    /// The metadata: the `supervision` JSON, each tensor's CRC-32 and the CRC over
+    /// both (see the module header).
+    fn metadata(&self, path: &Path) -> Result<HashMap<String, String>> {
         let json = serde_json::to_string(&self.meta).map_err(|e| TrainError::Json {
             path: path.into(),
             source: e,
         })?;
-        let info = Some(HashMap::from([(META_KEY.to_string(), json)]));
+        let crcs: BTreeMap<&str, String> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let crc = crc32fast::hash(&self.buffers[e.buffer].bytes()[e.bytes.clone()]);
+                (e.name.as_str(), format!("{crc:08x}"))
+            })
+            .collect();
+        let crcs = serde_json::to_string(&crcs).map_err(|e| TrainError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        let meta_crc = format!("{:08x}", meta_crc(&json, &crcs));
+        Ok(HashMap::from([
+            (META_KEY.to_string(), json),
+            (TENSOR_CRC_KEY.to_string(), crcs),
+            (META_CRC_KEY.to_string(), meta_crc),
+        ]))
+    }
+
+    /// Writes the checkpoint atomically to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let info = Some(self.metadata(path)?);
         let views = self.entries.iter().map(|e| {
             let view = EntryView {
                 shape: &e.shape,
@@ -242,14 +348,15 @@ impl HostCheckpoint {
         let file = AtomicFile::create(path)?;
         safetensors::tensor::serialize_to_file(views, &info, file.temp_path()).map_err(
             |e| match e {
-                // A full disk or a permission problem keeps its cause, in words.
+                // A full disk or a permission problem keeps its cause, in words; the
+                // temporary file goes with `file`.
                 safetensors::SafeTensorError::IoError(source) => TrainError::Io {
-                    path: file.temp_path().to_path_buf(),
+                    path: path.into(),
                     source,
                 },
                 other => TrainError::Checkpoint {
                     path: path.into(),
-                    what: format!("cannot be written: {other}"),
+                    what: format!("cannot be written: {}", describe(&other)),
                 },
             },
         )?;
@@ -305,37 +412,214 @@ impl Drop for CheckpointWriter {
     }
 }
 
-/// Reads a checkpoint (tensors land on the CPU).
+/// The CRC over a checkpoint's metadata: the `supervision` JSON, a newline, the
+/// tensor checksums' JSON.
+fn meta_crc(json: &str, crcs: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(json.as_bytes());
+    h.update(b"\n");
+    h.update(crcs.as_bytes());
+    h.finalize()
+}
+
+/// A CRC written as exactly 8 lowercase hex digits (as sv-shard reads them).
+fn parse_crc(text: &str) -> Option<u32> {
+    let hex = text.len() == 8 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex.then(|| u32::from_str_radix(text, 16).ok()).flatten()
+}
+
+/// safetensors' errors in words (its `Display` prints the variant's Debug text).
+fn describe(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => "shorter than a safetensors header (8 bytes)".into(),
+        E::HeaderTooLarge => {
+            format!("its header length is more than the {MAX_HEADER} bytes safetensors allows")
+        }
+        E::InvalidHeaderLength => "its header length runs past the end of the file".into(),
+        E::InvalidHeader => "its header is not UTF-8 text".into(),
+        E::InvalidHeaderStart => "its header does not start with `{`".into(),
+        E::InvalidHeaderDeserialization => "its header is not a safetensors JSON table".into(),
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::TensorInvalidInfo => "a tensor's shape, type and offsets disagree".into(),
+        E::InvalidOffset(name) => format!("the offsets of tensor `{name}` are out of order"),
+        E::IoError(io) => format!("input/output error: {io}"),
+        E::JsonError(json) => format!("JSON error: {json}"),
+        E::InvalidTensorView(dtype, shape, bytes) => {
+            format!("a tensor of type {dtype:?} and shape {shape:?} cannot hold {bytes} bytes")
+        }
+        E::MetadataIncompleteBuffer => {
+            "the tensors do not cover the file exactly (truncated, or bytes appended)".into()
+        }
+        E::ValidationOverflow => "a tensor's size overflows".into(),
+    }
+}
+
+/// A checkpoint's metadata, checked against its checksum.
+#[derive(Clone, Debug)]
+pub struct CheckpointHeader {
+    /// The run's metadata.
+    pub meta: CheckpointMeta,
+    /// The CRC-32 of each tensor's bytes by name; None for a file written before
+    /// checksums existed (version 1).
+    pub tensor_crcs: Option<BTreeMap<String, u32>>,
+}
+
+impl CheckpointHeader {
+    /// Parses and checks the safetensors metadata of the checkpoint `path`.
+    fn parse(path: &Path, metadata: Option<&HashMap<String, String>>) -> Result<Self> {
+        let bad = |what: String| TrainError::Checkpoint {
+            path: path.into(),
+            what,
+        };
+        let get = |key: &str| metadata.and_then(|m| m.get(key));
+        let json = get(META_KEY).ok_or_else(|| {
+            bad("no `supervision` metadata: not written by supervision train".into())
+        })?;
+        let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| TrainError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        if meta.format != CHECKPOINT_FORMAT
+            || !(meta.version == CHECKPOINT_VERSION || meta.version == UNCHECKED_VERSION)
+        {
+            return Err(bad(format!(
+                "format {} v{}, expected {CHECKPOINT_FORMAT} v{UNCHECKED_VERSION} or v{CHECKPOINT_VERSION}",
+                meta.format, meta.version
+            )));
+        }
+        if meta.classes.len() as i64 != meta.model.classes {
+            return Err(bad(format!(
+                "its class list has {} classes but its model {}",
+                meta.classes.len(),
+                meta.model.classes
+            )));
+        }
+        if meta.version == UNCHECKED_VERSION {
+            tracing::warn!(
+                "{}: written before checkpoints had checksums; its contents cannot be checked",
+                path.display()
+            );
+            return Ok(CheckpointHeader {
+                meta,
+                tensor_crcs: None,
+            });
+        }
+        let (Some(crcs_json), Some(stored)) = (get(TENSOR_CRC_KEY), get(META_CRC_KEY)) else {
+            return Err(bad(format!(
+                "version {CHECKPOINT_VERSION} without its checksums (`{TENSOR_CRC_KEY}`, `{META_CRC_KEY}`): damaged"
+            )));
+        };
+        let stored = parse_crc(stored)
+            .ok_or_else(|| bad(format!("`{META_CRC_KEY}` is {stored:?}, not a CRC-32")))?;
+        let computed = meta_crc(json, crcs_json);
+        if computed != stored {
+            return Err(bad(format!(
+                "its metadata is damaged (checksum stored {stored:08x}, computed {computed:08x})"
+            )));
+        }
+        let texts: BTreeMap<String, String> =
+            serde_json::from_str(crcs_json).map_err(|e| TrainError::Json {
+                path: path.into(),
+                source: e,
+            })?;
+        let mut crcs = BTreeMap::new();
+        for (name, text) in texts {
+            let crc = parse_crc(&text).ok_or_else(|| {
+                bad(format!(
+                    "the checksum of `{name}` is {text:?}, not a CRC-32"
+                ))
+            })?;
+            crcs.insert(name, crc);
+        }
+        Ok(CheckpointHeader {
+            meta,
+            tensor_crcs: Some(crcs),
+        })
+    }
+}
+
+/// Opens a checkpoint file for reading: a regular file (a FIFO or a folder is named
+/// as such, never waited on).
+fn open(path: &Path) -> Result<std::fs::File> {
+    Ok(sv_core::fs::open_regular(path)?)
+}
+
+/// Reads only a checkpoint's metadata (checked against its checksum), without its
+/// tensors: what `--resume` compares its flags with.
+pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
+    let bad = |what: String| TrainError::Checkpoint {
+        path: path.into(),
+        what,
+    };
+    let mut file = open(path)?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut prefix = [0u8; 8];
+    if len < 8 {
+        return Err(bad(describe(&safetensors::SafeTensorError::HeaderTooSmall)));
+    }
+    file.read_exact(&mut prefix).map_err(io_err(path))?;
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_HEADER {
+        return Err(bad(describe(&safetensors::SafeTensorError::HeaderTooLarge)));
+    }
+    if n > len - 8 {
+        return Err(bad(describe(
+            &safetensors::SafeTensorError::InvalidHeaderLength,
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io_err(path))?;
+    #[derive(Deserialize)]
+    struct Table {
+        #[serde(rename = "__metadata__")]
+        metadata: Option<HashMap<String, String>>,
+    }
+    let table: Table = serde_json::from_slice(&header).map_err(|_| {
+        bad(describe(
+            &safetensors::SafeTensorError::InvalidHeaderDeserialization,
+        ))
+    })?;
+    CheckpointHeader::parse(path, table.metadata.as_ref())
+}
+
+/// Reads a checkpoint (tensors land on the CPU), checking its metadata and every
+/// tensor against their checksums.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let mut bytes = Vec::new();
+    open(path)?.read_to_end(&mut bytes).map_err(io_err(path))?;
     let bad = |what: String| TrainError::Checkpoint {
         path: path.into(),
         what,
     };
     let (_, metadata) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file ({e:?})")))?;
-    let json = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| bad("no `supervision` metadata: not written by supervision train".into()))?;
-    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| TrainError::Json {
-        path: path.into(),
-        source: e,
-    })?;
-    if meta.format != CHECKPOINT_FORMAT || meta.version != CHECKPOINT_VERSION {
-        return Err(bad(format!(
-            "format {} v{}, expected {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION}",
-            meta.format, meta.version
-        )));
-    }
+        .map_err(|e| bad(format!("not a safetensors file: {}", describe(&e))))?;
+    let header = CheckpointHeader::parse(path, metadata.metadata().as_ref())?;
     let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("corrupt tensor table ({e:?})")))?;
-    let mut meta = meta;
+        .map_err(|e| bad(format!("corrupt tensor table: {}", describe(&e))))?;
+    let mut meta = header.meta;
     let mut params = Vec::new();
     let mut velocities = Vec::new();
     let mut entries = st.tensors();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(crcs) = &header.tensor_crcs {
+        for (name, view) in &entries {
+            let stored = crcs
+                .get(name)
+                .ok_or_else(|| bad(format!("tensor `{name}` has no checksum: damaged or added")))?;
+            let computed = crc32fast::hash(view.data());
+            if computed != *stored {
+                return Err(bad(format!(
+                    "tensor `{name}` is damaged (checksum stored {stored:08x}, computed {computed:08x})"
+                )));
+            }
+        }
+        if let Some(missing) = crcs.keys().find(|n| !entries.iter().any(|(e, _)| e == *n)) {
+            return Err(bad(format!(
+                "tensor `{missing}` is missing (its checksum is there)"
+            )));
+        }
+    }
     for (name, view) in entries {
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!(

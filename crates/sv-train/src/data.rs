@@ -9,14 +9,20 @@
 //! prefetch thread: a seeded permutation per epoch, and for every sample a random crop,
 //! a reflection flag and PCA lighting offsets drawn from the keyed generator
 //! `sample_rng(seed, epoch, index)`, so a batch depends only on (seed, epoch, batch
-//! index) and a run resumes exactly from any position. Flips and lighting travel as flags and offsets and are applied on the
-//! device.
+//! index) and a run resumes exactly from any position. Flips and lighting travel as
+//! flags and offsets and are applied on the device. It checks every record's CRC-32
+//! as it reads it unless told not to ([`ShardSource::verify`]).
+//!
+//! [`DataSettings`] is what a checkpoint keeps of the data a run trained on, so a
+//! resumed run continues with the same augmentation and evaluation sees images of the
+//! size the model was trained on.
 
 use std::sync::Arc;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
 use sv_core::{sample_rng, stream_rng};
 use sv_shard::Dataset;
 
@@ -39,12 +45,32 @@ pub struct AugmentConfig {
     pub lighting: Option<Lighting>,
 }
 
+/// What batches were made of, beyond the trainer's own settings: kept in a
+/// checkpoint's configuration ([`crate::trainer::TrainConfig::data`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSettings {
+    /// Side of the stored square images the crops were taken from (the training
+    /// shards' side): evaluation must see images of this side.
+    pub side: u32,
+    /// Random reflections.
+    pub mirror: bool,
+    /// PCA lighting (None: off).
+    pub lighting: Option<Lighting>,
+    /// The loader that made the batches (`pipeline` or `simple`: their sample orders
+    /// differ).
+    pub loader: String,
+    /// The training set's manifest checksum (the same dataset gives the same one,
+    /// wherever it lies).
+    pub dataset: Option<String>,
+}
+
 /// A [`TrainData`] reading one shard set directly.
 pub struct ShardSource {
     data: Arc<Dataset>,
     batch_size: usize,
     seed: u64,
     aug: AugmentConfig,
+    verify: bool,
 }
 
 impl std::fmt::Debug for ShardSource {
@@ -81,7 +107,16 @@ impl ShardSource {
             batch_size,
             seed,
             aug,
+            verify: true,
         })
+    }
+
+    /// Whether each record's CRC-32 is checked as it is read (default: yes): a
+    /// damaged record is then an error naming its shard and record instead of
+    /// pixels trained on.
+    pub fn verify(mut self, on: bool) -> ShardSource {
+        self.verify = on;
+        self
     }
 }
 
@@ -101,6 +136,7 @@ struct EpochIter {
     seed: u64,
     epoch: u64,
     aug: AugmentConfig,
+    verify: bool,
     memory: HostMemory,
     image: Vec<u8>,
     pixels: Vec<u8>,
@@ -127,6 +163,9 @@ impl EpochIter {
         for slot in 0..self.batch_size {
             let index = self.order[start + slot] as usize;
             let rec = self.data.record(index).map_err(shard_err)?;
+            if self.verify {
+                rec.verify().map_err(shard_err)?;
+            }
             let pixels = rec.pixels(&mut self.image).map_err(shard_err)?;
             let mut rng = sample_rng(self.seed, self.epoch, index as u64);
             let y = rng.random_range(0..=side - crop);
@@ -193,6 +232,7 @@ impl TrainData for ShardSource {
             seed: self.seed,
             epoch,
             aug: self.aug,
+            verify: self.verify,
             memory,
             image: Vec::new(),
             pixels: vec![0; self.batch_size * crop * crop * 3],

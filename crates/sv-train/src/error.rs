@@ -34,8 +34,8 @@ pub enum TrainError {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    /// Reading or writing a file failed (the cause is the source, not repeated).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -54,8 +54,8 @@ pub enum TrainError {
     /// Writing a file atomically failed (the path and step are in the source).
     #[error(transparent)]
     File(#[from] sv_core::fs::FsError),
-    /// A JSON file (statistics, metrics) is malformed.
-    #[error("{path}: {source}")]
+    /// A JSON file (statistics, metrics) is malformed (the cause is the source).
+    #[error("{path}")]
     Json {
         /// The file.
         path: PathBuf,

@@ -233,6 +233,8 @@ pub fn evaluate_range(
         labels.clear();
         for i in 0..n {
             let rec = data.record(start + i).map_err(shard_err)?;
+            // a damaged record is an error naming it, never a silently wrong score
+            rec.verify().map_err(shard_err)?;
             rec.decode_into(&mut pixels[i * image_bytes..(i + 1) * image_bytes])
                 .map_err(shard_err)?;
             labels.push(i64::from(rec.label));

@@ -1,6 +1,10 @@
 //! Training metrics: top-k error counting and the JSON-lines log
 //! (`metrics.jsonl`), one object per line with a `kind` of `train` (a window of
 //! steps), `epoch` (end of an epoch, with validation errors) or `eval`.
+//!
+//! A resumed run continues the file of the run it resumes: [`drop_after`] first removes
+//! what an invocation killed after its last checkpoint wrote past it (the resumed run
+//! writes those steps again), so every step is logged once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -126,6 +130,72 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
     Ok(out)
 }
 
+/// Whether a line of a run's metrics belongs after the position (step `step`, epoch
+/// `epoch` in progress) that a run continues from: `train` lines of later steps,
+/// `epoch` lines of this epoch or later, `eval` lines (the final evaluation) from this
+/// step on, which the continued run writes again.
+fn is_after(record: &MetricsRecord, step: u64, epoch: u64) -> bool {
+    match *record {
+        MetricsRecord::Train { step: s, .. } => s > step,
+        MetricsRecord::Epoch { epoch: e, .. } => e >= epoch,
+        MetricsRecord::Eval { step: s, .. } => s >= step,
+    }
+}
+
+/// The largest metrics file [`drop_after`] reads (ImageNet's 90 epochs at the
+/// default interval write about 10 MB).
+const MAX_METRICS_BYTES: u64 = 1 << 30;
+
+/// Prepares the metrics file `path` for a run that continues from `step` (epoch
+/// `epoch` in progress; 0 and 0 for a new run): removes the records past that
+/// position (see [`is_after`]) and a last line cut short by a crash or a full disk,
+/// rewriting the file atomically (only when something changes; the lines kept are
+/// kept byte for byte). Returns how many lines went. A missing file is fine; a line
+/// before the last that is not a metrics record is an error naming it.
+pub fn drop_after(path: &Path, step: u64, epoch: u64) -> Result<usize> {
+    let bytes = match sv_core::fs::read_regular(path, MAX_METRICS_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut dropped = 0;
+    let mut lines = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .peekable();
+    while let Some((i, line)) = lines.next() {
+        let complete = line.ends_with(b"\n");
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            kept.extend_from_slice(line);
+            continue;
+        }
+        match serde_json::from_slice::<MetricsRecord>(text) {
+            Ok(r) if is_after(&r, step, epoch) => dropped += 1,
+            Ok(_) => {
+                kept.extend_from_slice(line);
+                if !complete {
+                    // whole, but its newline was lost: appending must start a new line
+                    kept.push(b'\n');
+                }
+            }
+            // the last line, cut short by a crash or a full disk
+            Err(_) if !complete && lines.peek().is_none() => dropped += 1,
+            Err(e) => {
+                return Err(TrainError::Json {
+                    path: PathBuf::from(format!("{}:{}", path.display(), i + 1)),
+                    source: e,
+                });
+            }
+        }
+    }
+    if kept != bytes {
+        sv_core::fs::write_atomic(path, &kept)?;
+    }
+    Ok(dropped)
+}
+
 /// Counts samples whose label is not the arg-max (top-1) and not among the `k` highest
 /// scores (top-k, `k` capped at the class count): returns `(top1_wrong, topk_wrong)`.
 pub fn topk_wrong(scores: &Tensor, labels: &Tensor, k: i64) -> Result<(i64, i64)> {
@@ -162,6 +232,100 @@ mod tests {
             topk_wrong(&s2, &Tensor::from_slice(&[0i64]), 5).unwrap(),
             (1, 0)
         );
+    }
+
+    fn train(step: u64, epoch: u64) -> MetricsRecord {
+        MetricsRecord::Train {
+            step,
+            epoch,
+            loss: 1.0 / step as f64,
+            top1_err: 0.5,
+            lr: 0.01,
+            images_per_s: 10.0,
+            data_wait_share: 0.0,
+        }
+    }
+
+    fn epoch_end(step: u64, epoch: u64) -> MetricsRecord {
+        MetricsRecord::Epoch {
+            step,
+            epoch,
+            train_loss: 1.0,
+            val_top1_err: None,
+            val_top5_err: None,
+            lr: 0.01,
+            images_per_s: 10.0,
+            data_wait_share: 0.0,
+        }
+    }
+
+    fn lines(records: &[MetricsRecord]) -> String {
+        records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect()
+    }
+
+    /// A run killed at step 7 after its checkpoint at step 4 (epoch 1 in progress,
+    /// 3 steps an epoch), then one resumed from step 4: the lines past step 4 go.
+    #[test]
+    fn drop_after_keeps_exactly_the_lines_up_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let before = [train(2, 0), train(3, 0), epoch_end(3, 0), train(4, 1)];
+        let after = [train(6, 1), epoch_end(6, 1), train(7, 2)];
+        let all: Vec<_> = before.iter().chain(&after).cloned().collect();
+        std::fs::write(&p, lines(&all) + "{\"kind\":\"train\",\"st").unwrap();
+        assert_eq!(drop_after(&p, 4, 1).unwrap(), after.len() + 1);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), lines(&before));
+        // nothing past the position: the file is left as it is
+        assert_eq!(drop_after(&p, 4, 1).unwrap(), 0);
+        assert_eq!(read_metrics(&p).unwrap(), before);
+        // at an epoch boundary (after epoch 0's line, step 3) and for a new run
+        assert_eq!(drop_after(&p, 3, 1).unwrap(), 1);
+        assert_eq!(read_metrics(&p).unwrap(), before[..3]);
+        assert_eq!(drop_after(&p, 0, 0).unwrap(), 3);
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+        assert_eq!(drop_after(&dir.path().join("none.jsonl"), 5, 0).unwrap(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+    }
+
+    /// The final evaluation at the last checkpoint's step is written again by a run
+    /// that continues from there; one whose newline was lost keeps its record.
+    #[test]
+    fn drop_after_handles_evaluations_and_lost_newlines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let eval = MetricsRecord::Eval {
+            step: 6,
+            mode: "ten-crop".into(),
+            images: 4,
+            top1_err: 0.5,
+            top5_err: 0.0,
+        };
+        std::fs::write(&p, lines(&[train(6, 1), epoch_end(6, 1), eval])).unwrap();
+        assert_eq!(drop_after(&p, 6, 2).unwrap(), 1);
+        assert_eq!(read_metrics(&p).unwrap(), [train(6, 1), epoch_end(6, 1)]);
+        let text = lines(&[train(2, 0), train(4, 0)]);
+        std::fs::write(&p, text.trim_end()).unwrap();
+        assert_eq!(drop_after(&p, 4, 0).unwrap(), 0);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+    }
+
+    /// A damaged line that is not the last is not silently dropped.
+    #[test]
+    fn drop_after_refuses_a_damaged_line_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let text = lines(&[train(2, 0)]) + "garbage\n" + &lines(&[train(4, 0)]);
+        std::fs::write(&p, &text).unwrap();
+        let err = drop_after(&p, 2, 0).unwrap_err();
+        assert!(err.to_string().contains("metrics.jsonl:2"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct TrainConfig {
     /// 0 turns dropout off, as tests comparing runs step by step need.
     #[serde(default)]
     pub dropout: Option<f64>,
+    /// What the data source makes batches of (image side, augmentation, loader), for
+    /// the checkpoint: the trainer does not read it; the caller keeps it true to the
+    /// [`TrainData`] it passes.
+    #[serde(default)]
+    pub data: Option<crate::data::DataSettings>,
 }
 
 impl Default for TrainConfig {
@@ -130,6 +135,7 @@ impl Default for TrainConfig {
             loss_scale: None,
             copy_stream: None,
             dropout: None,
+            data: None,
         }
     }
 }
@@ -289,6 +295,8 @@ pub struct Trainer {
     parallel: Option<parallel::DataParallel>,
     /// World size of the checkpoint this trainer resumed from.
     saved_world: Option<usize>,
+    /// The sums of the epoch in progress as the checkpoint resumed from had them.
+    resumed_sums: Option<Totals>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -374,6 +382,7 @@ impl Trainer {
             writer: CheckpointWriter::new(),
             parallel: None,
             saved_world: None,
+            resumed_sums: None,
         })
     }
 
@@ -434,6 +443,7 @@ impl Trainer {
             writer: CheckpointWriter::new(),
             parallel: None,
             saved_world: Some(ck.meta.world_size),
+            resumed_sums: ck.meta.epoch_sums.map(Totals::from),
         })
     }
 
@@ -481,6 +491,7 @@ impl Trainer {
             best_top1: self.best_top1,
             loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
             world_size: self.world_size(),
+            epoch_sums: None,
         })
     }
 
@@ -592,12 +603,18 @@ impl Trainer {
         if batches == 0 {
             return Err(TrainError::EmptyEpoch);
         }
+        if self.writes_files() {
+            // lines past this position are from an invocation killed after its checkpoint
+            crate::metrics::drop_after(&self.out_dir.join(METRICS_FILE), self.step, self.epoch)?;
+        }
         let mut run = RunState::open(&self.out_dir, self.writes_files(), on_event)?;
+        run.epoch = self.resumed_sums.take().unwrap_or_default();
         while self.epoch < self.config.epochs && !self.reached_max_steps() {
             let totals = self.train_epoch(data, batches, &mut run)?;
             run.total.merge(&totals);
             if self.batch_in_epoch < batches {
-                // --max-steps ended the run inside the epoch
+                // --max-steps ended the run inside the epoch; the checkpoint keeps its sums
+                run.epoch = totals;
                 let last = run.last.clone();
                 self.save(&last, &mut run)?;
                 break;
@@ -653,7 +670,12 @@ impl Trainer {
                 index: self.batch_in_epoch - 1,
                 of: batches,
             });
-            if window.steps() == self.config.log_every || last {
+            // a checkpoint closes the window too: the metrics up to its step are written
+            // before it, and the epoch's sums in it are complete
+            let checkpoint = !last
+                && self.config.checkpoint_every > 0
+                && self.step.is_multiple_of(self.config.checkpoint_every);
+            if window.steps() == self.config.log_every || last || checkpoint {
                 // The first window holds the warm-up, the last ends the epoch: waiting
                 // for the device there makes every window's wall time its own.
                 if first_window || last {
@@ -666,12 +688,9 @@ impl Trainer {
                     lr: self.schedule.lr,
                     waited: pf.take_waited(),
                 })?;
-                run.close_window(closed, last)?;
+                run.close_window(closed, last || checkpoint)?;
             }
-            if !last
-                && self.config.checkpoint_every > 0
-                && self.step.is_multiple_of(self.config.checkpoint_every)
-            {
+            if checkpoint {
                 let last_path = run.last.clone();
                 self.save(&last_path, run)?;
             }
@@ -814,7 +833,8 @@ impl Trainer {
         if !self.writes_files() {
             return Ok(());
         }
-        let ck = self.capture()?;
+        let mut ck = self.capture()?;
+        ck.set_epoch_sums(&run.epoch);
         self.writer.write(path, ck)?;
         (run.on_event)(Event::Checkpoint(path));
         Ok(())

@@ -10,6 +10,7 @@ use sv_train::checkpoint;
 use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
 use sv_train::eval::EvalMode;
 use sv_train::input::{Normalization, PixelMean};
+use sv_train::metrics::MetricsRecord;
 use sv_train::schedule::ScheduleConfig;
 use sv_train::trainer::TrainData;
 use sv_train::trainer::{LAST_CHECKPOINT, TrainConfig, Trainer};
@@ -734,4 +735,238 @@ fn a_failed_background_checkpoint_fails_the_run() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The train and epoch lines of a run's metrics, without the timings (which differ
+/// from run to run).
+fn logged(dir: &Path) -> Vec<(String, u64, u64, f64)> {
+    sv_train::metrics::read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            MetricsRecord::Train {
+                step, epoch, loss, ..
+            } => ("train".to_string(), step, epoch, loss),
+            MetricsRecord::Epoch {
+                step,
+                epoch,
+                train_loss,
+                ..
+            } => ("epoch".to_string(), step, epoch, train_loss),
+            MetricsRecord::Eval { step, .. } => ("eval".to_string(), step, 0, 0.0),
+        })
+        .collect()
+}
+
+/// kill -9 after a checkpoint: the run's metrics stop wherever the kill came (here
+/// one more step is logged, and a line is torn), its last.safetensors is the one
+/// written before. Resumed, the log holds every step once, and the epoch's mean loss
+/// counts the steps before the checkpoint.
+#[test]
+fn a_killed_run_resumed_logs_each_step_once() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 10, 1); // 5 batches
+    let val = make_set(&tmp.path().join("val"), Split::Val, 4, 2, 2);
+    let norm = Normalization::default();
+    let straight = tmp.path().join("straight");
+    trained(&straight, 8, &norm, &mut source(&train, 11), &val);
+
+    // Killed right after the periodic checkpoint at step 6 (inside epoch 1, log and
+    // checkpoint intervals 2): everything the run wrote until then stays.
+    let split = tmp.path().join("split");
+    let mut t = Trainer::new(config(Some(8)), classes(4), norm, Device::Cpu, &split).unwrap();
+    let mut step = 0;
+    let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.run(&mut source(&train, 11), Some(&val), &mut |e| match e {
+            sv_train::trainer::Event::Step { step: s, .. } => step = s,
+            sv_train::trainer::Event::Checkpoint(_) if step == 6 => panic!("kill -9"),
+            _ => {}
+        })
+    }));
+    assert!(killed.is_err());
+    drop(t); // the checkpoint being written lands
+    let mut m = std::fs::OpenOptions::new()
+        .append(true)
+        .open(split.join("metrics.jsonl"))
+        .unwrap();
+    let past = "{\"kind\":\"train\",\"step\":7,\"epoch\":1,\"loss\":9.0,\"top1_err\":1.0,\
+                \"lr\":0.01,\"images_per_s\":1.0,\"data_wait_share\":0.0}\n{\"kind\":\"tr";
+    std::io::Write::write_all(&mut m, past.as_bytes()).unwrap();
+    drop(m);
+    resumed(&split, 8, &mut source(&train, 11), &val);
+
+    let (a, b) = (logged(&straight), logged(&split));
+    let steps = |v: &[(String, u64, u64, f64)]| {
+        v.iter()
+            .map(|(k, s, e, _)| (k.clone(), *s, *e))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&a), steps(&b), "the same lines, once each");
+    for (x, y) in a.iter().zip(&b) {
+        // sums restored through the checkpoint's JSON may differ in the last bit
+        assert!(
+            (x.3 - y.3).abs() <= 1e-12 * x.3.abs(),
+            "{x:?} vs {y:?}: the epoch's mean loss counts all its steps"
+        );
+    }
+}
+
+/// The safetensors header of `path` as JSON, and the bytes after it.
+fn header(path: &Path) -> (serde_json::Value, Vec<u8>) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    (
+        serde_json::from_slice(&b[8..8 + n]).unwrap(),
+        b[8 + n..].to_vec(),
+    )
+}
+
+fn write_with_header(path: &Path, h: &serde_json::Value, data: &[u8]) {
+    let text = serde_json::to_vec(h).unwrap();
+    let mut b = (text.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(&text);
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+fn load_err(path: &Path) -> String {
+    let err = checkpoint::load(path).unwrap_err();
+    std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Every tensor and the metadata carry CRCs: a flipped byte anywhere is refused,
+/// naming the file and the tensor; errors are words, never safetensors' Debug text.
+#[test]
+fn a_damaged_checkpoint_is_refused_naming_the_tensor() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 4, 1);
+    let out = tmp.path().join("out");
+    let mut t = Trainer::new(
+        config(Some(2)),
+        classes(4),
+        Normalization::default(),
+        Device::Cpu,
+        &out,
+    )
+    .unwrap();
+    t.run(&mut source(&train, 1), None, &mut |_| {}).unwrap();
+    let good = out.join(LAST_CHECKPOINT);
+    checkpoint::load(&good).unwrap();
+    let (h, data) = header(&good);
+    let bad = tmp.path().join("bad.safetensors");
+    // one bit in the middle of each tensor (weights, momentum)
+    for (name, entry) in h.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let [start, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap() as usize);
+        let mut d = data.clone();
+        d[(start + end) / 2] ^= 0x04;
+        write_with_header(&bad, &h, &d);
+        let err = load_err(&bad);
+        assert!(
+            err.contains("bad.safetensors") && err.contains(&format!("tensor `{name}` is damaged")),
+            "{name}: {err}"
+        );
+    }
+    // the metadata: a value changed, a checksum dropped, a tensor's checksum dropped
+    let mut edited = h.clone();
+    let meta = edited["__metadata__"]["supervision"].as_str().unwrap();
+    let changed = meta.replacen("\"step\":2", "\"step\":3", 1);
+    assert_ne!(changed, meta);
+    edited["__metadata__"]["supervision"] = changed.into();
+    write_with_header(&bad, &edited, &data);
+    assert!(
+        load_err(&bad).contains("metadata is damaged"),
+        "{}",
+        load_err(&bad)
+    );
+    let mut edited = h.clone();
+    edited["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .remove("supervision.crc32");
+    write_with_header(&bad, &edited, &data);
+    assert!(
+        load_err(&bad).contains("without its checksums"),
+        "{}",
+        load_err(&bad)
+    );
+    // a file written before checksums existed (version 1) still loads
+    let mut v1 = h.clone();
+    let md = v1["__metadata__"].as_object_mut().unwrap();
+    md.remove("supervision.crc32");
+    md.remove("supervision.tensor_crc32");
+    let meta = md["supervision"]
+        .as_str()
+        .unwrap()
+        .replacen("\"version\":2", "\"version\":1", 1);
+    md.insert("supervision".into(), meta.into());
+    write_with_header(&bad, &v1, &data);
+    let ck = checkpoint::load(&bad).unwrap();
+    assert_eq!(ck.meta.version, 1);
+    // not a checkpoint at all: words, not `HeaderTooSmall`
+    for (bytes, want) in [
+        (b"hello".to_vec(), "shorter than a safetensors header"),
+        (
+            u64::MAX.to_le_bytes().to_vec(),
+            "header length is more than",
+        ),
+        (
+            std::fs::read(&good).unwrap()[..1000].to_vec(),
+            "runs past the end",
+        ),
+    ] {
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = load_err(&bad);
+        assert!(err.contains(want) && !err.contains("Header"), "{err}");
+    }
+    // a folder is named as one
+    let err = load_err(&out);
+    assert!(
+        err.contains("directory") && !err.contains("os error 21: Is a"),
+        "{err}"
+    );
+}
+
+/// The reference loader checks each record's CRC by default: a flipped payload byte
+/// stops training naming the shard and record; `verify(false)` reads it as it is.
+#[test]
+fn the_shard_source_checks_records() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train");
+    drop(make_set(&dir, Split::Train, 4, 4, 1));
+    let shard = dir.join("train-00000.svs");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5A;
+    std::fs::write(&shard, bytes).unwrap();
+    let train = Arc::new(Dataset::open(&dir).unwrap());
+    let run = |src: ShardSource, out: &str| {
+        Trainer::new(
+            config_for_epochs(1),
+            classes(4),
+            Normalization::default(),
+            Device::Cpu,
+            &tmp.path().join(out),
+        )
+        .unwrap()
+        .run(&mut { src }, None, &mut |_| {})
+    };
+    let err = run(source(&train, 1), "a").unwrap_err();
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("train-00000.svs") && chain.contains("record") && chain.contains("checksum"),
+        "{chain}"
+    );
+    run(source(&train, 1).verify(false), "b").unwrap();
 }

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use sv_cli::args::at_least_one;
 use sv_shard::Dataset;
 use sv_train::eval::{EvalMode, evaluate, load_for_inference};
 
@@ -23,10 +24,10 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub batch_size: usize,
     /// Score only the first N images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub limit: Option<usize>,
     /// Print the result as JSON.
     #[arg(long)]
@@ -37,12 +38,21 @@ pub fn run(args: Args) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
     let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
     let data = Dataset::open(&args.val).with_context(|| format!("open {}", args.val.display()))?;
-    if data.classes().len() as i64 != ck.meta.model.classes {
-        anyhow::bail!(
-            "{} has {} classes, the checkpoint's model {}",
-            args.val.display(),
-            data.classes().len(),
-            ck.meta.model.classes
+    sv_core::compare_classes(
+        &format!("the checkpoint ({})", args.checkpoint.display()),
+        &ck.meta.classes,
+        &format!("val ({})", args.val.display()),
+        data.classes(),
+    )
+    .context("refusing to score against other labels")?;
+    let side = data.geometry().side;
+    if let Some(trained) = ck.meta.trained_side()
+        && trained != side
+    {
+        bail!(
+            "{} was trained on {trained}x{trained} images, {} holds {side}x{side} images: its              crops would show the model another scale; build the val set with --size {trained}",
+            args.checkpoint.display(),
+            args.val.display()
         );
     }
     let mode = if args.ten_crop {

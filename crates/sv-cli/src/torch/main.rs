@@ -6,9 +6,10 @@ mod dist;
 mod eval;
 mod model;
 mod predict;
+mod resume;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// SuperVision's libtorch commands: train AlexNet, evaluate and apply checkpoints,
 /// describe the models. Usually run as `supervision <command>`.
@@ -36,10 +37,20 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // the matches say which flags were typed (train --resume compares only those)
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     sv_cli::init_tracing(cli.verbose);
+    // a shard truncated under a memory map: a message naming it, not "Bus error"
+    sv_shard::report_truncated_shards();
     let result = match cli.command {
-        Command::Train(args) => train::run(*args),
+        Command::Train(args) => {
+            let given = matches
+                .subcommand_matches("train")
+                .map(train::Given::from_matches)
+                .unwrap_or_default();
+            train::run(*args, &given)
+        }
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Model(cmd) => model::run(cmd),

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use sv_cli::args::at_least_one;
 use sv_image::{PrepConfig, Preprocessor};
 use sv_train::eval::{EvalMode, load_for_inference, predict_host};
 
@@ -19,11 +20,12 @@ pub struct Args {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Side of the stored square the image is first reduced to (the shards' side).
-    /// Default: the side of the checkpoint's mean image if it has one, else 256.
-    #[arg(long)]
+    /// Default: the side of the images the checkpoint was trained on (older
+    /// checkpoints: of its mean image if it has one, else 256).
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<u32>)]
     pub size: Option<u32>,
     /// How many classes to print per image.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub top: usize,
     /// Average the ten views instead of the centre crop.
     #[arg(long)]
@@ -39,12 +41,20 @@ pub struct Args {
 pub fn run(args: Args) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
     let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
-    let mean_side = ck.meta.normalization.mean_image.as_ref().map(|m| m.side);
-    let size = args.size.or(mean_side).unwrap_or(256);
-    if let Some(m) = mean_side
+    let trained = ck.meta.trained_side();
+    let size = args.size.or(trained).unwrap_or(256);
+    if let Some(m) = ck.meta.normalization.mean_image.as_ref().map(|m| m.side)
         && m != size
     {
         bail!("--size {size} differs from the checkpoint's {m}x{m} mean image");
+    }
+    if let Some(t) = trained
+        && t != size
+    {
+        bail!(
+            "--size {size}: {} was trained on {t}x{t} images; its crops of {size}x{size}              images would show it another scale (leave --size out to use {t})",
+            args.checkpoint.display()
+        );
     }
     let mut prep = Preprocessor::new(PrepConfig::with_side(size));
     let side = size as usize;

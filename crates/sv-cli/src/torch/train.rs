@@ -3,13 +3,18 @@
 //! `--out`. `--synthetic-data N` instead measures the compute-only ceiling: N steps on
 //! one batch already on the device (no pipeline).
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use sv_cli::args::at_least_one;
 use sv_shard::Dataset;
 use sv_stats::{MeanImage, PcaStats};
-use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
+use sv_train::checkpoint;
+use sv_train::data::{AugmentConfig, DataSettings, PipelineSource, ShardSource};
 use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
@@ -63,23 +68,23 @@ pub struct Args {
     #[arg(long, value_name = "raw|std")]
     pub input_scale: Option<String>,
     /// Epochs in total (a resumed run counts the epochs already done).
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 90, allow_negative_numbers = true, value_parser = at_least_one::<u64>)]
     pub epochs: u64,
     /// Stop after this many steps in total (writes a checkpoint).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<u64>)]
     pub max_steps: Option<u64>,
     /// Images per step on each rank (per GPU, as PyTorch DDP): with N ranks a step
     /// trains on a global batch of N x this, and --lr applies to that global batch.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub batch_size: usize,
-    /// Initial learning rate.
-    #[arg(long, default_value_t = 0.01)]
+    /// Initial learning rate (above 0).
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = positive)]
     pub lr: f64,
-    /// Momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// Momentum (0 or more, below 1).
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction)]
     pub momentum: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 0.0005)]
+    /// Weight decay (0 or more).
+    #[arg(long, default_value_t = 0.0005, allow_negative_numbers = true, value_parser = non_negative)]
     pub weight_decay: f64,
     /// Apply weight decay to biases too. true: the paper's update rule decays every
     /// parameter w; false: only weights, as Caffe's reference bvlc_alexnet
@@ -91,22 +96,23 @@ pub struct Args {
     pub schedule: String,
     /// Plateau: evaluations without improvement before dividing (4 keeps a noisy
     /// --val-limit subset from cutting the rate early; see the README).
-    #[arg(long, default_value_t = ScheduleConfig::PAPER_PATIENCE)]
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_PATIENCE, allow_negative_numbers = true)]
     pub patience: u32,
-    /// Plateau: decrease of the top-1 error (fraction) that counts as improvement.
-    #[arg(long, default_value_t = ScheduleConfig::PAPER_THRESHOLD)]
+    /// Plateau: decrease of the top-1 error (fraction, 0 or more, below 1) that counts
+    /// as improvement.
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_THRESHOLD, allow_negative_numbers = true, value_parser = fraction)]
     pub threshold: f64,
     /// Plateau and step: divide at most this many times (the paper: 3).
-    #[arg(long, default_value_t = PAPER_MAX_DROPS)]
+    #[arg(long, default_value_t = PAPER_MAX_DROPS, allow_negative_numbers = true)]
     pub max_drops: u32,
     /// Step: divide every N epochs.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, allow_negative_numbers = true, value_parser = at_least_one::<u32>)]
     pub step_every: u32,
-    /// Divisor of the rate at each drop.
-    #[arg(long, default_value_t = 10.0)]
+    /// Divisor of the rate at each drop (above 1).
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true, value_parser = above_one)]
     pub lr_divisor: f64,
     /// Seed for init, data order, augmentation and dropout.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -126,19 +132,27 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub copy_stream: bool,
     /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
-    #[arg(long, default_value_t = 65536.0)]
+    #[arg(long, default_value_t = 65536.0, allow_negative_numbers = true, value_parser = positive)]
     pub loss_scale: f64,
-    /// Continue from OUT/last.safetensors (run-length flags apply; the rest is restored).
-    #[arg(long)]
+    /// Continue the run in --out from its last.safetensors. Settings not given are the
+    /// checkpoint's; given ones that a run cannot change (model, batch size, rates,
+    /// schedule, seed, data and augmentation) must agree with it; run length,
+    /// intervals, precision and layout may change, and the change is reported.
+    #[arg(long, conflicts_with = "force")]
     pub resume: bool,
+    /// Start a new run in an --out folder that holds one: first delete that run's
+    /// files (last.safetensors, best.safetensors, metrics.jsonl and their temporary
+    /// leftovers); nothing else in the folder is touched.
+    #[arg(long)]
+    pub force: bool,
     /// Checkpoint every N steps (0: at epoch ends only).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     pub checkpoint_every: u64,
     /// Steps per metrics line.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = at_least_one::<u64>)]
     pub log_every: u64,
     /// Validate each epoch on at most N images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub val_limit: Option<usize>,
     /// Final evaluation on the centre crop only (default: ten-crop).
     #[arg(long)]
@@ -154,8 +168,13 @@ pub struct Args {
     #[arg(long, default_value = "pipeline")]
     pub loader: String,
     /// Pipeline worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub workers: Option<usize>,
+    /// Do not check each training record's CRC-32 as it is read (checked by default:
+    /// a damaged record stops training naming its shard and record; the cost is in
+    /// the README). Validation records are always checked.
+    #[arg(long)]
+    pub no_verify: bool,
     /// Pipeline: unmap each training record's pages once used, so resident memory
     /// stays independent of the dataset size (costs page faults on raw records; see
     /// `bench pipeline --release-pages`).
@@ -163,10 +182,10 @@ pub struct Args {
     pub release_pages: bool,
     /// Measure the compute-only ceiling: N timed steps on one synthetic batch already
     /// on the device, then exit (no data, no checkpoint).
-    #[arg(long, value_name = "STEPS")]
+    #[arg(long, value_name = "STEPS", allow_negative_numbers = true, value_parser = at_least_one::<u64>)]
     pub synthetic_data: Option<u64>,
     /// Classes of the synthetic ceiling run.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
     pub synthetic_classes: usize,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
@@ -176,10 +195,58 @@ pub struct Args {
     pub dist: super::dist::DistArgs,
 }
 
-fn schedule(args: &Args) -> Result<ScheduleConfig> {
-    if args.lr_divisor <= 1.0 {
-        bail!("--lr-divisor must be above 1, got {}", args.lr_divisor);
+/// A finite number for which `ok` holds; `what` says the range in words.
+fn number(text: &str, ok: fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if v.is_finite() && ok(v) {
+        Ok(v)
+    } else {
+        Err(format!("must be {what}"))
     }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    number(text, |v| v > 0.0, "above 0")
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    number(text, |v| v >= 0.0, "0 or more")
+}
+
+fn fraction(text: &str) -> Result<f64, String> {
+    number(text, |v| (0.0..1.0).contains(&v), "0 or more and below 1")
+}
+
+fn above_one(text: &str) -> Result<f64, String> {
+    number(text, |v| v > 1.0, "above 1")
+}
+
+/// The flags typed on the command line (defaults are not): a resumed run compares
+/// those with its checkpoint and takes the checkpoint's for the rest.
+#[derive(Debug, Default)]
+pub struct Given(BTreeSet<String>);
+
+impl Given {
+    /// The typed flags of `train`'s matches, by argument id (`batch_size`).
+    pub fn from_matches(m: &ArgMatches) -> Given {
+        Given(
+            m.ids()
+                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_string())
+                .collect(),
+        )
+    }
+
+    /// Whether the flag with argument id `id` was typed.
+    pub fn has(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+}
+
+fn schedule(args: &Args) -> Result<ScheduleConfig> {
     let factor = 1.0 / args.lr_divisor;
     Ok(match args.schedule.as_str() {
         "plateau" => ScheduleConfig::Plateau {
@@ -224,7 +291,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         },
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
-        log_every: args.log_every.max(1),
+        log_every: args.log_every,
         val_limit: args.val_limit,
         final_ten_crop: !args.no_ten_crop,
         prefetch_depth: 1,
@@ -237,13 +304,13 @@ fn config(args: &Args) -> Result<TrainConfig> {
         loss_scale: Some(args.loss_scale),
         copy_stream: Some(args.copy_stream),
         dropout: None,
+        data: None,
     })
 }
 
 /// Normalisation statistics and the PCA lighting (one type for both loaders).
 fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> {
     let Some(path) = &args.stats else {
-        tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
         return Ok((Normalization::default(), None));
     };
     let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
@@ -261,12 +328,163 @@ fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> 
     Ok((norm, Some(s.lighting(convention))))
 }
 
-pub fn run(args: Args) -> Result<i32> {
+/// `cpu` or `cuda:N`, as `--device` takes it.
+pub fn device_name(device: sv_train::Device) -> String {
+    match device {
+        sv_train::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}
+
+/// The files a run writes in its output folder.
+const RUN_FILES: [&str; 3] = [LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_FILE];
+
+/// The run files present in `out`, and the temporary files their writers left when
+/// killed (`.last.safetensors.<pid>.<n>.tmp`).
+fn run_files(out: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let present = RUN_FILES
+        .iter()
+        .map(|f| out.join(f))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    let mut leftovers = Vec::new();
+    let entries = match std::fs::read_dir(out) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((present, leftovers)),
+        Err(e) => return Err(e).with_context(|| format!("list {}", out.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("list {}", out.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if sv_core::fs::is_temp_name(&name)
+            && RUN_FILES
+                .iter()
+                .any(|f| name.starts_with(&format!(".{f}.")))
+        {
+            leftovers.push(entry.path());
+        }
+    }
+    Ok((present, leftovers))
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap_or_default().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the output folder holds decides how the run starts: a new run needs a folder
+/// without a run (or `--force`, which deletes that run's files first); `--resume`
+/// continues from `last.safetensors`. Returns the checkpoint to resume from.
+///
+/// In a data-parallel job only rank 0 (`lead`) deletes: the other ranks take the same
+/// decision from the same flags without touching the folder (rank 0 writes nothing
+/// before every rank has joined).
+fn prepare_out(args: &Args, lead: bool) -> Result<Option<PathBuf>> {
+    let out = &args.out;
+    if let Ok(m) = std::fs::metadata(out)
+        && !m.is_dir()
+    {
+        bail!(
+            "--out {} is {}, not a folder",
+            out.display(),
+            sv_core::fs::describe_type(m.file_type())
+        );
+    }
+    let (present, leftovers) = run_files(out)?;
+    let last = out.join(LAST_CHECKPOINT);
+    if args.force && !lead {
+        return Ok(None);
+    }
+    if args.force {
+        for p in present.iter().chain(&leftovers) {
+            if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "{} is a folder: --force deletes only a run's own files; move it away",
+                    p.display()
+                );
+            }
+            std::fs::remove_file(p).with_context(|| format!("delete {}", p.display()))?;
+        }
+        if !present.is_empty() {
+            eprintln!(
+                "--force: deleted the earlier run's {} in {}",
+                names(&present),
+                out.display()
+            );
+        }
+        return Ok(None);
+    }
+    if args.resume {
+        if last.exists() {
+            return Ok(Some(last));
+        }
+        if out.join(BEST_CHECKPOINT).exists() {
+            bail!(
+                "--resume: {} holds {BEST_CHECKPOINT} but no {LAST_CHECKPOINT} to continue from; \
+                 pass --force to start a new run there (deletes {})",
+                out.display(),
+                names(&present)
+            );
+        }
+        eprintln!("no {} yet: starting a new run", last.display());
+        return Ok(None);
+    }
+    if !present.is_empty() {
+        bail!(
+            "{} already holds a training run ({}): pass --resume to continue it, or --force to \
+             delete those files and start a new one",
+            out.display(),
+            names(&present)
+        );
+    }
+    Ok(None)
+}
+
+/// Shard sets' classes and image sides, checked before any work: val's classes must
+/// be train's, label for label, and its images of the same side; the model's crop
+/// must fit in the images.
+fn check_data(args: &Args, train: &Dataset, val: Option<&Dataset>, crop: i64) -> Result<()> {
+    let train_dir = args.train.as_deref().unwrap_or(Path::new("?"));
+    let side = train.geometry().side;
+    if crop > i64::from(side) {
+        bail!(
+            "the model takes {crop}x{crop} crops, larger than the {side}x{side} images of {}: \
+             build the shards with a larger --size (the paper: 256) or train a smaller model",
+            train_dir.display()
+        );
+    }
+    if let (Some(v), Some(vdir)) = (val, &args.val) {
+        sv_core::compare_classes(
+            &format!("train ({})", train_dir.display()),
+            train.classes(),
+            &format!("val ({})", vdir.display()),
+            v.classes(),
+        )
+        .context("refusing to validate with other labels (build val with --classes-from TRAIN)")?;
+        let vside = v.geometry().side;
+        if vside != side {
+            bail!(
+                "val ({}) holds {vside}x{vside} images, train ({}) {side}x{side}: validation \
+                 must see images of the side the model trains on",
+                vdir.display(),
+                train_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: Args, given: &Given) -> Result<i32> {
     let (device, job) = match Role::resolve(&args.dist)? {
         Role::Parent(n) => return dist::run_local_ranks(n, &args.dist, &args.device),
         Role::Single => (sv_train::parse_device(&args.device)?, None),
         Role::Rank(env) => (dist::rank_device(&env, &args.device)?, Some(env)),
     };
+    // rank 0 speaks for the job and alone touches the output folder
+    let lead = job.as_ref().is_none_or(|e| e.rank == 0);
     let cfg = config(&args)?;
     if let Some(steps) = args.synthetic_data {
         return ceiling(&args, cfg, device, steps, job.as_ref());
@@ -279,6 +497,9 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
+    if !["pipeline", "simple"].contains(&args.loader.as_str()) {
+        bail!("unknown --loader {} (pipeline, simple)", args.loader);
+    }
     let (mut norm, lighting) = stats(&args)?;
     if let Some(path) = &args.mean_image {
         let m = MeanImage::load_npy(path)
@@ -297,43 +518,79 @@ pub fn run(args: Args) -> Result<i32> {
                 .with_context(|| format!("the mean image {}", path.display()))?,
         );
     }
-    let last = args.out.join(LAST_CHECKPOINT);
-    let mut trainer = if args.resume && last.exists() {
-        if args.mean_image.is_some() {
-            eprintln!(
-                "resuming: --mean-image is ignored, the normalisation saved in {} applies",
-                last.display()
-            );
+    let data = DataSettings {
+        side: train.geometry().side,
+        mirror: !args.no_mirror,
+        lighting,
+        loader: args.loader.clone(),
+        dataset: train.manifest().checksum.clone(),
+    };
+    let resume_from = prepare_out(&args, lead)?;
+    if lead && resume_from.is_none() && args.stats.is_none() {
+        tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
+    }
+    let (cfg, crop) = match &resume_from {
+        Some(last) => {
+            let header = checkpoint::read_header(last)
+                .with_context(|| format!("resume from {}", last.display()))?;
+            let cfg = super::resume::settings(
+                &super::resume::Invocation {
+                    args: &args,
+                    given,
+                    config: cfg,
+                    train: &train,
+                    norm: &norm,
+                    data,
+                },
+                &header,
+            )
+            .with_context(|| format!("--resume from {}", last.display()))?;
+            (cfg, header.meta.model.input_side)
         }
-        Trainer::resume(&last, cfg, device, &args.out)
-            .with_context(|| format!("resume from {}", last.display()))?
-    } else {
-        if args.resume {
-            eprintln!("no {} yet: starting a new run", last.display());
+        None => {
+            let spec = ModelSpec::by_name(&args.model, train.classes().len() as i64)?;
+            let cfg = TrainConfig {
+                data: Some(data),
+                ..cfg
+            };
+            (cfg, spec.input_side)
         }
-        Trainer::new(cfg, train.classes().to_vec(), norm, device, &args.out)?
+    };
+    check_data(&args, &train, val.as_ref(), crop)?;
+    let mut trainer = match &resume_from {
+        Some(last) => Trainer::resume(last, cfg, device, &args.out)
+            .with_context(|| format!("resume from {}", last.display()))?,
+        None => Trainer::new(cfg, train.classes().to_vec(), norm, device, &args.out)?,
     };
     let spec = trainer.model().spec().clone();
-    if spec.classes != train.classes().len() as i64 {
-        bail!(
-            "{} has {} classes, the model {}",
-            train_dir.display(),
-            train.classes().len(),
-            spec.classes
-        );
-    }
     let cfg = trainer.config().clone();
-    let mut source: Box<dyn TrainData> = match args.loader.as_str() {
-        "pipeline" => {
+    let data = cfg.data.clone().context("the run's data settings")?;
+    let mut source: Box<dyn TrainData> = match data.loader.as_str() {
+        "simple" if job.as_ref().is_some_and(|e| e.world_size > 1) => {
+            bail!("--loader simple reads the whole epoch on every rank; use --loader pipeline")
+        }
+        "simple" => {
+            let aug = AugmentConfig {
+                crop: spec.input_side as usize,
+                mirror: data.mirror,
+                lighting: data.lighting,
+            };
+            Box::new(
+                ShardSource::new(train.clone(), cfg.batch_size, cfg.seed, aug)?
+                    .verify(!args.no_verify),
+            )
+        }
+        _ => {
             let config = sv_pipeline::LoaderConfig {
                 batch_size: cfg.batch_size,
                 seed: cfg.seed,
-                workers: args.workers.unwrap_or_else(num_cpus::get).max(1),
+                workers: args.workers.unwrap_or_else(num_cpus::get),
                 augment: sv_pipeline::Augment::Train {
                     crop: spec.input_side as u32,
-                    flip: !args.no_mirror,
-                    lighting,
+                    flip: data.mirror,
+                    lighting: data.lighting,
                 },
+                verify: !args.no_verify,
                 release_pages: args.release_pages,
                 // this rank's slice of every epoch
                 rank: job.as_ref().map_or(0, |e| e.rank),
@@ -342,23 +599,6 @@ pub fn run(args: Args) -> Result<i32> {
             };
             Box::new(PipelineSource::new(train.clone(), config)?)
         }
-        "simple" if job.as_ref().is_some_and(|e| e.world_size > 1) => {
-            bail!("--loader simple reads the whole epoch on every rank; use --loader pipeline")
-        }
-        "simple" => {
-            let aug = AugmentConfig {
-                crop: spec.input_side as usize,
-                mirror: !args.no_mirror,
-                lighting,
-            };
-            Box::new(ShardSource::new(
-                train.clone(),
-                cfg.batch_size,
-                cfg.seed,
-                aug,
-            )?)
-        }
-        l => bail!("unknown --loader {l} (pipeline, simple)"),
     };
     if let Some(env) = &job {
         let coll = dist::join(env, device, &args.dist)?;
@@ -378,9 +618,10 @@ pub fn run(args: Args) -> Result<i32> {
     };
     if lead {
         eprintln!(
-            "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}{ranks}, from step {}",
+            "training {} ({} parameters) on {}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}{ranks}, from step {}",
             spec.name,
             trainer.model().param_count(),
+            device_name(device),
             cfg.precision_on(device).as_str(),
             if cfg.channels_last_on(device) {
                 ", channels-last"
@@ -432,6 +673,8 @@ pub fn run(args: Args) -> Result<i32> {
     if !lead {
         return Ok(0);
     }
+    // a new run stopped before its first checkpoint has none to name
+    let checkpoint = Some(outcome.checkpoint.clone()).filter(|p| p.exists());
     let summary = serde_json::json!({
         "model": spec.name,
         "steps": outcome.steps,
@@ -442,16 +685,17 @@ pub fn run(args: Args) -> Result<i32> {
         "val_top5_err": outcome.last_val.map(|r| r.top5_err),
         "final_eval": outcome.final_eval.map(|(m, r)| serde_json::json!({
             "mode": m.as_str(), "images": r.images, "top1_err": r.top1_err, "top5_err": r.top5_err})),
-        "checkpoint": outcome.checkpoint,
+        "checkpoint": checkpoint,
         "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
-        "device": format!("{device:?}"),
+        "device": device_name(device),
         "precision": cfg.precision_on(device).as_str(),
         "channels_last": cfg.channels_last_on(device),
-        "copy_stream": device.is_cuda() && args.copy_stream,
+        "copy_stream": device.is_cuda() && cfg.copy_stream.unwrap_or(true),
         "input_scale": spec.input_scale.as_str(),
         "world_size": world,
         "global_batch": cfg.batch_size * world,
+        "verified": !args.no_verify,
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
@@ -478,7 +722,10 @@ pub fn run(args: Args) -> Result<i32> {
                 100.0 * r.top5_err
             );
         }
-        sv_cli::outln!("checkpoint: {}", outcome.checkpoint.display());
+        match &checkpoint {
+            Some(p) => sv_cli::outln!("checkpoint: {}", p.display()),
+            None => sv_cli::outln!("checkpoint: none written"),
+        }
         sv_cli::outln!("metrics:    {}", args.out.join(METRICS_FILE).display());
     }
     Ok(0)
@@ -515,7 +762,7 @@ fn ceiling(
     }
     let v = serde_json::json!({
         "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
-        "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
+        "warmup_steps": warmup, "images_per_s": ips, "device": device_name(device),
         "precision": precision.as_str(), "channels_last": channels_last,
         "world_size": t.world_size(), "collective": if job.is_some() { "nccl" } else { "none" },
     });
@@ -523,8 +770,9 @@ fn ceiling(
         sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         sv_cli::outln!(
-            "compute-only ceiling: {} batch {batch} on {device:?} ({}{}): {ips:.1} images/s over {steps} steps",
+            "compute-only ceiling: {} batch {batch} on {} ({}{}): {ips:.1} images/s over {steps} steps",
             spec.name,
+            device_name(device),
             precision.as_str(),
             if channels_last { ", channels-last" } else { "" }
         );

@@ -139,7 +139,7 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
                     let g = step(&model, &mut opt, &mut coll, &x, &y).unwrap();
                     first_grad.get_or_insert(g);
                     // Bit-identical on every rank after every step.
-                    verify_identical(&mut coll, model.params()).unwrap();
+                    verify_identical(&mut coll, model.params(), "after a step").unwrap();
                     sums.push(checksum(model.params()).unwrap());
                 }
                 (snapshot(&model), sums, first_grad.unwrap())
@@ -230,7 +230,7 @@ fn different_initial_weights_are_caught_by_the_checksum() {
                 let r = coll.rank();
                 let p = [Tensor::full([4], r as f64, (Kind::Float, Device::Cpu))];
                 // No broadcast: ranks 1 and 2 differ from rank 0.
-                verify_identical(&mut coll, &p).map_err(|e| e.to_string())
+                verify_identical(&mut coll, &p, "after the broadcast").map_err(|e| e.to_string())
             })
         })
         .collect();
