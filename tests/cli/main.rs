@@ -2,6 +2,7 @@
 //! generates (synthetic images, generated shards) and checks behaviour, not speed.
 
 mod bench;
+mod outputs;
 mod pca;
 mod shard;
 mod startup;

@@ -20,7 +20,7 @@ use crate::checkpoint::{self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointM
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
 use crate::input::{DeviceNorm, Normalization};
-use crate::metrics::{MetricsRecord, MetricsWriter};
+use crate::metrics::{MetricsRecord, MetricsSink};
 use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, SgdConfig};
 use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch};
@@ -64,6 +64,10 @@ pub struct TrainConfig {
     pub final_ten_crop: bool,
     /// Batches staged ahead by the prefetch thread.
     pub prefetch_depth: usize,
+    /// Epoch checkpoints kept besides last and best (0: none), see
+    /// [`checkpoint::keep_epoch`].
+    #[serde(default)]
+    pub keep_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -83,6 +87,7 @@ impl Default for TrainConfig {
             val_limit: None,
             final_ten_crop: true,
             prefetch_depth: 1,
+            keep_epochs: 0,
         }
     }
 }
@@ -381,7 +386,7 @@ impl Trainer {
         }
         let device = self.model.device();
         let memory = HostMemory::for_device(device);
-        let mut metrics = MetricsWriter::append(&self.out_dir.join(METRICS_FILE))?;
+        let mut metrics = MetricsSink::open(&self.out_dir, self.step)?;
         let last = self.out_dir.join(LAST_CHECKPOINT);
         let mut last_val = None;
         let (mut total_wait, mut total_time, mut total_images) =
@@ -540,6 +545,10 @@ impl Trainer {
             on_event(Event::Record(&rec));
             self.save_checkpoint(&last)?;
             on_event(Event::Checkpoint(&last));
+            let keep = self.config.keep_epochs;
+            if let Some(p) = checkpoint::keep_epoch(&self.out_dir, &last, self.epoch, keep)? {
+                on_event(Event::Checkpoint(&p));
+            }
             if let Some(r) = val_result {
                 if self.best_top1.is_none_or(|b| r.top1_err < b) {
                     self.best_top1 = Some(r.top1_err);

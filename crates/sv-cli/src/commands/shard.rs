@@ -171,7 +171,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         force: a.force,
     };
     let started = Instant::now();
-    let bar = progress::bar(0, "images");
+    let bar = progress::bar("shard build", 0, "images");
     let on_progress = |p: Progress| match p {
         Progress::Start { total, done } => {
             bar.set_length(total as u64);
@@ -246,7 +246,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
 fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = sv_shard::Manifest::load(&a.dir)?;
     let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
-    let bar = progress::bar(total, "bytes");
+    let bar = progress::bar("shard verify", total, "bytes");
     let report =
         sv_shard::verify::verify_dataset(&a.dir, a.workers.unwrap_or_else(num_cpus::get), &|b| {
             bar.inc(b)
@@ -435,7 +435,7 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let side = ds.geometry().side;
-    let bar = progress::bar(indices.len() as u64, "images");
+    let bar = progress::bar("shard export", indices.len() as u64, "images");
     let mut scratch = Vec::new();
     for &i in &indices {
         let rec = ds.record(i)?;

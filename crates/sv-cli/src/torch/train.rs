@@ -11,7 +11,7 @@ use sv_shard::Dataset;
 use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
 use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
 use sv_train::input::{Normalization, PixelMean};
-use sv_train::metrics::MetricsRecord;
+use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR};
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
 use sv_train::schedule::ScheduleConfig;
@@ -40,7 +40,8 @@ pub struct Args {
     /// so eval, predict and --resume use it too.
     #[arg(long, value_name = "FILE.npy")]
     pub mean_image: Option<PathBuf>,
-    /// Output directory: metrics.jsonl, last.safetensors, best.safetensors.
+    /// Output directory: metrics.jsonl, tensorboard/ (event files for `tensorboard
+    /// --logdir OUT`), last.safetensors, best.safetensors, epoch-NNNN.safetensors (--keep).
     #[arg(long)]
     pub out: PathBuf,
     /// alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
@@ -131,6 +132,11 @@ pub struct Args {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Keep the checkpoints of the last N epochs as OUT/epoch-NNNN.safetensors (NNNN:
+    /// epochs done), besides last.safetensors and best.safetensors; older ones are
+    /// deleted once the new one is in place (timm's --checkpoint-hist). 0: none.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep: usize,
 }
 
 fn schedule(args: &Args) -> Result<ScheduleConfig> {
@@ -177,6 +183,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         val_limit: args.val_limit,
         final_ten_crop: !args.no_ten_crop,
         prefetch_depth: 1,
+        keep_epochs: args.keep,
     })
 }
 
@@ -325,25 +332,18 @@ pub fn run(args: Args) -> Result<i32> {
         cfg.batch_size,
         trainer.step()
     );
-    let pb = sv_cli::progress::bar(total_steps, "steps");
+    let pb = sv_cli::progress::bar("train", total_steps, "steps");
     pb.set_position(trainer.step());
+    pb.reset_eta();
+    let mut clock = std::time::Instant::now(); // since the last epoch line
     let outcome = trainer.run(source.as_mut(), val.as_ref(), &mut |e| match e {
         Event::Step { step, .. } => pb.set_position(step),
-        Event::Record(MetricsRecord::Train {
-            loss,
-            images_per_s,
-            data_wait_share,
-            lr,
-            epoch,
-            ..
-        }) => pb.set_message(format!(
-            "epoch {epoch} loss {loss:.3} lr {lr:.0e} {images_per_s:.0} img/s wait {:.1}%",
-            100.0 * data_wait_share
-        )),
-        Event::Record(r @ MetricsRecord::Epoch { .. }) => {
-            pb.println(serde_json::to_string(r).unwrap_or_default())
+        Event::Record(r @ MetricsRecord::Train { .. }) => pb.status(r.to_string()),
+        Event::Record(r) => {
+            pb.println(format!("{r} ({:.1} s)", clock.elapsed().as_secs_f64()));
+            clock = std::time::Instant::now();
         }
-        Event::EvalStart { total } => pb.set_message(format!("validating on {total} images")),
+        Event::EvalStart { total } => pb.status(format!("validating on {total} images")),
         _ => {}
     })?;
     pb.finish_and_clear();
@@ -360,6 +360,7 @@ pub fn run(args: Args) -> Result<i32> {
         "checkpoint": outcome.checkpoint,
         "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
+        "tensorboard": args.out.join(TENSORBOARD_DIR),
         "device": format!("{device:?}"),
     });
     if args.json {
@@ -389,6 +390,11 @@ pub fn run(args: Args) -> Result<i32> {
         }
         sv_cli::outln!("checkpoint: {}", outcome.checkpoint.display());
         sv_cli::outln!("metrics:    {}", args.out.join(METRICS_FILE).display());
+        sv_cli::outln!(
+            "tensorboard: {} (tensorboard --logdir {})",
+            args.out.join(TENSORBOARD_DIR).display(),
+            args.out.display()
+        );
     }
     Ok(0)
 }
