@@ -49,7 +49,7 @@ pub fn load_for_inference(
     let ck = crate::checkpoint::load(path)?;
     let mut model = Model::new(&ck.meta.model, device)?;
     model.load_params(&ck.params, path)?;
-    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let norm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?;
     Ok((ck, model, norm))
 }
 

@@ -2,6 +2,10 @@
 //!
 //! `v <- momentum * v - weight_decay * lr * w - lr * grad;  w <- w + v`
 //!
+//! Weight decay on biases. The formula decays `w`, every parameter: that is the
+//! default here. Caffe's reference `bvlc_alexnet` exempts biases (`decay_mult: 0` on
+//! every bias blob); [`SgdConfig::decay_biases`] `= false` follows it.
+//!
 //! libtorch's SGD folds the learning rate in differently (it keeps `v` without `lr`),
 //! which equals this rule only while `lr` is constant; after a schedule drop the two
 //! diverge, so the rule is hand-written and its velocities are saved in checkpoints.
@@ -18,6 +22,14 @@ pub struct SgdConfig {
     pub momentum: f64,
     /// Weight decay (0.0005 in the paper).
     pub weight_decay: f64,
+    /// Decay biases too (the paper's formula, the default) or only weights (Caffe's
+    /// bvlc_alexnet, `decay_mult: 0` on biases).
+    #[serde(default = "decay_biases_default")]
+    pub decay_biases: bool,
+}
+
+fn decay_biases_default() -> bool {
+    true
 }
 
 impl Default for SgdConfig {
@@ -25,6 +37,7 @@ impl Default for SgdConfig {
         SgdConfig {
             momentum: 0.9,
             weight_decay: 0.0005,
+            decay_biases: true,
         }
     }
 }
@@ -33,6 +46,7 @@ impl Default for SgdConfig {
 pub struct PaperSgd {
     config: SgdConfig,
     velocities: Vec<Tensor>,
+    decayed: Vec<bool>,
 }
 
 impl std::fmt::Debug for PaperSgd {
@@ -45,13 +59,22 @@ impl std::fmt::Debug for PaperSgd {
 }
 
 impl PaperSgd {
-    /// Zero velocities shaped like `params`.
-    pub fn new(params: &[Tensor], config: SgdConfig) -> Result<PaperSgd> {
+    /// Zero velocities shaped like `params` (named `names`: those ending in `.bias`
+    /// are biases).
+    pub fn new(params: &[Tensor], names: &[String], config: SgdConfig) -> Result<PaperSgd> {
         let velocities = params
             .iter()
             .map(|p| p.f_zeros_like().ctx(|| "allocate velocity".into()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(PaperSgd { config, velocities })
+        let decayed = names
+            .iter()
+            .map(|n| config.decay_biases || !n.ends_with(".bias"))
+            .collect();
+        Ok(PaperSgd {
+            config,
+            velocities,
+            decayed,
+        })
     }
 
     /// The momentum buffers, in the order of the parameters.
@@ -86,8 +109,16 @@ impl PaperSgd {
     /// computed), then clears the gradients.
     pub fn step(&mut self, params: &[Tensor], lr: f64) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        let decay = -self.config.weight_decay * lr;
-        for (w, v) in params.iter().zip(self.velocities.iter_mut()) {
+        for ((w, v), &decayed) in params
+            .iter()
+            .zip(self.velocities.iter_mut())
+            .zip(&self.decayed)
+        {
+            let decay = if decayed {
+                -self.config.weight_decay * lr
+            } else {
+                0.0
+            };
             let grad = w.grad();
             if !grad.defined() {
                 continue;
@@ -118,11 +149,8 @@ mod tests {
         // loss = sum(w * c) makes grad = c exactly.
         let w = Tensor::from_slice(&[1.0f64, -2.0, 0.5]).set_requires_grad(true);
         let c = Tensor::from_slice(&[0.3f64, 0.1, -4.0]);
-        let cfg = SgdConfig {
-            momentum: 0.9,
-            weight_decay: 0.0005,
-        };
-        let mut opt = PaperSgd::new(std::slice::from_ref(&w), cfg).unwrap();
+        let cfg = SgdConfig::default();
+        let mut opt = PaperSgd::new(std::slice::from_ref(&w), &["w.weight".into()], cfg).unwrap();
         let lr = 0.01;
         // Step 1: v = -0.0005*0.01*w - 0.01*c ; w += v
         (&w * &c).sum(Kind::Double).backward();
@@ -162,5 +190,36 @@ mod tests {
             "gradients cleared"
         );
         let _ = Device::Cpu;
+    }
+
+    /// With `decay_biases: false` (Caffe's bvlc_alexnet) a bias moves by the gradient
+    /// term alone; a weight is still decayed. With the default both are.
+    #[test]
+    fn bias_decay_is_a_choice() {
+        for decay_biases in [true, false] {
+            let w = Tensor::from_slice(&[2.0f64]).set_requires_grad(true);
+            let b = Tensor::from_slice(&[3.0f64]).set_requires_grad(true);
+            let cfg = SgdConfig {
+                decay_biases,
+                ..SgdConfig::default()
+            };
+            let names = ["fc.weight".to_string(), "fc.bias".to_string()];
+            let params = [w.shallow_clone(), b.shallow_clone()];
+            let mut opt = PaperSgd::new(&params, &names, cfg).unwrap();
+            (&w * 0.5 + &b * 0.25).sum(Kind::Double).backward();
+            opt.step(&params, 0.1).unwrap();
+            let w1 = w.double_value(&[0]);
+            let b1 = b.double_value(&[0]);
+            assert!((w1 - (2.0 - 0.0005 * 0.1 * 2.0 - 0.1 * 0.5)).abs() < 1e-15);
+            let want_b = if decay_biases {
+                3.0 - 0.0005 * 0.1 * 3.0 - 0.1 * 0.25
+            } else {
+                3.0 - 0.1 * 0.25
+            };
+            assert!(
+                (b1 - want_b).abs() < 1e-15,
+                "decay_biases {decay_biases}: {b1}"
+            );
+        }
     }
 }

@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointMeta};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
-use crate::input::{DeviceNorm, Normalization};
+use crate::input::{DeviceNorm, InputScale, Normalization};
 use crate::metrics::{MetricsRecord, MetricsSink};
 use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, SgdConfig};
@@ -40,6 +40,10 @@ pub struct TrainConfig {
     pub model: String,
     /// Override of the model's default initialisation.
     pub init: Option<InitScheme>,
+    /// Override of the model's input scale (`alexnet`: the paper's centred raw values;
+    /// `alexnet-owt`: mean/std as torchvision).
+    #[serde(default)]
+    pub input_scale: Option<InputScale>,
     /// Images per step (128 in the paper).
     pub batch_size: usize,
     /// Epochs to train in total.
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
         TrainConfig {
             model: "alexnet".into(),
             init: None,
+            input_scale: None,
             batch_size: 128,
             epochs: 90,
             max_steps: None,
@@ -199,11 +204,14 @@ impl Trainer {
         if let Some(init) = config.init {
             spec.init = init;
         }
+        if let Some(scale) = config.input_scale {
+            spec.input_scale = scale;
+        }
         tch::manual_seed(step_seed(config.seed, u64::MAX));
         let model = Model::new(&spec, device)?;
-        let opt = PaperSgd::new(model.params(), config.sgd)?;
+        let opt = PaperSgd::new(model.params(), model.names(), config.sgd)?;
         let schedule = Schedule::new(config.schedule.clone(), config.lr)?;
-        let dnorm = DeviceNorm::new(&norm, device)?;
+        let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?;
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
         Ok(Trainer {
             config,
@@ -239,6 +247,7 @@ impl Trainer {
         let config = TrainConfig {
             model: saved.model,
             init: saved.init,
+            input_scale: saved.input_scale,
             batch_size: saved.batch_size,
             lr: saved.lr,
             schedule: saved.schedule,
@@ -248,10 +257,10 @@ impl Trainer {
         };
         let mut model = Model::new(&ck.meta.model, device)?;
         model.load_params(&ck.params, path)?;
-        let mut opt = PaperSgd::new(model.params(), config.sgd)?;
+        let mut opt = PaperSgd::new(model.params(), model.names(), config.sgd)?;
         let vel = ck.velocities_for(model.names(), path)?;
         opt.load_velocities(vel)?;
-        let dnorm = DeviceNorm::new(&ck.meta.normalization, device)?;
+        let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?;
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
         Ok(Trainer {
             config,

@@ -92,6 +92,7 @@ fn config(max_steps: Option<u64>) -> TrainConfig {
             threshold: 0.0,
             factor: 0.1,
             min_lr: 1e-6,
+            max_drops: 3,
         },
         seed: 11,
         checkpoint_every: 2,
@@ -224,10 +225,11 @@ fn tiny_model_learns_well_above_chance() {
         std: [50.0; 3],
         mean_image: None,
     };
+    // lr 0.005: at 0.01 the tiny model's loss sometimes jumps (seen in some seeds)
     let cfg = TrainConfig {
         epochs: 3,
         max_steps: None,
-        lr: 0.01,
+        lr: 0.005,
         schedule: ScheduleConfig::Constant,
         checkpoint_every: 0,
         log_every: 8,
@@ -366,7 +368,7 @@ fn lrn_matches_pytorch_local_response_norm() {
     };
     let (input, want) = (nums("input"), nums("output"));
     let x = tch::Tensor::from_slice(&input).reshape(&shape);
-    let y = sv_train::lrn::local_response_norm(&x, sv_train::lrn::LrnParams::PAPER).unwrap();
+    let y = sv_train::lrn::local_response_norm(&x, sv_train::lrn::LrnParams::PAPER, 1).unwrap();
     let got: Vec<f64> = Vec::try_from(y.flatten(0, -1)).unwrap();
     let mut changed = 0;
     for (i, ((g, w), a)) in got.iter().zip(&want).zip(&input).enumerate() {
@@ -408,7 +410,7 @@ fn cuda_matches_cpu() {
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 3, 2, 1, 0]).to_device(device);
         let logits = model.forward(&x, false).unwrap();
         logits.cross_entropy_for_logits(&y).backward();
-        let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+        let mut opt = PaperSgd::new(model.params(), model.names(), SgdConfig::default()).unwrap();
         opt.step(model.params(), 0.01).unwrap();
         let w: Vec<Vec<f32>> = model
             .params()

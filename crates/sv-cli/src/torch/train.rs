@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
 use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
 use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
-use sv_train::input::{Normalization, PixelMean};
+use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR};
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
-use sv_train::schedule::ScheduleConfig;
+use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
 use sv_train::sv_pipeline;
 use sv_train::trainer::{
     BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
@@ -47,9 +47,17 @@ pub struct Args {
     /// alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
     #[arg(long, default_value = "alexnet")]
     pub model: String,
-    /// Weight init: paper, torch, kaiming (default: the model's own).
-    #[arg(long)]
+    /// Weight init: paper (N(0, 0.01^2), the paper's biases), torch (PyTorch's
+    /// default), kaiming (He et al.). Default: the model's own (alexnet: paper;
+    /// alexnet-owt: torch; the tiny models: kaiming).
+    #[arg(long, value_name = "paper|torch|kaiming")]
     pub init: Option<String>,
+    /// Input values: `raw` = 0-255 minus the mean (image), nothing else (the paper,
+    /// section 2); `std` = also divided by the channel std of --stats (torchvision's
+    /// recipe). Default: the model's own (alexnet: raw; alexnet-owt and the tiny
+    /// models: std). Kept in the checkpoint for eval, predict and --resume.
+    #[arg(long, value_name = "raw|std")]
+    pub input_scale: Option<String>,
     /// Epochs in total (a resumed run counts the epochs already done).
     #[arg(long, default_value_t = 90)]
     pub epochs: u64,
@@ -68,15 +76,24 @@ pub struct Args {
     /// Weight decay.
     #[arg(long, default_value_t = 0.0005)]
     pub weight_decay: f64,
+    /// Apply weight decay to biases too. true: the paper's update rule decays every
+    /// parameter w; false: only weights, as Caffe's reference bvlc_alexnet
+    /// (decay_mult: 0 on biases).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub bias_decay: bool,
     /// plateau (divide when the val error stops improving), step, constant.
     #[arg(long, default_value = "plateau")]
     pub schedule: String,
-    /// Plateau: epochs without improvement before dividing.
-    #[arg(long, default_value_t = 1)]
+    /// Plateau: evaluations without improvement before dividing (4 keeps a noisy
+    /// --val-limit subset from cutting the rate early; see the README).
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_PATIENCE)]
     pub patience: u32,
     /// Plateau: decrease of the top-1 error (fraction) that counts as improvement.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_THRESHOLD)]
     pub threshold: f64,
+    /// Plateau and step: divide at most this many times (the paper: 3).
+    #[arg(long, default_value_t = PAPER_MAX_DROPS)]
+    pub max_drops: u32,
     /// Step: divide every N epochs.
     #[arg(long, default_value_t = 30)]
     pub step_every: u32,
@@ -150,10 +167,12 @@ fn schedule(args: &Args) -> Result<ScheduleConfig> {
             threshold: args.threshold,
             factor,
             min_lr: 1e-7,
+            max_drops: args.max_drops,
         },
         "step" => ScheduleConfig::Step {
             every: args.step_every,
             factor,
+            max_drops: args.max_drops,
         },
         "constant" => ScheduleConfig::Constant,
         s => bail!("unknown --schedule {s} (plateau, step, constant)"),
@@ -168,6 +187,11 @@ fn config(args: &Args) -> Result<TrainConfig> {
             .as_deref()
             .map(str::parse::<InitScheme>)
             .transpose()?,
+        input_scale: args
+            .input_scale
+            .as_deref()
+            .map(str::parse::<InputScale>)
+            .transpose()?,
         batch_size: args.batch_size,
         epochs: args.epochs,
         max_steps: args.max_steps,
@@ -176,6 +200,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         sgd: SgdConfig {
             momentum: args.momentum,
             weight_decay: args.weight_decay,
+            decay_biases: args.bias_decay,
         },
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
