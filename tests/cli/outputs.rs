@@ -34,63 +34,48 @@ fn progress_lines(stderr: &str) -> Vec<&str> {
 }
 
 /// A small synth tree: 4 classes x `per_class` train images and 2 val images each,
-/// 80-160 px sides.
-fn small_synth(dir: &Path, per_class: u32) -> PathBuf {
+/// 80-160 px sides. Returns its folder and synth's stderr.
+fn small_synth(dir: &Path, per_class: u32, env: &[(&str, &str)]) -> (PathBuf, String) {
     let root = dir.join("imagenet");
     let per_class = per_class.to_string();
-    ok(&[
-        "synth",
-        "--output",
-        s(&root),
-        "--classes",
-        "4",
-        "--per-class",
-        &per_class,
-        "--val-per-class",
-        "2",
-        "--min-side",
-        "80",
-        "--max-side",
-        "160",
-        "--seed",
-        "5",
-    ]);
-    root
-}
-
-#[test]
-fn data_commands_log_progress_when_stderr_is_not_a_terminal() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("imagenet");
-    let every_update = [("SUPERVISION_PROGRESS_SECS", "0")];
     let (_, err) = logged(
         &[
             "synth",
             "--output",
             s(&root),
             "--classes",
-            "3",
-            "--per-class",
             "4",
+            "--per-class",
+            &per_class,
             "--val-per-class",
-            "1",
+            "2",
             "--min-side",
             "80",
             "--max-side",
-            "120",
+            "160",
+            "--seed",
+            "5",
         ],
-        &every_update,
+        env,
     );
+    (root, err)
+}
+
+#[test]
+fn data_commands_log_progress_when_stderr_is_not_a_terminal() {
+    let t = tempfile::tempdir().unwrap();
+    let every_update = [("SUPERVISION_PROGRESS_SECS", "0")];
+    let (root, err) = small_synth(t.path(), 3, &every_update);
     let lines = progress_lines(&err);
     assert!(
-        lines.iter().any(|l| l.contains("synth 3/15 images (20%")),
+        lines.iter().any(|l| l.contains("synth 4/20 images (20%")),
         "a count line per update:\n{err}"
     );
     assert!(
         lines
             .last()
             .unwrap()
-            .contains("synth finished: 15 images in "),
+            .contains("synth finished: 20 images in "),
         "{err}"
     );
     assert!(!err.contains('\x1b'), "colour codes in a log:\n{err}");
@@ -265,7 +250,7 @@ fn plot_draws_a_titled_labelled_figure_as_svg_or_png() {
 #[test]
 fn train_logs_windows_and_epochs_writes_tensorboard_and_keeps_history() {
     let t = tempfile::tempdir().unwrap();
-    let root = small_synth(t.path(), 8);
+    let (root, _) = small_synth(t.path(), 8, &[]);
     let (train, val) = (t.path().join("train"), t.path().join("val"));
     ok(&[
         "shard",

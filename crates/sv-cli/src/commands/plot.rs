@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Flags of `supervision plot`.
@@ -128,11 +130,6 @@ fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
         })
 }
 
-/// Steps are whole numbers.
-fn step_label(v: &f64) -> String {
-    format!("{v:.0}")
-}
-
 fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
@@ -181,6 +178,95 @@ where
         .map_err(draw_err)
 }
 
+type Chart<'a, DB, YT> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, YT>>;
+
+/// A captioned panel on `area`, step from 0 to `x_max` across, `y` up.
+fn panel<'a, DB, Y>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x_max: f64,
+    y: Y,
+    right_axis: bool,
+) -> Result<Chart<'a, DB, Y::CoordDescType>>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    Y: AsRangedCoord<Value = f64>,
+{
+    ChartBuilder::on(area)
+        .caption(caption, (FONT, 20, FontStyle::Bold))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .right_y_label_area_size(if right_axis { 64 } else { 0 })
+        .build_cartesian_2d(0.0..x_max, y)
+        .map_err(draw_err)
+}
+
+/// The panel's axes: "step (batches)" across with whole-number ticks, `y_desc` up with
+/// ticks written by `y_fmt`, a light grid.
+fn axes<'a, DB, YT>(
+    c: &mut Chart<'a, DB, YT>,
+    y_desc: &str,
+    y_labels: usize,
+    y_fmt: &dyn Fn(&f64) -> String,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    YT: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    c.configure_mesh()
+        .x_desc("step (batches)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc(y_desc)
+        .y_labels(y_labels)
+        .y_label_formatter(y_fmt)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 13))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(draw_err)
+}
+
+/// How a curve is drawn.
+#[derive(Clone, Copy)]
+enum Stroke {
+    /// A plain line of this width.
+    Line(u32),
+    /// A line of this width with a dot at every point.
+    Dots(u32),
+    /// A dashed line of this width.
+    Dashed(u32),
+}
+
+/// One labelled curve; nothing (and no legend entry) when `points` is empty.
+fn curve<'a, DB, YT>(
+    c: &mut Chart<'a, DB, YT>,
+    points: &Points,
+    color: RGBAColor,
+    stroke: Stroke,
+    label: &str,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    YT: Ranged<ValueType = f64>,
+{
+    if points.is_empty() {
+        return Ok(());
+    }
+    let pts = points.iter().copied();
+    let drawn = match stroke {
+        Stroke::Line(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w))),
+        Stroke::Dots(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w)).point_size(4)),
+        Stroke::Dashed(w) => c.draw_series(DashedLineSeries::new(pts, 8, 5, color.stroke_width(w))),
+    }
+    .map_err(draw_err)?;
+    drawn.label(label).legend(legend_line(color.into()));
+    Ok(())
+}
+
 /// Draws the figure on `root`.
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &Series, title: &str) -> Result<()>
 where
@@ -196,175 +282,121 @@ where
     let x_max = range(steps.iter().flat_map(|v| v.iter().map(|p| p.0)))
         .map_or(1.0, |(_, hi)| hi)
         .max(1.0);
-    let x = 0.0..x_max;
-    let caption = (FONT, 20, FontStyle::Bold);
-    let axis_font = (FONT, 15);
-    let tick_font = (FONT, 13);
+    let whole = |v: &f64| format!("{v:.0}");
+
     // 1. loss
     let (_, l_hi) = range(s.loss.iter().chain(&s.epoch_loss).map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let mut c = ChartBuilder::on(&panels[0])
-        .caption("Training loss", caption)
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.clone(), 0.0..(l_hi * 1.08).max(1e-3))
-        .map_err(draw_err)?;
-    c.configure_mesh()
-        .x_desc("step (batches)")
-        .x_label_formatter(&step_label)
-        .y_desc("cross-entropy loss (nats)")
-        .axis_desc_style(axis_font)
-        .label_style(tick_font)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(draw_err)?;
-    if !s.loss.is_empty() {
-        c.draw_series(LineSeries::new(
-            s.loss.clone(),
-            TRAIN.mix(0.45).stroke_width(1),
-        ))
-        .map_err(draw_err)?
-        .label("train, per log window")
-        .legend(legend_line(TRAIN.mix(0.45).into()));
-    }
-    if !s.epoch_loss.is_empty() {
-        c.draw_series(LineSeries::new(s.epoch_loss.clone(), TRAIN.stroke_width(3)).point_size(4))
-            .map_err(draw_err)?
-            .label("train, epoch mean")
-            .legend(legend_line(TRAIN.into()));
-    }
+    let y = 0.0..(l_hi * 1.08).max(1e-3);
+    let mut c = panel(&panels[0], "Training loss", x_max, y, false)?;
+    axes(&mut c, "cross-entropy loss (nats)", 10, &|v| {
+        format!("{v:.1}")
+    })?;
+    let faint = TRAIN.mix(0.45);
+    curve(
+        &mut c,
+        &s.loss,
+        faint,
+        Stroke::Line(1),
+        "train, per log window",
+    )?;
+    curve(
+        &mut c,
+        &s.epoch_loss,
+        TRAIN.into(),
+        Stroke::Dots(3),
+        "train, epoch mean",
+    )?;
     legend_box(&mut c)?;
 
     // 2. errors
-    let mut c = ChartBuilder::on(&panels[1])
-        .caption("Classification error", caption)
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.clone(), 0.0..100.0)
-        .map_err(draw_err)?;
-    c.configure_mesh()
-        .x_desc("step (batches)")
-        .x_label_formatter(&step_label)
-        .y_desc("error (%)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .axis_desc_style(axis_font)
-        .label_style(tick_font)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(draw_err)?;
-    if !s.train_err.is_empty() {
-        c.draw_series(LineSeries::new(s.train_err.clone(), GREY.stroke_width(1)))
-            .map_err(draw_err)?
-            .label("train top-1, per window")
-            .legend(legend_line(GREY.into()));
-    }
-    if !s.val_top5.is_empty() {
-        c.draw_series(DashedLineSeries::new(
-            s.val_top5.clone(),
-            8,
-            5,
-            VAL5.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label("val top-5, per epoch")
-        .legend(legend_line(VAL5.into()));
-    }
-    if !s.val_top1.is_empty() {
-        c.draw_series(LineSeries::new(s.val_top1.clone(), VAL.stroke_width(3)).point_size(4))
-            .map_err(draw_err)?
-            .label("val top-1, per epoch")
-            .legend(legend_line(VAL.into()));
-    }
+    let mut c = panel(&panels[1], "Classification error", x_max, 0.0..100.0, false)?;
+    axes(&mut c, "error (%)", 10, &whole)?;
+    curve(
+        &mut c,
+        &s.train_err,
+        GREY.into(),
+        Stroke::Line(1),
+        "train top-1, per window",
+    )?;
+    curve(
+        &mut c,
+        &s.val_top5,
+        VAL5.into(),
+        Stroke::Dashed(2),
+        "val top-5, per epoch",
+    )?;
+    curve(
+        &mut c,
+        &s.val_top1,
+        VAL.into(),
+        Stroke::Dots(3),
+        "val top-1, per epoch",
+    )?;
     if let Some((step, top1, mode)) = s.evals.last() {
-        let pt = (*step, *top1);
-        c.draw_series(std::iter::once(TriangleMarker::new(pt, 8, VAL.filled())))
-            .map_err(draw_err)?
-            .label(format!("final {mode} top-1: {top1:.1}%"))
-            .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, VAL.filled()));
+        c.draw_series(std::iter::once(TriangleMarker::new(
+            (*step, *top1),
+            8,
+            VAL.filled(),
+        )))
+        .map_err(draw_err)?
+        .label(format!("final {mode} top-1: {top1:.1}%"))
+        .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, VAL.filled()));
     }
     legend_box(&mut c)?;
 
-    // 3. learning rate, log scale
+    // 3. learning rate, log scale: whole decades, padded so that the end ticks and a
+    // flat line stay inside.
     let (lr_lo, lr_hi) = range(s.lr.iter().map(|p| p.1)).unwrap_or((1e-3, 1e-1));
-    // Whole decades, padded so that the end ticks and a flat line stay inside.
     let lo = 10f64.powf(lr_lo.log10().floor()) * 0.6;
     let hi = (10f64.powf(lr_hi.log10().ceil()) * 1.6).max(lo * 20.0);
-    let mut c = ChartBuilder::on(&panels[2])
-        .caption("Learning rate", caption)
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x.clone(), (lo..hi).log_scale())
-        .map_err(draw_err)?;
-    c.configure_mesh()
-        .x_desc("step (batches)")
-        .y_desc("learning rate (log scale)")
-        .axis_desc_style(axis_font)
-        .label_style(tick_font)
-        .y_labels(6)
-        .y_label_formatter(&|v| format!("{v:.0e}"))
-        .x_label_formatter(&step_label)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(draw_err)?;
-    if !s.lr.is_empty() {
-        c.draw_series(LineSeries::new(s.lr.clone(), LR.stroke_width(2)))
-            .map_err(draw_err)?
-            .label("learning rate")
-            .legend(legend_line(LR.into()));
-    }
+    let mut c = panel(
+        &panels[2],
+        "Learning rate",
+        x_max,
+        (lo..hi).log_scale(),
+        false,
+    )?;
+    axes(&mut c, "learning rate (log scale)", 6, &|v| {
+        format!("{v:.0e}")
+    })?;
+    curve(&mut c, &s.lr, LR.into(), Stroke::Line(2), "learning rate")?;
     legend_box(&mut c)?;
 
-    // 4. throughput and data wait
+    // 4. throughput (left axis) and data wait (right axis)
     let (_, ips_hi) = range(s.images_per_s.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let mut c = ChartBuilder::on(&panels[3])
-        .caption("Throughput", caption)
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .right_y_label_area_size(64)
-        .build_cartesian_2d(x.clone(), 0.0..(ips_hi * 1.1).max(1.0))
-        .map_err(draw_err)?
-        .set_secondary_coord(x.clone(), 0.0..100.0);
-    c.configure_mesh()
-        .x_desc("step (batches)")
-        .x_label_formatter(&step_label)
-        .y_desc("training images / s")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .axis_desc_style(axis_font)
-        .label_style(tick_font)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(draw_err)?;
+    let y = 0.0..(ips_hi * 1.1).max(1.0);
+    let mut c = panel(&panels[3], "Throughput", x_max, y, true)?
+        .set_secondary_coord(0.0..x_max, 0.0..100.0);
+    axes(&mut c, "training images / s", 10, &whole)?;
+    let ips = &s.images_per_s;
+    curve(
+        &mut c,
+        ips,
+        TRAIN.into(),
+        Stroke::Line(2),
+        "images / s (left)",
+    )?;
     c.configure_secondary_axes()
         .y_desc("waiting for data (% of step time)")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .axis_desc_style(axis_font)
-        .label_style(tick_font)
+        .y_label_formatter(&whole)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 13))
         .draw()
         .map_err(draw_err)?;
-    if !s.images_per_s.is_empty() {
-        c.draw_series(LineSeries::new(
-            s.images_per_s.clone(),
-            TRAIN.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label("images / s (left)")
-        .legend(legend_line(TRAIN.into()));
-    }
     if !s.data_wait.is_empty() {
-        c.draw_secondary_series(DashedLineSeries::new(
-            s.data_wait.clone(),
-            6,
-            4,
-            GREY.stroke_width(2),
-        ))
-        .map_err(draw_err)?
-        .label("data wait % (right)")
-        .legend(legend_line(GREY.into()));
+        let pts = s.data_wait.iter().copied();
+        c.draw_secondary_series(DashedLineSeries::new(pts, 6, 4, GREY.stroke_width(2)))
+            .map_err(draw_err)?
+            .label("data wait % (right)")
+            .legend(legend_line(GREY.into()));
     }
-    legend_box(&mut c)?;
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(draw_err)?;
     root.present().map_err(draw_err)?;
     Ok(())
 }
