@@ -135,28 +135,55 @@ impl Progress {
         })
     }
 
+    /// A count as a person reads it: "1200" (the unit follows), or "23.1 MiB".
+    fn amount(&self, n: u64) -> String {
+        if self.unit == "bytes" {
+            human_bytes(n)
+        } else {
+            n.to_string()
+        }
+    }
+
+    /// What follows an amount: " images", or nothing for bytes (the amount says it).
+    fn suffix(&self) -> String {
+        if self.unit == "bytes" {
+            String::new()
+        } else {
+            format!(" {}", self.unit)
+        }
+    }
+
+    /// "310 images/s", "690.1 MiB/s".
+    fn rate(&self, r: f64) -> String {
+        if self.unit == "bytes" {
+            format!("{}/s", human_bytes(r as u64))
+        } else {
+            format!("{} {}/s", rate_text(r), self.unit)
+        }
+    }
+
     /// "shard build 1200/5000 images (24%, 310 images/s, ETA 12s)".
     fn counts(&self, s: &LogState) -> String {
-        let (what, unit) = (&self.what, &self.unit);
+        let (what, suffix) = (&self.what, self.suffix());
         let elapsed = s.base.0.elapsed().as_secs_f64();
         let done = s.pos.saturating_sub(s.base.1) as f64;
         let rate = (elapsed > 0.0 && done > 0.0).then(|| done / elapsed);
         let mut out = if s.total > 0 {
             format!(
-                "{what} {}/{} {unit} ({:.0}%",
-                s.pos,
-                s.total,
+                "{what} {}/{}{suffix} ({:.0}%",
+                self.amount(s.pos),
+                self.amount(s.total),
                 100.0 * s.pos.min(s.total) as f64 / s.total as f64
             )
         } else {
-            format!("{what} {} {unit} (", s.pos)
+            format!("{what} {}{suffix} (", self.amount(s.pos))
         };
         match rate {
             Some(r) => {
                 if s.total > 0 {
                     out.push_str(", ");
                 }
-                out.push_str(&format!("{} {unit}/s", rate_text(r)));
+                out.push_str(&self.rate(r));
                 if s.total > s.pos {
                     let eta = (s.total - s.pos) as f64 / r;
                     out.push_str(&format!(", ETA {}", duration_text(eta)));
@@ -254,18 +281,17 @@ impl Progress {
                 let secs = s.started.elapsed().as_secs_f64();
                 let done = s.pos.saturating_sub(s.base.1) as f64;
                 let of = if s.total > 0 && s.total != s.pos {
-                    format!(" of {}", s.total)
+                    format!(" of {}", self.amount(s.total))
                 } else {
                     String::new()
                 };
                 Some(format!(
-                    "{} finished: {}{of} {} in {} ({} {}/s)",
+                    "{} finished: {}{of}{} in {} ({})",
                     self.what,
-                    s.pos,
-                    self.unit,
+                    self.amount(s.pos),
+                    self.suffix(),
                     duration_text(secs),
-                    rate_text(done / secs.max(1e-9)),
-                    self.unit
+                    self.rate(done / secs.max(1e-9)),
                 ))
             }),
         }
@@ -279,6 +305,21 @@ fn rate_text(r: f64) -> String {
         format!("{r:.1}")
     } else {
         format!("{r:.3}")
+    }
+}
+
+/// Bytes as B, KiB, MiB, GiB or TiB: "512 B", "23.1 MiB".
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (b as f64, 0);
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -350,5 +391,15 @@ mod tests {
         assert_eq!(duration_text(185.0), "3m05s");
         assert_eq!(duration_text(7620.0), "2h07m");
         assert_eq!(duration_text(f64::INFINITY), "?");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(24_239_296), "23.1 MiB");
+        let p = Progress::new("shard verify", 3 << 20, "bytes", false, Duration::ZERO);
+        state(&p).pos = 1 << 20;
+        let line = p.counts(&state(&p));
+        assert!(
+            line.starts_with("shard verify 1.0 MiB/3.0 MiB (33%, "),
+            "{line}"
+        );
+        assert!(line.contains("iB/s, ETA "), "{line}");
     }
 }

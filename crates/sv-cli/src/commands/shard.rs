@@ -10,7 +10,7 @@ use sv_build::{BuildConfig, InputSpec, Progress};
 use sv_core::Split;
 use sv_shard::{Codec, Dataset};
 
-use sv_cli::progress;
+use sv_cli::progress::{self, human_bytes};
 
 /// Shard dataset commands.
 #[derive(Subcommand, Debug)]
@@ -460,20 +460,4 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
         a.output.display()
     );
     Ok(0)
-}
-
-/// Bytes as B, KiB, MiB or GiB.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
