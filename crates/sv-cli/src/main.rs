@@ -47,7 +47,9 @@ enum Command {
     /// Describe the models: layers, output shapes, parameter counts (libtorch).
     #[command(disable_help_flag = true)]
     Model(Forwarded),
-    /// Draw loss, errors and learning rate from a metrics.jsonl to a PNG.
+    /// Draw a training run's curves (loss, error, learning rate, throughput) from its
+    /// metrics.jsonl to a PNG or SVG figure.
+    #[command(long_about = commands::plot::LONG_ABOUT)]
     Plot(commands::plot::Args),
     /// Benchmarks: the input pipeline's throughput and determinism digest.
     #[command(subcommand)]

@@ -12,22 +12,22 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-/// Flags of `supervision plot`.
-#[derive(clap::Args, Debug)]
-#[command(
-    long_about = "Draws the curves of a training run from its metrics.jsonl.
+/// `supervision plot --help`: what the figure shows.
+pub const LONG_ABOUT: &str = "Draws the curves of a training run from its metrics.jsonl.
 
 Four panels, the training step on every x axis:
   1. loss: training cross-entropy per --log-every window (thin) and per epoch (thick);
   2. error (%): validation top-1 (red, solid) and top-5 (orange, dashed) per epoch,
      training top-1 per window (grey; dropout and augmentation on), and the final
-     evaluation (ten-crop or centre) as a red diamond;
+     evaluation (ten-crop or centre) as a red triangle;
   3. learning rate, on a log scale;
   4. throughput: training images/s (left axis) and the share of step time spent
      waiting for data (right axis, %).
 A figure title names the run. The output's extension picks the format: .png (raster)
-or .svg (vector, text kept as text). Text uses DejaVu Sans, embedded in the binary."
-)]
+or .svg (vector, text kept as text). Text uses DejaVu Sans, embedded in the binary.";
+
+/// Flags of `supervision plot`.
+#[derive(clap::Args, Debug)]
 pub struct Args {
     /// metrics.jsonl written by `supervision train`.
     pub metrics: PathBuf,
