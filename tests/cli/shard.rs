@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sv_tests::{fails, ok, s, supervision};
+use sv_tests::{fails, ok, png_dims, s, supervision};
 
 /// synth output in a temp dir: `classes` x `per_class` train, 2 val per class.
 fn synth(dir: &Path, classes: u32, per_class: u32) -> PathBuf {
@@ -349,7 +349,7 @@ fn inspect_and_export_show_what_was_stored() {
         "--per-class",
         "3",
     ]);
-    let img = image_dims(&sheet);
+    let img = png_dims(&sheet);
     assert_eq!(img, (3 * 130 + 2, 3 * 130 + 2));
 
     let ex = t.path().join("export");
@@ -373,7 +373,7 @@ fn inspect_and_export_show_what_was_stored() {
         names[0].starts_with("00000000_0_") && names[2].starts_with("00000008_2_"),
         "{names:?}"
     );
-    assert_eq!(image_dims(&ex.join(&names[1])), (256, 256));
+    assert_eq!(png_dims(&ex.join(&names[1])), (256, 256));
     let err = fails(&[
         "shard",
         "export",
@@ -384,15 +384,6 @@ fn inspect_and_export_show_what_was_stored() {
         "99",
     ]);
     assert!(err.contains("out of range"), "{err}");
-}
-
-/// Width and height from a PNG's IHDR.
-fn image_dims(path: &Path) -> (u32, u32) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[1..4], b"PNG", "{} is not a PNG", path.display());
-    let w = u32::from_be_bytes(b[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(b[20..24].try_into().unwrap());
-    (w, h)
 }
 
 #[test]
@@ -426,4 +417,66 @@ fn refuses_to_overwrite_other_data() {
         "64",
     ]);
     assert!(err.contains("--force"), "{err}");
+}
+
+#[test]
+fn zero_workers_is_refused_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 2);
+    let out = t.path().join("shards");
+    let err = fails(&[
+        "shard",
+        "build",
+        "--input",
+        s(&root.join("train")),
+        "--output",
+        s(&out),
+        "--workers",
+        "0",
+    ]);
+    assert!(
+        err.contains("--workers 0") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_second_build_process_fails_at_once_and_the_first_finishes_intact() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 3, 40);
+    let train = root.join("train");
+    let out = t.path().join("shards");
+    let args = ["--codec", "jpeg", "--max-shard-mib", "1", "--workers", "1"];
+    let mut first = supervision()
+        .args(["shard", "build", "--input", s(&train), "--output", s(&out)])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it has started writing (its journal exists).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join(".build-journal.jsonl").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for extra in [&[][..], &["--force"][..]] {
+        let t0 = Instant::now();
+        let mut a = vec!["shard", "build", "--input", s(&train), "--output", s(&out)];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(extra);
+        let err = fails(&a);
+        assert!(
+            err.contains(&format!("pid {}", first.id())) && err.contains("another build"),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "did not fail at once"
+        );
+    }
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    let v = ok(&["shard", "verify", s(&out)]);
+    assert!(v.contains("ok: 120 records"), "{v}");
 }

@@ -206,3 +206,17 @@ fn refuses_a_non_empty_output_unless_forced() {
     ]);
     assert!(err.contains("classes 0"), "{err}");
 }
+
+#[test]
+fn zero_counts_are_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("z");
+    for (flag, what) in [("--per-class", "training image"), ("--classes", "classes")] {
+        let err = fails(&["synth", "--output", s(&out), flag, "0"]);
+        assert!(
+            err.contains(&format!("{flag} 0")) && err.contains("at least 1") && err.contains(what),
+            "{err}"
+        );
+        assert!(!out.exists(), "nothing is written for a refused command");
+    }
+}

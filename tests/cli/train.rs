@@ -321,7 +321,36 @@ fn synthetic_ceiling_and_bad_input() {
         ];
         ok(&args);
     }
-    for (flag, value) in [("--init", "xavier"), ("--input-scale", "unit")] {
+    // the speed paths run on the CPU too, and the summary says which ran
+    for (precision, layout) in [("bf16", "true"), ("fp16", "false"), ("fp32", "true")] {
+        let v = json(&ok(&[
+            "train",
+            "--synthetic-data",
+            "1",
+            "--model",
+            "alexnet-tiny",
+            "--batch-size",
+            "2",
+            "--synthetic-classes",
+            "3",
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+            "--channels-last",
+            layout,
+            "--out",
+            s(t.path()),
+            "--json",
+        ]));
+        assert_eq!(v["precision"], precision);
+        assert_eq!(v["channels_last"].to_string(), layout);
+    }
+    for (flag, value) in [
+        ("--init", "xavier"),
+        ("--input-scale", "unit"),
+        ("--precision", "fp8"),
+    ] {
         let err = fails(&[
             "train",
             "--synthetic-data",
@@ -448,7 +477,9 @@ fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
         max_shard_bytes: 1 << 20,
     };
     let mut w = DatasetWriter::create(&small, cfg).unwrap();
-    w.push(0, &[7u8; 16 * 16 * 3]).unwrap();
+    // pca compute refuses statistics without variance: the pixels must vary.
+    let pixels: Vec<u8> = (0..16 * 16 * 3).map(|i| (i % 251) as u8).collect();
+    w.push(0, &pixels).unwrap();
     w.finish().unwrap();
     let small_mean = t.path().join("small.npy");
     let small_stats = t.path().join("small.json");

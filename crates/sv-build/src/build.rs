@@ -8,10 +8,10 @@
 //!
 //! Files in the output folder besides the shards and `manifest.json`:
 //! - `rejects.jsonl`: one `{"path": ..., "reason": ...}` per skipped input file;
-//! - `build.json`: what was built from what (a fingerprint of the inputs and
-//!   settings), so a repeated command knows the output is already up to date;
-//! - `.build-journal.jsonl` while a build runs: its settings fingerprint, then one
-//!   line per finished shard with the input position after it.
+//! - `build.json`: what was built from what (see [`crate::journal`]), so a repeated
+//!   command knows which shards are still up to date;
+//! - `.build-journal.jsonl` while a build runs, or after it was interrupted;
+//! - `.build.lock` while a build runs (see [`crate::lock`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,12 +19,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 
-use serde::{Deserialize, Serialize};
 use sv_core::{Geometry, Split};
-use sv_shard::{Codec, DatasetWriter, MANIFEST_FILE, Manifest, ShardEntry, WriterConfig};
+use sv_shard::{
+    Codec, DATA_OFFSET, DatasetWriter, INDEX_ENTRY_SIZE, MANIFEST_FILE, Manifest, ShardEntry,
+    WriterConfig,
+};
 
-use crate::BuildError;
-use crate::inputs::{InputSpec, Inputs, discover};
+use crate::inputs::{Ignored, InputSpec, Inputs, discover};
+use crate::journal::{
+    BuildRecord, Check, JournalHead, LAYOUT, Segment, SegmentDigest, inputs_digest, line,
+    listing_digest, parse_journal, parse_record, settings_fingerprint,
+};
+use crate::lock::{LOCK_FILE, OutputLock};
+use crate::read::Source;
+use crate::{BuildError, Occupant, Part, PartRecord, Reject};
 
 /// Name of the rejects report.
 pub const REJECTS_FILE: &str = "rejects.jsonl";
@@ -48,23 +56,21 @@ pub struct BuildConfig {
     pub jpeg_quality: u8,
     /// Stored image side (256 in the paper).
     pub side: u32,
-    /// Decoding threads.
+    /// Decoding threads (at least 1).
     pub workers: usize,
-    /// Shard size bound in bytes.
+    /// Shard size bound in bytes: no shard file is larger.
     pub max_shard_bytes: u64,
     /// Stop at the first input that cannot be used.
     pub strict: bool,
     /// Replace a dataset in `output` built from other inputs or settings.
     pub force: bool,
-}
-
-/// One input file that was skipped.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reject {
-    /// Path relative to the input folder.
-    pub path: String,
-    /// Why.
-    pub reason: String,
+    /// Record a CRC-32 of every input's content (not only its size and modification
+    /// time), so a file rewritten in place with the same size and time is noticed.
+    /// Checking costs a read of every input a kept shard covers.
+    pub hash_inputs: bool,
+    /// Build only this part of the record order (for a build split across machines;
+    /// see [`crate::merge`]).
+    pub part: Option<Part>,
 }
 
 /// What happened, for the summary.
@@ -76,10 +82,14 @@ pub struct BuildSummary {
     pub inputs: usize,
     /// Skipped files, in input order.
     pub rejects: Vec<Reject>,
-    /// Shards kept from an interrupted build.
+    /// Entries found in the input and deliberately not read, with the reason.
+    pub ignored: Vec<Ignored>,
+    /// Shards kept from an earlier (interrupted or finished) build.
     pub resumed_shards: usize,
     /// Input images already covered by those shards.
     pub resumed_inputs: usize,
+    /// Why shards of an earlier build were rebuilt, if any were.
+    pub rebuilt_because: Option<String>,
     /// The output was already complete and nothing was done.
     pub up_to_date: bool,
 }
@@ -108,35 +118,65 @@ pub enum Progress {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct BuildRecord {
-    fingerprint: String,
-    inputs: usize,
-    records: u64,
-    rejects: usize,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct JournalHead {
-    fingerprint: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct JournalShard {
-    shard: ShardEntry,
-    /// Index into the image list of the first image not in this or earlier shards.
-    next_image: usize,
-    /// Rejects among the images before `next_image` not listed by earlier lines.
-    rejects: Vec<Reject>,
-}
-
 /// Build the dataset described by `config`.
 pub fn build(
     config: &BuildConfig,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<BuildSummary, BuildError> {
+    check_config(config)?;
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
+        path: out.clone(),
+        op: "create the output folder",
+        source,
+    })?;
+    if same_folder(&config.input.input, out) {
+        return Err(BuildError::Input(format!(
+            "the output folder {} is the input folder",
+            out.display()
+        )));
+    }
+    let _lock = OutputLock::acquire(out)?;
+    let inputs = discover(&config.input, Some(out))?;
+    let job = Job::new(config, &inputs)?;
+    if config.strict
+        && let Some(r) = job.pre_rejects.first()
+    {
+        return Err(BuildError::Rejected {
+            path: config.input.input.join(&r.path),
+            reason: r.reason.clone(),
+        });
+    }
+    let plan = job.plan()?;
+    if plan.up_to_date {
+        return Ok(job.summary(plan.manifest_if_current, plan.kept, None, true));
+    }
+    let kept = plan.kept;
+    let mut journal = job.start_journal(&kept, plan.clear_first)?;
+    let start = kept.last().map_or(job.range.start, |s| s.next_image);
+    progress(Progress::Start {
+        total: job.range.len(),
+        done: start - job.range.start,
+    });
+    let done_shards = kept.iter().filter_map(|s| s.shard.clone()).collect();
+    let writer = DatasetWriter::resume(out, job.writer.clone(), done_shards)?;
+    let mut segments = kept.clone();
+    let (writer, tail) = job.run(writer, start, &mut segments, &mut journal, progress)?;
+    let manifest = job.finish(writer, tail, &mut segments)?;
+    drop(journal);
+    let _ = std::fs::remove_file(out.join(JOURNAL_FILE));
+    Ok(job.summary(Some(manifest), segments, plan.dropped, false)).map(|mut s| {
+        s.resumed_shards = kept.iter().filter(|k| k.shard.is_some()).count();
+        s.resumed_inputs = start - job.range.start;
+        s
+    })
+}
+
+fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     if config.workers == 0 {
-        return Err(BuildError::Input("--workers must be at least 1".into()));
+        return Err(BuildError::Input(
+            "the number of workers must be at least 1".into(),
+        ));
     }
     if !(1..=100).contains(&config.jpeg_quality) {
         return Err(BuildError::Input(format!(
@@ -150,214 +190,496 @@ pub fn build(
             config.side
         )));
     }
-    let inputs = discover(&config.input)?;
-    let out = &config.output;
-    std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
-        path: out.clone(),
-        op: "create directory",
-        source,
-    })?;
-    let writer_config = WriterConfig {
-        split: config.split,
-        side: config.side,
-        codec: config.codec,
-        jpeg_quality: config.jpeg_quality,
-        classes: inputs.classes.clone(),
-        max_shard_bytes: config.max_shard_bytes,
-    };
-    let fingerprint = fingerprint(&inputs, &writer_config);
-    let pre_rejects: Vec<Reject> = inputs
-        .skipped
-        .iter()
-        .map(|s| Reject {
-            path: s.rel.clone(),
-            reason: s.reason.clone(),
-        })
-        .collect();
-    if config.strict
-        && let Some(r) = pre_rejects.first()
-    {
-        return Err(BuildError::Rejected {
-            path: config.input.input.join(&r.path),
-            reason: r.reason.clone(),
-        });
+    if let Some(p) = &config.part {
+        p.check()?;
     }
-    let n_inputs = inputs.images.len() + inputs.skipped.len();
-
-    if let Some(summary) = up_to_date(out, &fingerprint, n_inputs)? {
-        return Ok(summary);
+    // A raw record has a fixed size: a bound it cannot fit under is refused up front.
+    let raw = Geometry { side: config.side }.image_bytes() as u64;
+    if config.codec == Codec::Raw && raw > max_payload(config.max_shard_bytes) {
+        return Err(BuildError::Input(format!(
+            "a raw {side}x{side} record is {raw} bytes ({:.1} MiB): a shard holding one is \
+             {} bytes, more than the shard size bound of {} bytes ({:.1} MiB)",
+            mib(raw),
+            raw + DATA_OFFSET + INDEX_ENTRY_SIZE as u64,
+            config.max_shard_bytes,
+            mib(config.max_shard_bytes),
+            side = config.side,
+        )));
     }
-    let journal = prepare_output(out, &fingerprint, config.force, &|n| {
-        writer_config.shard_name(n)
-    })?;
-    let resumed_shards = journal.shards.len();
-    let start = journal.shards.last().map_or(0, |s| s.next_image);
-    if start > inputs.images.len() {
-        return Err(BuildError::Input(
-            "the journal of the interrupted build does not match the inputs; rerun with --force"
-                .into(),
-        ));
-    }
-    let mut rejects = pre_rejects;
-    let mut done_shards = Vec::new();
-    for s in &journal.shards {
-        rejects.extend(s.rejects.iter().cloned());
-        done_shards.push(s.shard.clone());
-    }
-    let mut journal_file = journal.file;
-
-    let mut writer = DatasetWriter::resume(out, writer_config.clone(), done_shards)?;
-    let mut pending_rejects: Vec<Reject> = Vec::new();
-    progress(Progress::Start {
-        total: inputs.images.len(),
-        done: start,
-    });
-
-    let geometry = Geometry { side: config.side };
-    let window = (config.workers * 8).max(16);
-    let gate = Gate::new(start, window);
-    let stop = AtomicBool::new(false);
-    let images = &inputs.images;
-    let (tx, rx) = mpsc::channel::<(usize, Result<Vec<u8>, String>)>();
-
-    let result = std::thread::scope(|scope| -> Result<(), BuildError> {
-        for _ in 0..config.workers {
-            let tx = tx.clone();
-            let (gate, stop) = (&gate, &stop);
-            scope.spawn(move || {
-                let mut pre =
-                    sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(config.side));
-                let mut pixels = vec![0u8; geometry.image_bytes()];
-                while let Some(i) = gate.claim(images.len(), stop) {
-                    let path = config.input.input.join(&images[i].rel);
-                    // A worker that died would leave its index unwritten and the writer
-                    // waiting for it forever: any panic becomes this file's reject.
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare(&mut pre, &path, &mut pixels, config)
-                    }))
-                    .unwrap_or_else(|_| {
-                        pre = sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(
-                            config.side,
-                        ));
-                        Err("internal error: preparing this file panicked".into())
-                    });
-                    if tx.send((i, r)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        let outcome = (|| -> Result<(), BuildError> {
-            let mut ready: BTreeMap<usize, Result<Vec<u8>, String>> = BTreeMap::new();
-            let mut next = start;
-            let mut rejected = rejects.len() + pending_rejects.len();
-            while next < images.len() {
-                let Ok((i, r)) = rx.recv() else {
-                    return Err(BuildError::Input(
-                        "a decoding worker stopped unexpectedly".into(),
-                    ));
-                };
-                ready.insert(i, r);
-                while let Some(r) = ready.remove(&next) {
-                    let img = &images[next];
-                    match r {
-                        Ok(payload) => {
-                            if let Some(closed) = writer.push_encoded(img.label, &payload)? {
-                                let shard_rejects = std::mem::take(&mut pending_rejects);
-                                rejects.extend(shard_rejects.iter().cloned());
-                                journal_append(
-                                    &mut journal_file,
-                                    out,
-                                    &JournalShard {
-                                        shard: closed,
-                                        next_image: next,
-                                        rejects: shard_rejects,
-                                    },
-                                )?;
-                                progress(Progress::Shard {
-                                    shards: writer.completed().len(),
-                                });
-                            }
-                        }
-                        Err(reason) => {
-                            if config.strict {
-                                return Err(BuildError::Rejected {
-                                    path: config.input.input.join(&img.rel),
-                                    reason,
-                                });
-                            }
-                            tracing::debug!(path = %img.rel, %reason, "rejected");
-                            pending_rejects.push(Reject {
-                                path: img.rel.clone(),
-                                reason,
-                            });
-                            rejected += 1;
-                        }
-                    }
-                    next += 1;
-                    gate.advance(next);
-                    progress(Progress::Image {
-                        done: next,
-                        rejected,
-                    });
-                }
-            }
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        gate.wake_all();
-        drop(rx);
-        outcome
-    });
-    result?;
-
-    let (last, manifest) = writer.finish_with_last()?;
-    if last.is_some() {
-        progress(Progress::Shard {
-            shards: manifest.shards.len(),
-        });
-    }
-    rejects.append(&mut pending_rejects);
-    write_rejects(out, &rejects)?;
-    let record = BuildRecord {
-        fingerprint,
-        inputs: n_inputs,
-        records: manifest.records,
-        rejects: rejects.len(),
-    };
-    write_json_atomic(out, BUILD_FILE, &record)?;
-    drop(journal_file);
-    let _ = std::fs::remove_file(out.join(JOURNAL_FILE));
-    Ok(BuildSummary {
-        manifest,
-        inputs: n_inputs,
-        rejects,
-        resumed_shards,
-        resumed_inputs: start,
-        up_to_date: false,
-    })
+    Ok(())
 }
 
-/// Decode, resize and encode one input; `Err` is the reject reason.
-fn prepare(
-    pre: &mut sv_image::Preprocessor,
-    path: &Path,
-    pixels: &mut [u8],
-    config: &BuildConfig,
-) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    pre.process(&bytes, pixels).map_err(|e| e.to_string())?;
-    let mut payload = Vec::new();
-    sv_shard::encode_payload(
-        config.codec,
-        config.side,
-        config.jpeg_quality,
-        pixels,
-        &mut payload,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(payload)
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// The largest payload a shard of at most `max_shard_bytes` can hold.
+fn max_payload(max_shard_bytes: u64) -> u64 {
+    max_shard_bytes.saturating_sub(DATA_OFFSET + INDEX_ENTRY_SIZE as u64)
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// What the earlier build left, and what to do about it.
+struct Plan {
+    kept: Vec<Segment>,
+    dropped: Option<String>,
+    up_to_date: bool,
+    manifest_if_current: Option<Manifest>,
+    /// Remove our files before starting (`--force` over other settings).
+    clear_first: bool,
+}
+
+/// One build's settings and inputs, resolved.
+struct Job<'a> {
+    config: &'a BuildConfig,
+    inputs: &'a Inputs,
+    writer: WriterConfig,
+    source: Source,
+    fingerprint: String,
+    listing: String,
+    range: std::ops::Range<usize>,
+    /// Rejects found before decoding that this build reports (all of them, or part 0's).
+    pre_rejects: Vec<Reject>,
+    ignored: Vec<Ignored>,
+}
+
+impl<'a> Job<'a> {
+    fn new(config: &'a BuildConfig, inputs: &'a Inputs) -> Result<Job<'a>, BuildError> {
+        let writer = WriterConfig {
+            split: config.split,
+            side: config.side,
+            codec: config.codec,
+            jpeg_quality: config.jpeg_quality,
+            classes: inputs.classes.clone(),
+            max_shard_bytes: config.max_shard_bytes,
+        };
+        let n = inputs.images.len();
+        let (range, part_text, first_part) = match &config.part {
+            Some(p) => (
+                p.range(n),
+                format!("part {}/{}", p.index, p.count),
+                p.index == 0,
+            ),
+            None => (0..n, String::new(), true),
+        };
+        let (pre_rejects, ignored) = if first_part {
+            (inputs.rejects.clone(), inputs.ignored.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Job {
+            config,
+            inputs,
+            fingerprint: settings_fingerprint(inputs, &writer, &part_text),
+            listing: listing_digest(inputs),
+            source: Source::Folder(config.input.input.clone()),
+            writer,
+            range,
+            pre_rejects,
+            ignored,
+        })
+    }
+
+    fn out(&self) -> &Path {
+        &self.config.output
+    }
+
+    fn check(&self) -> Check<'_> {
+        Check {
+            out: self.out(),
+            images: &self.inputs.images,
+            range: self.range.clone(),
+            writer: &self.writer,
+            hash_inputs: self.config.hash_inputs,
+            source: &self.source,
+        }
+    }
+
+    /// Read what an earlier build left: an interrupted build's journal, or a finished
+    /// build's record, and keep what still holds.
+    fn plan(&self) -> Result<Plan, BuildError> {
+        let out = self.out();
+        let journal = std::fs::read_to_string(out.join(JOURNAL_FILE)).ok();
+        let record = std::fs::read(out.join(BUILD_FILE)).ok();
+        let fresh = |clear_first| Plan {
+            kept: Vec::new(),
+            dropped: None,
+            up_to_date: false,
+            manifest_if_current: None,
+            clear_first,
+        };
+        if let Some(text) = journal {
+            return match parse_journal(&text) {
+                Some((head, segs)) if head.fingerprint == self.fingerprint => {
+                    Ok(self.keep(segs, None))
+                }
+                _ if self.config.force => Ok(fresh(true)),
+                _ => Err(self.occupied(Occupant::InterruptedBuild)),
+            };
+        }
+        if let Some(bytes) = record {
+            return match parse_record(&bytes) {
+                Some(r) if r.fingerprint == self.fingerprint => {
+                    Ok(self.keep(r.segments.clone(), Some(r)))
+                }
+                _ if self.config.force => Ok(fresh(true)),
+                _ => Err(self.occupied(Occupant::OtherDataset)),
+            };
+        }
+        let ours = list_our_files(out)?;
+        let foreign = std::fs::read_dir(out)
+            .map_err(|source| BuildError::Io {
+                path: out.to_path_buf(),
+                op: "list",
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != LOCK_FILE && !ours.contains(&e.path()))
+            .count();
+        if !self.config.force {
+            if !ours.is_empty() {
+                return Err(self.occupied(Occupant::OtherDataset));
+            }
+            if foreign > 0 {
+                return Err(self.occupied(Occupant::OtherFiles));
+            }
+        }
+        Ok(fresh(true))
+    }
+
+    fn occupied(&self, holds: Occupant) -> BuildError {
+        BuildError::Occupied {
+            dir: self.out().to_path_buf(),
+            holds,
+        }
+    }
+
+    fn keep(&self, segments: Vec<Segment>, record: Option<BuildRecord>) -> Plan {
+        let had = segments.len();
+        let kept = self.check().keep(segments);
+        let complete = record.is_some() && kept.segments.len() == had && had > 0;
+        let manifest = complete
+            .then(|| self.current_manifest(&kept.segments))
+            .flatten();
+        let up_to_date = complete
+            && manifest.is_some()
+            && record.as_ref().is_some_and(|r| r.listing == self.listing)
+            && crate::read_rejects(self.out()).ok() == Some(self.all_rejects(&kept.segments));
+        Plan {
+            kept: kept.segments,
+            dropped: kept.dropped,
+            up_to_date,
+            manifest_if_current: manifest,
+            clear_first: false,
+        }
+    }
+
+    /// The manifest on disk, if it is exactly the one these segments make.
+    fn current_manifest(&self, segments: &[Segment]) -> Option<Manifest> {
+        let shards: Vec<ShardEntry> = segments.iter().filter_map(|s| s.shard.clone()).collect();
+        let want = self.writer.manifest(shards);
+        Manifest::load(self.out()).ok().filter(|m| *m == want)
+    }
+
+    fn all_rejects(&self, segments: &[Segment]) -> Vec<Reject> {
+        let mut all = self.pre_rejects.clone();
+        for s in segments {
+            all.extend(s.rejects.iter().cloned());
+        }
+        all
+    }
+
+    /// Write a journal holding the kept segments, then remove every file of ours that
+    /// they do not account for (so a kill from here on leaves a resumable folder).
+    fn start_journal(
+        &self,
+        kept: &[Segment],
+        clear_first: bool,
+    ) -> Result<std::fs::File, BuildError> {
+        let out = self.out();
+        if let Some((p, kind)) = not_ours_in_the_way(out)? {
+            return Err(BuildError::Input(format!(
+                "{} is {kind}, where the build writes a file of that name; move it away",
+                p.display()
+            )));
+        }
+        if clear_first {
+            for p in list_our_files(out)? {
+                remove(&p)?;
+            }
+        }
+        let mut body = line(&JournalHead {
+            layout: LAYOUT,
+            fingerprint: self.fingerprint.clone(),
+        })?;
+        for s in kept {
+            body.push_str(&line(s)?);
+        }
+        let file = write_journal(out, body.as_bytes())?;
+        let keep: Vec<&str> = kept
+            .iter()
+            .filter_map(|s| s.shard.as_ref().map(|e| e.name.as_str()))
+            .collect();
+        for p in list_our_files(out)? {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.as_deref().unwrap_or("");
+            if name != JOURNAL_FILE && !keep.contains(&name) {
+                remove(&p)?;
+            }
+        }
+        Ok(file)
+    }
+
+    /// Decode on `workers` threads, write in order; returns the writer and the
+    /// digest and rejects of the unfinished last segment.
+    fn run(
+        &self,
+        mut writer: DatasetWriter,
+        start: usize,
+        segments: &mut Vec<Segment>,
+        journal: &mut std::fs::File,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(DatasetWriter, (SegmentDigest, Vec<Reject>)), BuildError> {
+        let config = self.config;
+        let images = &self.inputs.images;
+        let end = self.range.end;
+        let window = (config.workers * 8).max(16);
+        let gate = Gate::new(start, window);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel::<Prepared>();
+        let hash = config.hash_inputs;
+        let mut digest = SegmentDigest::new(hash);
+        let mut pending: Vec<Reject> = Vec::new();
+        let mut rejected = self.all_rejects(segments).len();
+
+        std::thread::scope(|scope| -> Result<(), BuildError> {
+            for _ in 0..config.workers {
+                let tx = tx.clone();
+                let (gate, stop) = (&gate, &stop);
+                scope.spawn(move || self.worker(gate, stop, end, tx));
+            }
+            drop(tx);
+            let outcome = (|| -> Result<(), BuildError> {
+                let mut ready: BTreeMap<usize, Prepared> = BTreeMap::new();
+                let mut next = start;
+                while next < end {
+                    let Ok(p) = rx.recv() else {
+                        return Err(BuildError::Input(
+                            "a decoding worker stopped unexpectedly".into(),
+                        ));
+                    };
+                    ready.insert(p.index, p);
+                    while let Some(p) = ready.remove(&next) {
+                        let img = &images[next];
+                        let content = p.crc.flatten();
+                        match p.result {
+                            Ok(payload) => {
+                                if let Some(closed) = writer.push_encoded(img.label, &payload)? {
+                                    // `img` did not fit: it is the closed segment's boundary.
+                                    digest.eat_image(img, content);
+                                    let (inputs, content) =
+                                        std::mem::replace(&mut digest, SegmentDigest::new(hash))
+                                            .finish();
+                                    let seg = Segment {
+                                        shard: Some(closed),
+                                        next_image: next,
+                                        rejects: std::mem::take(&mut pending),
+                                        inputs,
+                                        content,
+                                    };
+                                    journal_append(journal, self.out(), &seg)?;
+                                    segments.push(seg);
+                                    progress(Progress::Shard {
+                                        shards: writer.completed().len(),
+                                    });
+                                }
+                                digest.eat_image(img, content);
+                            }
+                            Err(reason) => {
+                                if config.strict {
+                                    return Err(BuildError::Rejected {
+                                        path: config.input.input.join(&img.path),
+                                        reason,
+                                    });
+                                }
+                                tracing::debug!(path = %img.rel, %reason, "rejected");
+                                digest.eat_image(img, content);
+                                pending.push(Reject {
+                                    path: img.rel.clone(),
+                                    reason,
+                                });
+                                rejected += 1;
+                            }
+                        }
+                        next += 1;
+                        gate.advance(next);
+                        progress(Progress::Image {
+                            done: next - self.range.start,
+                            rejected,
+                        });
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            gate.wake_all();
+            drop(rx);
+            outcome
+        })?;
+        Ok((writer, (digest, pending)))
+    }
+
+    /// One decoding thread: claim the next index, read, decode, encode, send.
+    fn worker(&self, gate: &Gate, stop: &AtomicBool, end: usize, tx: mpsc::Sender<Prepared>) {
+        let side = self.config.side;
+        let new_pre = || sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(side));
+        let mut pre = new_pre();
+        let mut pixels = vec![0u8; Geometry { side }.image_bytes()];
+        while let Some(i) = gate.claim(end, stop) {
+            let img = &self.inputs.images[i];
+            let bytes = self.source.read(img);
+            let crc = self
+                .config
+                .hash_inputs
+                .then(|| bytes.as_ref().ok().map(|b| crc32fast::hash(b)));
+            // A worker that died would leave its index unwritten and the writer
+            // waiting for it forever: any panic becomes this file's reject.
+            let result = bytes.and_then(|b| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.prepare(&mut pre, &b, &mut pixels)
+                }))
+                .unwrap_or_else(|_| {
+                    pre = new_pre();
+                    Err("internal error: preparing this file panicked".into())
+                })
+            });
+            if tx
+                .send(Prepared {
+                    index: i,
+                    crc,
+                    result,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// Decode, resize and encode one input; `Err` is the reject reason.
+    fn prepare(
+        &self,
+        pre: &mut sv_image::Preprocessor,
+        bytes: &[u8],
+        pixels: &mut [u8],
+    ) -> Result<Vec<u8>, String> {
+        let config = self.config;
+        pre.process(bytes, pixels).map_err(|e| e.to_string())?;
+        let mut payload = Vec::new();
+        sv_shard::encode_payload(
+            config.codec,
+            config.side,
+            config.jpeg_quality,
+            pixels,
+            &mut payload,
+        )
+        .map_err(|e| e.to_string())?;
+        let limit = max_payload(config.max_shard_bytes);
+        if payload.len() as u64 > limit {
+            return Err(format!(
+                "its {} record is {} bytes, more than fits in a shard of at most {} bytes",
+                config.codec,
+                payload.len(),
+                config.max_shard_bytes
+            ));
+        }
+        Ok(payload)
+    }
+
+    /// Close the last shard, write the manifest, rejects and build record.
+    fn finish(
+        &self,
+        writer: DatasetWriter,
+        (digest, pending): (SegmentDigest, Vec<Reject>),
+        segments: &mut Vec<Segment>,
+    ) -> Result<Manifest, BuildError> {
+        let (last, manifest) = writer.finish_with_last()?;
+        let mut digest = digest;
+        digest.eat_end();
+        let at_end = segments
+            .last()
+            .is_some_and(|s| s.next_image == self.range.end);
+        if !at_end || segments.is_empty() {
+            let (inputs, content) = digest.finish();
+            segments.push(Segment {
+                shard: last,
+                next_image: self.range.end,
+                rejects: pending,
+                inputs,
+                content,
+            });
+        }
+        let rejects = self.all_rejects(segments);
+        write_rejects(self.out(), &rejects)?;
+        let record = BuildRecord {
+            layout: LAYOUT,
+            fingerprint: self.fingerprint.clone(),
+            hash_inputs: segments.iter().all(|s| s.content.is_some()),
+            listing: self.listing.clone(),
+            inputs: self.range.len() + self.pre_rejects.len(),
+            records: manifest.records,
+            rejects: rejects.len(),
+            segments: segments.clone(),
+            ignored: self.ignored.clone(),
+            part: self.config.part.as_ref().map(|p| PartRecord {
+                index: p.index,
+                count: p.count,
+                first_image: self.range.start,
+                images: self.range.len(),
+                total_images: self.inputs.images.len(),
+                inputs: inputs_digest(&self.inputs.images),
+            }),
+        };
+        write_json_atomic(self.out(), BUILD_FILE, &record)?;
+        Ok(manifest)
+    }
+
+    fn summary(
+        &self,
+        manifest: Option<Manifest>,
+        segments: Vec<Segment>,
+        rebuilt_because: Option<String>,
+        up_to_date: bool,
+    ) -> BuildSummary {
+        let manifest = manifest.unwrap_or_else(|| {
+            self.writer
+                .manifest(segments.iter().filter_map(|s| s.shard.clone()).collect())
+        });
+        BuildSummary {
+            manifest,
+            inputs: self.range.len() + self.pre_rejects.len(),
+            rejects: self.all_rejects(&segments),
+            ignored: self.ignored.clone(),
+            resumed_shards: 0,
+            resumed_inputs: 0,
+            rebuilt_because,
+            up_to_date,
+        }
+    }
+}
+
+/// One worker's result for input `index`.
+struct Prepared {
+    index: usize,
+    /// With `hash_inputs`: the content's CRC-32, `None` when it could not be read.
+    crc: Option<Option<u32>>,
+    result: Result<Vec<u8>, String>,
 }
 
 /// Hands out input indices, never more than `window` ahead of the writer.
@@ -403,169 +725,16 @@ impl Gate {
     }
 }
 
-/// A 64-bit FNV-1a over everything the output depends on.
-fn fingerprint(inputs: &Inputs, config: &WriterConfig) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h ^= u64::from(x);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    eat(format!(
-        "v1 {} {} {} {} {}",
-        config.split, config.side, config.codec, config.jpeg_quality, config.max_shard_bytes
-    )
-    .as_bytes());
-    for c in &inputs.classes {
-        eat(c.wnid.as_bytes());
-        eat(c.name.as_bytes());
-    }
-    for i in &inputs.images {
-        eat(i.rel.as_bytes());
-        eat(&i.label.to_le_bytes());
-    }
-    for s in &inputs.skipped {
-        eat(s.rel.as_bytes());
-    }
-    format!("{h:016x}")
-}
-
-fn up_to_date(
-    out: &Path,
-    fingerprint: &str,
-    n_inputs: usize,
-) -> Result<Option<BuildSummary>, BuildError> {
-    let path = out.join(BUILD_FILE);
-    let Ok(text) = std::fs::read(&path) else {
-        return Ok(None);
-    };
-    let Ok(record) = serde_json::from_slice::<BuildRecord>(&text) else {
-        return Ok(None);
-    };
-    if record.fingerprint != fingerprint || out.join(JOURNAL_FILE).exists() {
-        return Ok(None);
-    }
-    let Ok(manifest) = Manifest::load(out) else {
-        return Ok(None);
-    };
-    let complete = manifest
-        .shards
-        .iter()
-        .all(|s| std::fs::metadata(out.join(&s.name)).is_ok_and(|m| m.len() == s.bytes));
-    if !complete {
-        return Ok(None);
-    }
-    let rejects = read_rejects(out).unwrap_or_default();
-    Ok(Some(BuildSummary {
-        manifest,
-        inputs: n_inputs,
-        rejects,
-        resumed_shards: 0,
-        resumed_inputs: 0,
-        up_to_date: true,
-    }))
-}
-
-struct Journal {
-    file: std::fs::File,
-    shards: Vec<JournalShard>,
-}
-
-/// Open the journal of an interrupted build with the same fingerprint, or clear the
-/// output folder and start a new one.
-fn prepare_output(
-    out: &Path,
-    fingerprint: &str,
-    force: bool,
-    shard_name: &dyn Fn(usize) -> String,
-) -> Result<Journal, BuildError> {
-    let journal_path = out.join(JOURNAL_FILE);
-    if let Ok(text) = std::fs::read_to_string(&journal_path) {
-        let mut lines = text.lines();
-        let same = lines
-            .next()
-            .and_then(|l| serde_json::from_str::<JournalHead>(l).ok())
-            .is_some_and(|h| h.fingerprint == fingerprint);
-        if same {
-            let mut shards = Vec::new();
-            for line in lines {
-                // A line cut short by the kill ends the usable journal.
-                let Ok(s) = serde_json::from_str::<JournalShard>(line) else {
-                    break;
-                };
-                let intact = std::fs::metadata(out.join(&s.shard.name))
-                    .is_ok_and(|m| m.len() == s.shard.bytes)
-                    && s.shard.name == shard_name(shards.len());
-                if !intact {
-                    break;
-                }
-                shards.push(s);
-            }
-            // Rewrite the journal with just the usable lines, then append to it.
-            let mut body = String::new();
-            body.push_str(&journal_line(&JournalHead {
-                fingerprint: fingerprint.into(),
-            })?);
-            for s in &shards {
-                body.push_str(&journal_line(s)?);
-            }
-            let file = write_journal(out, body.as_bytes())?;
-            tracing::info!(shards = shards.len(), "resuming an interrupted build");
-            return Ok(Journal { file, shards });
-        }
-        if !force {
-            return Err(BuildError::Input(format!(
-                "{} holds an interrupted build with other inputs or settings; rerun it with \
-                 those, or pass --force to start over",
-                out.display()
-            )));
-        }
-    }
-    let ours = list_our_files(out)?;
-    let foreign = std::fs::read_dir(out)
-        .map_err(|source| BuildError::Io {
-            path: out.to_path_buf(),
-            op: "list",
-            source,
-        })?
-        .filter_map(|e| e.ok())
-        .filter(|e| !ours.contains(&e.path()))
-        .count();
-    if !ours.is_empty() && !force {
-        return Err(BuildError::Input(format!(
-            "{} already holds a dataset built from other inputs or settings; pass --force \
-             to replace it",
-            out.display()
-        )));
-    }
-    if foreign > 0 && !force {
-        return Err(BuildError::Input(format!(
-            "{} is not empty and holds no dataset; choose an empty folder or pass --force",
-            out.display()
-        )));
-    }
-    for p in ours {
-        std::fs::remove_file(&p).map_err(|source| BuildError::Io {
-            path: p.clone(),
-            op: "remove",
-            source,
-        })?;
-    }
-    let head = journal_line(&JournalHead {
-        fingerprint: fingerprint.into(),
-    })?;
-    let file = write_journal(out, head.as_bytes())?;
-    Ok(Journal {
-        file,
-        shards: Vec::new(),
+fn remove(p: &Path) -> Result<(), BuildError> {
+    std::fs::remove_file(p).map_err(|source| BuildError::Io {
+        path: p.to_path_buf(),
+        op: "remove",
+        source,
     })
 }
 
-/// Files a build writes (and `--force` may remove): nothing else is touched.
-fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
+/// Files a build writes (and may remove): nothing else is touched.
+pub(crate) fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
         path: out.to_path_buf(),
         op: "list",
@@ -573,6 +742,7 @@ fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
     })?;
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
         .filter(|p| {
             let name = p
@@ -591,11 +761,25 @@ fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(v)
 }
 
-fn journal_line<T: Serialize>(v: &T) -> Result<String, BuildError> {
-    let mut s = serde_json::to_string(v)
-        .map_err(|e| BuildError::Input(format!("journal serialisation: {e}")))?;
-    s.push('\n');
-    Ok(s)
+/// An entry named like a build's file that is not a regular file (a folder, say).
+fn not_ours_in_the_way(out: &Path) -> Result<Option<(PathBuf, &'static str)>, BuildError> {
+    let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
+        path: out.to_path_buf(),
+        op: "list",
+        source,
+    })?;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = [MANIFEST_FILE, REJECTS_FILE, BUILD_FILE, JOURNAL_FILE].contains(&name.as_str())
+            || name.ends_with(".svs");
+        if let Ok(ft) = e.file_type()
+            && ours
+            && !ft.is_file()
+        {
+            return Ok(Some((e.path(), crate::read::kind_of(ft))));
+        }
+    }
+    Ok(None)
 }
 
 fn write_journal(out: &Path, body: &[u8]) -> Result<std::fs::File, BuildError> {
@@ -610,17 +794,12 @@ fn write_journal(out: &Path, body: &[u8]) -> Result<std::fs::File, BuildError> {
     Ok(f)
 }
 
-fn journal_append(
-    file: &mut std::fs::File,
-    out: &Path,
-    entry: &JournalShard,
-) -> Result<(), BuildError> {
-    let line = journal_line(entry)?;
-    let path = out.join(JOURNAL_FILE);
-    file.write_all(line.as_bytes())
+fn journal_append(file: &mut std::fs::File, out: &Path, entry: &Segment) -> Result<(), BuildError> {
+    let text = line(entry)?;
+    file.write_all(text.as_bytes())
         .and_then(|()| file.sync_data())
         .map_err(|source| BuildError::Io {
-            path,
+            path: out.join(JOURNAL_FILE),
             op: "write",
             source,
         })
@@ -629,7 +808,7 @@ fn journal_append(
 fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
     let mut body = String::new();
     for r in rejects {
-        body.push_str(&journal_line(r)?);
+        body.push_str(&line(r)?);
     }
     write_atomic(out, REJECTS_FILE, body.as_bytes())
 }
@@ -637,11 +816,7 @@ fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
 /// Read `rejects.jsonl` from a finished build.
 pub fn read_rejects(out: &Path) -> Result<Vec<Reject>, BuildError> {
     let path = out.join(REJECTS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| BuildError::Io {
-        path: path.clone(),
-        op: "read",
-        source,
-    })?;
+    let text = crate::read::read_text(&path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -652,27 +827,18 @@ pub fn read_rejects(out: &Path) -> Result<Vec<Reject>, BuildError> {
         .collect()
 }
 
-fn write_json_atomic<T: Serialize>(out: &Path, name: &str, v: &T) -> Result<(), BuildError> {
+pub(crate) fn write_json_atomic<T: serde::Serialize>(
+    out: &Path,
+    name: &str,
+    v: &T,
+) -> Result<(), BuildError> {
     let mut text = serde_json::to_vec_pretty(v)
-        .map_err(|e| BuildError::Input(format!("{name} serialisation: {e}")))?;
+        .map_err(|e| BuildError::Input(format!("cannot serialise {name}: {e}")))?;
     text.push(b'\n');
     write_atomic(out, name, &text)
 }
 
-fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
-    let path = out.join(name);
-    let tmp = out.join(format!("{name}.tmp"));
-    let io = |p: &Path, op| {
-        let p = p.to_path_buf();
-        move |source| BuildError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io(&tmp, "write"))?;
-    f.sync_all().map_err(io(&tmp, "sync"))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))
+pub(crate) fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
+    sv_core::fs::write_atomic(out.join(name), bytes).map_err(sv_shard::ShardError::from)?;
+    Ok(())
 }

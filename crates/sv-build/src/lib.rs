@@ -3,22 +3,104 @@
 //! central 256x256 kept.
 //!
 //! - [`inputs`] finds the images and labels (class-folder tree, or a flat folder with
-//!   Kaggle's `LOC_val_solution.csv` or `filename wnid` lines).
+//!   Kaggle's `LOC_val_solution.csv` or `filename wnid` lines), and accounts for every
+//!   other entry as a reject or as ignored, with the reason.
 //! - [`build()`] decodes them on all cores and writes shards in input order:
 //!   byte-identical output whatever the worker count, bounded memory, resumable after
-//!   a kill, and bad files skipped and reported rather than fatal.
+//!   a kill, bad files skipped and reported rather than fatal, one build at a time per
+//!   output folder (see [`lock`]), and a repeated build redoes exactly the shards
+//!   whose inputs changed (see the `journal` module).
 #![warn(missing_docs)]
 
 mod build;
 pub mod inputs;
+mod journal;
+pub mod lock;
+mod read;
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 pub use build::{
-    BUILD_FILE, BuildConfig, BuildSummary, JOURNAL_FILE, Progress, REJECTS_FILE, Reject, build,
+    BUILD_FILE, BuildConfig, BuildSummary, JOURNAL_FILE, Progress, REJECTS_FILE, build,
     read_rejects,
 };
-pub use inputs::{InputSpec, Inputs, discover};
+pub use inputs::{Ignored, InputSpec, Inputs, discover};
+pub use lock::LOCK_FILE;
+pub use read::MAX_INPUT_BYTES;
+
+/// One input file that was skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    /// Path relative to the input folder.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Which part of a build split across machines: part `index` (counting from 0) of
+/// `count` contiguous slices of the record order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// This part, `0..count`.
+    pub index: usize,
+    /// How many parts.
+    pub count: usize,
+}
+
+impl Part {
+    /// Parse `K/N`.
+    pub fn parse(text: &str) -> Result<Part, String> {
+        let (k, n) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}` is not K/N (for example 0/4)"))?;
+        let num = |s: &str, what: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{text}`: {what} `{s}` is not a whole number"))
+        };
+        let part = Part {
+            index: num(k, "K")?,
+            count: num(n, "N")?,
+        };
+        part.check().map_err(|e| e.to_string())?;
+        Ok(part)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        if self.count == 0 || self.index >= self.count {
+            return Err(BuildError::Input(format!(
+                "part {}/{} does not exist: parts are numbered 0 to N-1, and N is at least 1",
+                self.index, self.count
+            )));
+        }
+        Ok(())
+    }
+
+    /// The slice of `n` images this part builds.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        let at = |k: usize| (k as u128 * n as u128 / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+}
+
+/// What a part build records about its place in the whole (in `build.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// The part, from 0.
+    pub index: usize,
+    /// Of how many.
+    pub count: usize,
+    /// Its first image in the whole build's order.
+    pub first_image: usize,
+    /// Images in its slice.
+    pub images: usize,
+    /// Images in the whole build.
+    pub total_images: usize,
+    /// Digest of the whole input list (paths, labels, sizes, times).
+    pub inputs: String,
+}
 
 /// Why a build could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +116,25 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// Another build is writing the same output folder.
+    #[error(
+        "{dir} is being written by another build ({holder}); wait for it to finish, or stop it"
+    )]
+    Locked {
+        /// The output folder.
+        dir: PathBuf,
+        /// Who holds the lock, in words (pid, host, command).
+        holder: String,
+    },
+    /// The output folder holds something the build would have to replace; forcing
+    /// the build replaces it (files of the build's own only).
+    #[error("{dir} {holds}")]
+    Occupied {
+        /// The output folder.
+        dir: PathBuf,
+        /// What it holds.
+        holds: Occupant,
+    },
     /// The inputs or settings cannot be used as given.
     #[error("{0}")]
     Input(String),
@@ -48,4 +149,52 @@ pub enum BuildError {
     /// Writing the dataset failed.
     #[error(transparent)]
     Shard(#[from] sv_shard::ShardError),
+}
+
+/// What an output folder holds that keeps a build from writing there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Occupant {
+    /// An interrupted build with other inputs or settings.
+    InterruptedBuild,
+    /// A dataset built from other inputs or settings.
+    OtherDataset,
+    /// Files that are not a dataset.
+    OtherFiles,
+}
+
+impl std::fmt::Display for Occupant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Occupant::InterruptedBuild => {
+                "holds an interrupted build with other inputs or settings (rerun that build \
+                 with those to finish it)"
+            }
+            Occupant::OtherDataset => "already holds a dataset built from other inputs or settings",
+            Occupant::OtherFiles => "is not empty and holds no dataset (choose an empty folder)",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_order_once() {
+        for n in [0, 1, 7, 10, 1000] {
+            for count in 1..6 {
+                let mut next = 0;
+                for index in 0..count {
+                    let r = Part { index, count }.range(n);
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, n);
+            }
+        }
+        assert!(Part::parse("3/3").unwrap_err().contains("0 to N-1"));
+        assert!(Part::parse("1/0").is_err());
+        assert!(Part::parse("x/2").unwrap_err().contains("whole number"));
+        assert_eq!(Part::parse("2/4").unwrap(), Part { index: 2, count: 4 });
+    }
 }

@@ -47,6 +47,8 @@ fn config(input: &Path, output: &Path, workers: usize, codec: Codec) -> BuildCon
         max_shard_bytes: 4096 + 5 * (12_288 + 24),
         strict: false,
         force: false,
+        hash_inputs: false,
+        part: None,
     }
 }
 
@@ -152,4 +154,369 @@ fn strict_stops_at_the_first_bad_file_and_keeps_finished_shards() {
     assert!(s.resumed_shards >= 1);
     assert_eq!(s.manifest.records, 16);
     assert_eq!(s.rejects.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// Hardening (issue 15): locks, fingerprints, special files, input-tree surprises,
+// shard size bound.
+
+/// A copy of the `build` snapshot without the files that name this run.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    snapshot(dir)
+}
+
+fn verify_ok(dir: &Path) {
+    let report = sv_shard::verify::verify_dataset(dir, 2, &|_| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_second_build_into_the_same_folder_fails_at_once_naming_the_holder() {
+    use std::sync::{Mutex, mpsc};
+    use std::time::{Duration, Instant};
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 6);
+    let out = t.path().join("out");
+    let cfg = config(&input, &out, 1, Codec::Raw);
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            build(&cfg, &|p| {
+                if let sv_build::Progress::Image { done: 1, .. } = p {
+                    started_tx.send(()).unwrap();
+                    go_rx.lock().unwrap().recv().unwrap();
+                }
+            })
+        });
+        started_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        // The same command (its journal is a live build's, not an interrupted one),
+        // and the same with --force (which must not delete a live build's files).
+        let seconds: Vec<_> = [false, true]
+            .into_iter()
+            .map(|force| {
+                let mut second = cfg.clone();
+                second.force = force;
+                let t0 = Instant::now();
+                let r = build(&second, &|_| {});
+                (force, r, t0.elapsed())
+            })
+            .collect();
+        go_tx.send(()).unwrap();
+        for (force, r, took) in seconds {
+            let err = r.unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("pid {}", std::process::id())),
+                "force={force}: {err}"
+            );
+            assert!(took < Duration::from_secs(10), "did not fail at once");
+        }
+        let s = first.join().unwrap().unwrap();
+        assert_eq!(s.manifest.records, 12);
+    });
+    verify_ok(&out);
+    // The lock is released: the same command now reports "up to date".
+    assert!(build(&cfg, &|_| {}).unwrap().up_to_date);
+}
+
+/// Replace `path`'s bytes, keeping its size and modification time.
+fn flip_keeping_size_and_mtime(path: &Path, at: usize) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x55;
+    std::fs::write(path, &b).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// Give `path` other pixels (another image of the tree), and a later mtime.
+fn replace_image(path: &Path, with: &Path) {
+    let bytes = std::fs::read(with).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(later).unwrap();
+}
+
+#[test]
+fn content_rewritten_in_place_is_caught_with_hash_inputs() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 9);
+    let out = t.path().join("out");
+    let hashed = |out: &Path| {
+        let mut c = config(&input, out, 2, Codec::Raw);
+        c.hash_inputs = true;
+        c
+    };
+    build(&hashed(&out), &|_| {}).unwrap();
+    assert!(build(&hashed(&out), &|_| {}).unwrap().up_to_date);
+    // The same size and modification time, other bytes: only the content tells.
+    flip_keeping_size_and_mtime(&input.join("n00000001/img_005.JPEG"), 700);
+    assert!(
+        build(&config(&input, &out, 2, Codec::Raw), &|_| {})
+            .unwrap()
+            .up_to_date,
+        "without content hashes, size and time are what is compared"
+    );
+    let s = build(&hashed(&out), &|_| {}).unwrap();
+    assert!(!s.up_to_date);
+    assert!(s.resumed_shards >= 1, "earlier shards are kept");
+    let fresh = t.path().join("fresh");
+    build(&hashed(&fresh), &|_| {}).unwrap();
+    assert_eq!(files(&out), files(&fresh));
+}
+
+#[test]
+fn a_changed_input_is_rebuilt_never_reported_up_to_date() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 9);
+    let out = t.path().join("out");
+    build(&config(&input, &out, 2, Codec::Jpeg), &|_| {}).unwrap();
+    // Same name, other content (a later mtime, maybe another size).
+    replace_image(
+        &input.join("n00000001/img_002.JPEG"),
+        &input.join("n00000000/img_007.JPEG"),
+    );
+    let s = build(&config(&input, &out, 2, Codec::Jpeg), &|_| {}).unwrap();
+    assert!(!s.up_to_date, "stale data reported up to date");
+    let fresh = t.path().join("fresh");
+    build(&config(&input, &fresh, 1, Codec::Jpeg), &|_| {}).unwrap();
+    assert_eq!(files(&out), files(&fresh));
+}
+
+#[test]
+fn resuming_after_an_input_changed_rebuilds_from_the_affected_shard() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 9);
+    // A traced build: the journal as it stood after each shard.
+    let trace = t.path().join("trace");
+    let journals = std::sync::Mutex::new(Vec::new());
+    build(&config(&input, &trace, 1, Codec::Raw), &|p| {
+        if let sv_build::Progress::Shard { .. } = p {
+            let j = std::fs::read_to_string(trace.join(JOURNAL_FILE)).unwrap_or_default();
+            journals.lock().unwrap().push(j);
+        }
+    })
+    .unwrap();
+    let journals = journals.into_inner().unwrap();
+    // Killed after three shards (records 0..15).
+    let out = t.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for k in 0..3 {
+        let name = format!("train-{k:05}.svs");
+        std::fs::copy(trace.join(&name), out.join(&name)).unwrap();
+    }
+    std::fs::write(out.join(JOURNAL_FILE), &journals[2]).unwrap();
+    // Record 6 (n00000000/img_006) lies in shard 1: shards 1 and 2 are stale now.
+    replace_image(
+        &input.join("n00000000/img_006.JPEG"),
+        &input.join("n00000001/img_000.JPEG"),
+    );
+    let s = build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+    assert_eq!(s.resumed_shards, 1);
+    let fresh = t.path().join("fresh");
+    build(&config(&input, &fresh, 1, Codec::Raw), &|_| {}).unwrap();
+    assert_eq!(files(&out), files(&fresh));
+}
+
+#[test]
+fn up_to_date_checks_every_shards_header_and_index() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 9);
+    let reference = t.path().join("reference");
+    build(&config(&input, &reference, 2, Codec::Raw), &|_| {}).unwrap();
+    let want = files(&reference);
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
+        ("header byte", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            b[30] ^= 1;
+            std::fs::write(p, b).unwrap();
+        }),
+        ("index byte", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            let n = b.len();
+            b[n - 10] ^= 1;
+            std::fs::write(p, b).unwrap();
+        }),
+        ("same length, zeroed", |p| {
+            let n = std::fs::metadata(p).unwrap().len();
+            std::fs::write(p, vec![0u8; n as usize]).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let out = t.path().join(what.replace(' ', "-"));
+        build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+        damage(&out.join("train-00001.svs"));
+        let s = build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+        assert!(!s.up_to_date, "{what}: damaged shards reported up to date");
+        assert_eq!(files(&out), want, "{what}");
+    }
+    // A folder in a shard's place is not ours to delete: the build stops at once
+    // naming it.
+    let out = t.path().join("folder");
+    build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+    let shard = out.join("train-00001.svs");
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let err = build(&config(&input, &out, 2, Codec::Raw), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train-00001.svs is a folder"), "{err}");
+}
+
+/// Run `f` on another thread; fail (rather than hang) after `secs`.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("the build hung")
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_are_rejected_never_waited_on() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 3);
+    let fifo = input.join("n00000000/fifo.JPEG");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // A symlink to the FIFO, one to a character device, and a socket.
+    std::os::unix::fs::symlink(&fifo, input.join("n00000001/link-to-fifo.JPEG")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", input.join("n00000001/zero.JPEG")).unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(input.join("n00000001/sock.JPEG")).unwrap();
+    let out = t.path().join("out");
+    let cfg = config(&input, &out, 2, Codec::Raw);
+    let s = within(60, move || build(&cfg, &|_| {})).unwrap();
+    assert_eq!(s.manifest.records, 6);
+    let reasons: BTreeMap<String, String> = s
+        .rejects
+        .iter()
+        .map(|r| (r.path.clone(), r.reason.clone()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons["n00000000/fifo.JPEG"].contains("FIFO"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["n00000001/link-to-fifo.JPEG"].contains("FIFO"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["n00000001/zero.JPEG"].contains("device"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["n00000001/sock.JPEG"].contains("socket"),
+        "{reasons:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn every_file_in_the_input_tree_is_a_record_a_reject_or_ignored() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 3);
+    let good = std::fs::read(input.join("n00000000/img_000.JPEG")).unwrap();
+    // The output folder inside the input tree (already there, as on a second run).
+    let out = input.join("shards");
+    std::fs::create_dir_all(&out).unwrap();
+    // A dangling symlink at the top of the tree.
+    std::os::unix::fs::symlink(t.path().join("nowhere"), input.join("broken")).unwrap();
+    // An image in a nested folder, a dotfile, a top-level file, a non-UTF-8 name.
+    std::fs::create_dir_all(input.join("n00000000/more")).unwrap();
+    std::fs::write(input.join("n00000000/more/nested.JPEG"), &good).unwrap();
+    std::fs::write(input.join("n00000001/.DS_Store"), b"mac").unwrap();
+    std::fs::write(input.join("README.txt"), b"hello").unwrap();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.JPEG");
+    std::fs::write(input.join("n00000001").join(latin1), &good).unwrap();
+
+    let s = build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+    let classes: Vec<&str> = s.manifest.classes.iter().map(|c| c.wnid.as_str()).collect();
+    assert_eq!(classes, ["n00000000", "n00000001"]);
+    // 6 tree images + the nested one + the non-UTF-8 one.
+    assert_eq!(s.manifest.records, 8, "rejects: {:?}", s.rejects);
+    let rejects: Vec<(&str, &str)> = s
+        .rejects
+        .iter()
+        .map(|r| (r.path.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert_eq!(rejects[0].0, "broken");
+    assert!(rejects[0].1.contains("broken symbolic link"), "{rejects:?}");
+    let ignored: Vec<(&str, &str)> = s
+        .ignored
+        .iter()
+        .map(|r| (r.path.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(ignored.len(), 3, "{ignored:?}");
+    assert_eq!(ignored[0].0, "README.txt");
+    assert!(
+        ignored[0].1.contains("not inside a class folder"),
+        "{ignored:?}"
+    );
+    assert_eq!(ignored[1].0, "n00000001/.DS_Store");
+    assert!(ignored[1].1.contains("hidden"), "{ignored:?}");
+    assert_eq!(ignored[2], ("shards", "the build's own output folder"));
+    // The non-UTF-8 name is a record, reported (if ever) with its byte escaped.
+    assert!(
+        sv_build::inputs::display_path(&Path::new("n1").join(latin1)).ends_with("caf\\xe9.JPEG")
+    );
+    // A second run is up to date (the output folder is not read as a class).
+    assert!(
+        build(&config(&input, &out, 2, Codec::Raw), &|_| {})
+            .unwrap()
+            .up_to_date
+    );
+}
+
+#[test]
+fn shards_never_grow_past_the_bound() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 4);
+    // Raw 600x600 records are 1,080,000 bytes: none fits in 1 MiB. Refused up front.
+    let out = t.path().join("raw");
+    let mut cfg = config(&input, &out, 2, Codec::Raw);
+    cfg.side = 600;
+    cfg.max_shard_bytes = 1 << 20;
+    let err = build(&cfg, &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("1080000") || err.contains("1.0 MiB"), "{err}");
+    assert!(!out.join("train-00000.svs").exists());
+
+    // JPEG records vary in size: a bound between the smallest and the largest
+    // rejects the records that cannot fit in any shard, and no shard passes it.
+    let probe = t.path().join("probe");
+    build(&config(&input, &probe, 2, Codec::Jpeg), &|_| {}).unwrap();
+    let ds = Dataset::open(&probe).unwrap();
+    let mut sizes: Vec<usize> = (0..ds.len())
+        .map(|i| ds.record(i).unwrap().payload.len())
+        .collect();
+    sizes.sort();
+    let mid = sizes[sizes.len() / 2];
+    let bound = 4096 + 24 + mid as u64;
+    let out = t.path().join("jpeg");
+    let mut cfg = config(&input, &out, 2, Codec::Jpeg);
+    cfg.max_shard_bytes = bound;
+    let s = build(&cfg, &|_| {}).unwrap();
+    let too_big = sizes.iter().filter(|&&n| n > mid).count();
+    assert_eq!(s.rejects.len(), too_big, "{:?}", s.rejects);
+    assert!(
+        s.rejects.iter().all(|r| r.reason.contains("shard")),
+        "{:?}",
+        s.rejects
+    );
+    for sh in &s.manifest.shards {
+        assert!(
+            sh.bytes <= bound,
+            "{} is {} bytes > {bound}",
+            sh.name,
+            sh.bytes
+        );
+    }
 }

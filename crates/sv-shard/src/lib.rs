@@ -70,7 +70,9 @@
 //!   pages are read: shard files are never changed in place by this project (they
 //!   are renamed into place once complete), so only another program truncating a
 //!   shard under a running reader can cause it. [`verify::verify_dataset`] does not
-//!   map shards at all, so it reports such a change instead.
+//!   map shards at all, so it reports such a change instead, and
+//!   [`report_truncated_shards`] lets a binary turn the SIGBUS into a message naming
+//!   the shard.
 //! - Record CRCs are checked by [`Record::verify`] and by [`verify::verify_dataset`].
 //!
 //! # Writing
@@ -86,6 +88,7 @@ mod error;
 mod format;
 mod manifest;
 mod reader;
+mod sigbus;
 pub mod verify;
 mod writer;
 
@@ -93,6 +96,7 @@ pub use error::ShardError;
 pub use format::{DATA_OFFSET, INDEX_ENTRY_SIZE, MAGIC, VERSION};
 pub use manifest::{Codec, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ShardEntry};
 pub use reader::{Dataset, Record, ShardReader};
+pub use sigbus::report_truncated_shards;
 pub use writer::{
     DEFAULT_MAX_SHARD_BYTES, DatasetWriter, ShardWriter, WriterConfig, encode_payload,
     write_manifest,

@@ -216,6 +216,27 @@ impl Manifest {
         if self.classes.is_empty() {
             return Err(bad("the class list is empty".into()));
         }
+        let mut wnids = std::collections::HashMap::new();
+        for (label, c) in self.classes.iter().enumerate() {
+            // A wnid is a folder name in the input tree, and part of exported file
+            // names: never a path.
+            let plain = !c.wnid.is_empty()
+                && c.wnid != "."
+                && c.wnid != ".."
+                && !c.wnid.contains(['/', '\\', '\0']);
+            if !plain {
+                return Err(bad(format!(
+                    "class {label} has wnid {:?}, which is not a plain name",
+                    c.wnid
+                )));
+            }
+            if let Some(first) = wnids.insert(c.wnid.as_str(), label) {
+                return Err(bad(format!(
+                    "wnid {} is listed twice in the class list (labels {first} and {label})",
+                    c.wnid
+                )));
+            }
+        }
         let sum = self
             .shards
             .iter()

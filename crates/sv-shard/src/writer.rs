@@ -273,6 +273,15 @@ impl DatasetWriter {
                 self.config.classes.len()
             )));
         }
+        // Shards never grow past the bound, not even for their first record.
+        let alone = DATA_OFFSET + payload.len() as u64 + INDEX_ENTRY_SIZE as u64;
+        if alone > self.config.max_shard_bytes {
+            return Err(ShardError::Invalid(format!(
+                "a record of {} bytes does not fit in a shard of at most {} bytes",
+                payload.len(),
+                self.config.max_shard_bytes
+            )));
+        }
         let mut closed = None;
         if let Some(cur) = &self.current
             && cur.records() > 0
@@ -330,4 +339,41 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     text.push(b'\n');
     sv_core::fs::write_atomic(dir.join(MANIFEST_FILE), &text)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_shard_grows_past_the_bound_even_for_one_record() {
+        let d = tempfile::tempdir().unwrap();
+        let classes = vec![ClassInfo {
+            wnid: "n1".into(),
+            name: "one".into(),
+        }];
+        let bound = DATA_OFFSET + INDEX_ENTRY_SIZE as u64 + 100;
+        let mut w = DatasetWriter::create(
+            d.path(),
+            WriterConfig {
+                split: Split::Train,
+                side: 16,
+                codec: Codec::Jpeg,
+                jpeg_quality: 90,
+                classes,
+                max_shard_bytes: bound,
+            },
+        )
+        .unwrap();
+        w.push_encoded(0, &[1; 100]).unwrap();
+        let err = w.push_encoded(0, &[1; 101]).unwrap_err().to_string();
+        assert!(
+            err.contains("101 bytes") && err.contains(&bound.to_string()),
+            "{err}"
+        );
+        w.push_encoded(0, &[2; 60]).unwrap();
+        let m = w.finish().unwrap();
+        assert_eq!(m.records, 2);
+        assert!(m.shards.iter().all(|s| s.bytes <= bound), "{:?}", m.shards);
+    }
 }

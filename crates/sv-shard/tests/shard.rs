@@ -313,6 +313,19 @@ fn a_manifest_that_lies_is_caught() {
         ("not a plain file name", |v| {
             v["shards"][0]["name"] = "../x.svs".into()
         }),
+        ("wnid \"../../etc/x\", which is not a plain name", |v| {
+            v["classes"][2]["wnid"] = "../../etc/x".into()
+        }),
+        ("class 0 has wnid \"\"", |v| {
+            v["classes"][0]["wnid"] = "".into()
+        }),
+        (
+            "wnid n00000001 is listed twice in the class list (labels 1 and 3)",
+            |v| v["classes"][3]["wnid"] = "n00000001".into(),
+        ),
+        ("the shards' record counts add up past 2^64", |v| {
+            v["shards"][0]["records"] = u64::MAX.into();
+        }),
         ("missing field", |v| {
             v.as_object_mut().unwrap().remove("shards");
         }),
@@ -509,4 +522,43 @@ fn an_unfinished_writer_leaves_finished_shards_and_no_temporary_file() {
     let again = sv_shard::Manifest::load(dir.path()).unwrap();
     assert_eq!(again, m);
     assert!(!names(dir.path()).iter().any(|n| n.ends_with(".tmp")));
+}
+
+/// Run as a child process by the test below: map a dataset, truncate a shard under
+/// it, read a record past the new end.
+#[cfg(target_os = "linux")]
+fn sigbus_child(dir: &Path) -> ! {
+    sv_shard::report_truncated_shards();
+    let ds = Dataset::open(dir).unwrap();
+    let path = dir.join(&ds.manifest().shards[0].name);
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(4096).unwrap();
+    let rec = ds.record(3).unwrap();
+    let sum: u64 = rec.payload.iter().map(|&b| u64::from(b)).sum();
+    panic!("read {sum} from a truncated map without SIGBUS");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_shard_truncated_under_a_reader_is_reported_by_name() {
+    if let Some(dir) = std::env::var_os("SV_SIGBUS_CHILD") {
+        sigbus_child(Path::new(&dir));
+    }
+    let (dir, m) = small_dataset(Codec::Raw);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_shard_truncated_under_a_reader_is_reported_by_name",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("SV_SIGBUS_CHILD", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!(
+        "error: {}: the shard file shrank while it was being read",
+        shard_path(dir.path(), &m, 0).display()
+    );
+    assert!(err.contains(&want), "{err}");
 }

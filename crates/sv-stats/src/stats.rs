@@ -268,6 +268,23 @@ impl PcaStats {
         out
     }
 
+    /// The PCA lighting of `convention` as the augmentation applies it: the
+    /// eigenvectors as columns, [0, 1]-scale eigenvalues and the alphas' std.
+    pub fn lighting(&self, convention: sv_augment::LightingConvention) -> sv_augment::Lighting {
+        let mut eigvec = [[0f32; 3]; 3];
+        for (i, v) in self.eigenvectors.iter().enumerate() {
+            for (c, x) in v.iter().enumerate() {
+                eigvec[c][i] = *x as f32;
+            }
+        }
+        sv_augment::Lighting {
+            eigval: self.scale_unit.eigenvalues.map(|v| v as f32),
+            eigvec,
+            convention,
+            std: self.lighting.alpha_std as f32,
+        }
+    }
+
     /// Pretty JSON text with a final newline.
     pub fn to_json(&self) -> String {
         // Serialising plain structs of numbers and strings cannot fail.
@@ -300,7 +317,9 @@ impl PcaStats {
         Ok(stats)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), StatsError> {
+    /// The checks of [`PcaStats::load`], for statistics about to be written to
+    /// `path` (named in the error).
+    pub fn validate(&self, path: &Path) -> Result<(), StatsError> {
         if self.format != FORMAT_NAME {
             return Err(StatsError::format(
                 path,
@@ -451,6 +470,28 @@ mod tests {
         assert_eq!(v["format"], "supervision-pca");
         assert_eq!(v["channel_order"], "RGB");
         assert!(v["scale_unit"]["eigenvalues"].is_array());
+    }
+
+    /// The augmentation's lighting from these statistics adds the same offset as
+    /// `lighting_offset` (the augmentation takes unit draws and scales them by the std).
+    #[test]
+    fn lighting_for_the_augmentation_matches_the_offsets() {
+        let s = example();
+        let unit = [0.7f64, -1.3, 2.1];
+        let alphas = unit.map(|a| a * s.lighting.alpha_std);
+        for (aug, conv) in [
+            (sv_augment::LightingConvention::Paper, Convention::Paper),
+            (
+                sv_augment::LightingConvention::CudaConvnet2,
+                Convention::CudaConvnet2,
+            ),
+        ] {
+            let got = s.lighting(aug).offset(unit.map(|a| a as f32));
+            let want = s.lighting_offset(conv, PixelScale::Byte, alphas);
+            for c in 0..3 {
+                assert!((f64::from(got[c]) - want[c]).abs() < 1e-3 * want[c].abs().max(1.0));
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Result, TorchContext, TrainError};
+use crate::lrn::is_channels_last;
 
 /// What the input values are, after the mean is subtracted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +119,7 @@ pub struct DeviceNorm {
     mean: Tensor,
     inv_std: Tensor,
     mean_image: Option<(Tensor, i64)>,
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for DeviceNorm {
@@ -154,7 +156,16 @@ impl DeviceNorm {
             mean: make(&mean).ctx(|| "upload mean".into())?,
             inv_std: make(&inv).ctx(|| "upload std".into())?,
             mean_image,
+            channels_last: false,
         })
+    }
+
+    /// Makes [`DeviceNorm::apply`] return channels-last tensors (NHWC in memory, the
+    /// layout the uint8 batch already has, which cuDNN's fastest convolutions take)
+    /// instead of contiguous NCHW.
+    pub fn channels_last(mut self, on: bool) -> DeviceNorm {
+        self.channels_last = on;
+        self
     }
 
     /// The side of the per-pixel mean image, when one is subtracted (then
@@ -167,7 +178,9 @@ impl DeviceNorm {
     /// horizontally); `lighting`: optional float `[N, 3]` RGB offsets on the 0-255 scale;
     /// `windows`: int64 `[N, 3]`, each crop's left column and top row in the stored
     /// image and whether its pixels end up mirrored (already, or by `flips`), needed
-    /// only with a mean image. Returns float `[N, 3, H, W]`.
+    /// only with a mean image. Returns float `[N, 3, H, W]`, channels-last in memory
+    /// when [`DeviceNorm::channels_last`] is on (the NHWC bytes are read in place: no
+    /// round trip through NCHW), contiguous otherwise.
     pub fn apply(
         &self,
         images: &Tensor,
@@ -193,7 +206,17 @@ impl DeviceNorm {
                 (Some((m, side)), Some(w)) => x.f_sub(&crop_mean(m, *side, w, &x.size())?)?,
                 _ => x.f_sub(&self.mean)?,
             };
-            x.f_mul(&self.inv_std)?.f_contiguous()
+            let x = x.f_mul(&self.inv_std)?;
+            // Element-wise kernels keep the layout of their first input, the permuted
+            // NHWC batch, so this is normally no copy.
+            match (self.channels_last, is_channels_last(&x)) {
+                (true, true) => Ok(x),
+                (true, false) => x
+                    .f_permute([0, 2, 3, 1])?
+                    .f_contiguous()?
+                    .f_permute([0, 3, 1, 2]),
+                (false, _) => x.f_contiguous(),
+            }
         })()
         .ctx(|| "normalise input".into())
     }
@@ -259,6 +282,18 @@ mod tests {
             .apply(&images, Some(&flips), None, Some(&windows))
             .unwrap();
         assert_eq!(out.size(), [3, 3, 2, 2]);
+        assert!(out.is_contiguous());
+        let dn_cl = DeviceNorm::new(&n, InputScale::Std, Device::Cpu)
+            .unwrap()
+            .channels_last(true);
+        let out_cl = dn_cl
+            .apply(&images, Some(&flips), None, Some(&windows))
+            .unwrap();
+        assert!(
+            is_channels_last(&out_cl),
+            "channels-last with the mean image too"
+        );
+        assert!(out_cl.allclose(&out, 0.0, 0.0, false));
         let cases = [(0, 1, 2, false), (1, 2, 0, true), (2, 0, 1, true)];
         for (s, x0, y0, mirrored) in cases {
             for c in 0..3i64 {

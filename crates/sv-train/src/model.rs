@@ -30,6 +30,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::input::InputScale;
 use crate::lrn::{LrnParams, local_response_norm};
+use crate::params::{ParamStore, Precision};
 
 /// How the weights are initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -536,7 +537,7 @@ enum Op {
 pub struct Model {
     spec: ModelSpec,
     names: Vec<String>,
-    params: Vec<Tensor>,
+    store: ParamStore,
     ops: Vec<Op>,
     device: Device,
 }
@@ -555,6 +556,12 @@ impl Model {
     /// reproducible init: [`tch::manual_seed`]). Weights are drawn on the CPU and then
     /// moved, so one seed gives the same initial weights on every device.
     pub fn new(spec: &ModelSpec, device: Device) -> Result<Model> {
+        Model::with_precision(spec, device, Precision::Fp32)
+    }
+
+    /// [`Model::new`] whose training passes run in `precision` (the master weights
+    /// stay fp32; see [`crate::params`]).
+    pub fn with_precision(spec: &ModelSpec, device: Device, precision: Precision) -> Result<Model> {
         let summary = spec.summary()?;
         let mut names = Vec::new();
         let mut params = Vec::new();
@@ -624,19 +631,15 @@ impl Model {
             };
             ops.push(op);
         }
-        let params = params
-            .into_iter()
-            .zip(&names)
-            .map(|(p, n)| {
-                p.f_to_device(device)
-                    .map(|p| p.set_requires_grad(true))
-                    .ctx(|| format!("move {n} to {device:?}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let store = ParamStore::new(
+            names.iter().cloned().zip(params).collect(),
+            device,
+            precision,
+        )?;
         Ok(Model {
             spec: spec.clone(),
             names,
-            params,
+            store,
             ops,
             device,
         })
@@ -657,26 +660,62 @@ impl Model {
         &self.names
     }
 
-    /// The trainable parameters.
+    /// The trainable parameters (what the passes use: in bf16/fp16, the compute copy).
     pub fn params(&self) -> &[Tensor] {
-        &self.params
+        self.store.leaves()
+    }
+
+    /// The parameters' flat buffers (master weights, gradients).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
     }
 
     /// Total number of parameter elements.
     pub fn param_count(&self) -> i64 {
-        self.params.iter().map(|p| p.numel() as i64).sum()
+        self.store.numel()
     }
 
-    /// Logits `[N, classes]` for a normalised `[N, 3, side, side]` batch; dropout is
-    /// active only when `train`.
+    /// fp32 logits `[N, classes]` for a normalised float `[N, 3, side, side]` batch,
+    /// computed in the store's precision; dropout is active only when `train`. In
+    /// bf16/fp16 the input is cast down first, LRN runs in fp32 (its window sum of
+    /// squares and power want the range and mantissa) and the logits come back fp32,
+    /// so the softmax and the loss are fp32 too.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_prefix(x, train, self.ops.len())
+    }
+
+    /// Logits in fp32 from the fp32 master weights, no dropout: evaluation, which
+    /// then gives the same numbers whatever precision the model trains in.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.run_ops(
+            x,
+            false,
+            self.ops.len(),
+            self.store.master_views(),
+            Kind::Float,
+        )
     }
 
     /// The output of the first `layers` layers of the spec (1: conv1 alone, before its
     /// ReLU), for looking at activations.
     pub fn forward_prefix(&self, x: &Tensor, train: bool, layers: usize) -> Result<Tensor> {
-        let mut x = x.shallow_clone();
+        let kind = self.store.precision().kind();
+        self.run_ops(x, train, layers, self.store.leaves(), kind)
+    }
+
+    fn run_ops(
+        &self,
+        x: &Tensor,
+        train: bool,
+        layers: usize,
+        params: &[Tensor],
+        kind: Kind,
+    ) -> Result<Tensor> {
+        let mut x = if x.kind() == kind {
+            x.shallow_clone()
+        } else {
+            x.f_to_kind(kind).ctx(|| "cast the input".into())?
+        };
         for op in self.ops.iter().take(layers) {
             x = match op {
                 Op::Conv {
@@ -686,15 +725,19 @@ impl Model {
                     pad,
                     groups,
                 } => x.f_conv2d(
-                    &self.params[*w],
-                    Some(&self.params[*b]),
+                    &params[*w],
+                    Some(&params[*b]),
                     [*stride, *stride],
                     [*pad, *pad],
                     [1, 1],
                     *groups,
                 ),
                 Op::Relu => x.f_relu(),
-                Op::Lrn(p, towers) => local_response_norm(&x, *p, *towers),
+                Op::Lrn(p, towers) if kind == Kind::Float => local_response_norm(&x, *p, *towers),
+                Op::Lrn(p, towers) => x
+                    .f_to_kind(Kind::Float)
+                    .and_then(|f| local_response_norm(&f, *p, *towers))
+                    .and_then(|y| y.f_to_kind(kind)),
                 Op::MaxPool { kernel, stride } => x.f_max_pool2d(
                     [*kernel, *kernel],
                     [*stride, *stride],
@@ -705,9 +748,12 @@ impl Model {
                 Op::AdaptiveAvgPool(side) => x.f_adaptive_avg_pool2d([*side, *side]),
                 Op::Flatten => x.f_flatten(1, -1),
                 Op::Dropout(p) => x.f_dropout(*p, train),
-                Op::Linear { w, b } => x.f_linear(&self.params[*w], Some(&self.params[*b])),
+                Op::Linear { w, b } => x.f_linear(&params[*w], Some(&params[*b])),
             }
             .ctx(|| format!("forward of {}", self.spec.name))?;
+        }
+        if layers == self.ops.len() && x.kind() != Kind::Float {
+            x = x.f_to_kind(Kind::Float).ctx(|| "fp32 logits".into())?;
         }
         Ok(x)
     }
@@ -719,27 +765,7 @@ impl Model {
         values: &[(String, Tensor)],
         origin: &std::path::Path,
     ) -> Result<()> {
-        let _guard = tch::no_grad_guard();
-        for (name, param) in self.names.iter().zip(self.params.iter_mut()) {
-            let Some((_, v)) = values.iter().find(|(n, _)| n == name) else {
-                return Err(TrainError::Checkpoint {
-                    path: origin.into(),
-                    what: format!("missing tensor `{name}`"),
-                });
-            };
-            if v.size() != param.size() {
-                return Err(TrainError::Checkpoint {
-                    path: origin.into(),
-                    what: format!(
-                        "tensor `{name}` has shape {:?}, the model wants {:?}",
-                        v.size(),
-                        param.size()
-                    ),
-                });
-            }
-            param.f_copy_(v).ctx(|| format!("load {name}"))?;
-        }
-        Ok(())
+        self.store.load(values, origin)
     }
 }
 

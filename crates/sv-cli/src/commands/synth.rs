@@ -87,6 +87,12 @@ fn prepare_output(dir: &Path, force: bool) -> anyhow::Result<()> {
 
 /// Run the command; returns the exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.classes == 0 {
+        bail!("--classes 0: synth needs at least 1 class");
+    }
+    if args.per_class == 0 {
+        bail!("--per-class 0: synth needs at least 1 training image per class");
+    }
     prepare_output(&args.output, args.force)?;
     let config = sv_synth::SynthConfig {
         classes: args.classes,

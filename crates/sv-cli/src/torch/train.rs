@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
-use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
-use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
+use sv_stats::{MeanImage, PcaStats};
+use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
 use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR};
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
+use sv_train::params::Precision;
 use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
 use sv_train::sv_pipeline;
+use sv_train::sv_pipeline::LightingConvention;
 use sv_train::trainer::{
     BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
 };
@@ -106,6 +108,23 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Number type of the forward and backward passes: bf16, fp16 (with dynamic loss
+    /// scaling) or fp32. Master weights, momentum, LRN, softmax and loss stay fp32.
+    /// Default: bf16 on CUDA, fp32 on the CPU.
+    #[arg(long, value_name = "bf16|fp16|fp32")]
+    pub precision: Option<String>,
+    /// Channels-last (NHWC) input and convolutions: the uint8 batch is already NHWC,
+    /// so it goes to the convolutions without a transpose. Default: true on CUDA,
+    /// false on the CPU.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub channels_last: Option<bool>,
+    /// Copy each batch to a CUDA device on a side stream that overlaps the previous
+    /// step (sv-c10); false copies on the compute stream, between steps.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub copy_stream: bool,
+    /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
+    #[arg(long, default_value_t = 65536.0)]
+    pub loss_scale: f64,
     /// Continue from OUT/last.safetensors (run-length flags apply; the rest is restored).
     #[arg(long)]
     pub resume: bool,
@@ -208,20 +227,23 @@ fn config(args: &Args) -> Result<TrainConfig> {
         val_limit: args.val_limit,
         final_ten_crop: !args.no_ten_crop,
         prefetch_depth: 1,
+        precision: args
+            .precision
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()?,
+        channels_last: args.channels_last,
+        loss_scale: Some(args.loss_scale),
+        copy_stream: Some(args.copy_stream),
         keep_epochs: args.keep,
     })
 }
 
-type Stats = (
-    Normalization,
-    Option<Lighting>,
-    Option<sv_pipeline::Lighting>,
-);
-
-fn stats(args: &Args) -> Result<Stats> {
+/// Normalisation statistics and the PCA lighting (one type for both loaders).
+fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> {
     let Some(path) = &args.stats else {
         tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
-        return Ok((Normalization::default(), None, None));
+        return Ok((Normalization::default(), None));
     };
     let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
     let norm = Normalization {
@@ -229,33 +251,13 @@ fn stats(args: &Args) -> Result<Stats> {
         std: s.scale_255.std,
         mean_image: None,
     };
-    let (convention, pipeline_convention) = match args.lighting.as_str() {
-        "none" => return Ok((norm, None, None)),
-        "paper" => (Convention::Paper, sv_pipeline::LightingConvention::Paper),
-        "cuda-convnet2" => (
-            Convention::CudaConvnet2,
-            sv_pipeline::LightingConvention::CudaConvnet2,
-        ),
+    let convention = match args.lighting.as_str() {
+        "none" => return Ok((norm, None)),
+        "paper" => LightingConvention::Paper,
+        "cuda-convnet2" => LightingConvention::CudaConvnet2,
         l => bail!("unknown --lighting {l} (paper, cuda-convnet2, none)"),
     };
-    let mut eigvec = [[0.0; 3]; 3];
-    for (i, v) in s.eigenvectors.iter().enumerate() {
-        for (c, x) in v.iter().enumerate() {
-            eigvec[c][i] = *x;
-        }
-    }
-    let lighting = Lighting {
-        eigval: s.magnitudes(convention, PixelScale::Byte),
-        eigvec,
-        sigma: s.lighting.alpha_std,
-    };
-    let pipeline = sv_pipeline::Lighting {
-        eigval: s.scale_unit.eigenvalues.map(|v| v as f32),
-        eigvec: eigvec.map(|row| row.map(|v| v as f32)),
-        convention: pipeline_convention,
-        std: s.lighting.alpha_std as f32,
-    };
-    Ok((norm, Some(lighting), Some(pipeline)))
+    Ok((norm, Some(s.lighting(convention))))
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -272,7 +274,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
-    let (mut norm, lighting, pipeline_lighting) = stats(&args)?;
+    let (mut norm, lighting) = stats(&args)?;
     if let Some(path) = &args.mean_image {
         let m = MeanImage::load_npy(path)
             .with_context(|| format!("read the mean image {}", path.display()))?;
@@ -325,7 +327,7 @@ pub fn run(args: Args) -> Result<i32> {
                 augment: sv_pipeline::Augment::Train {
                     crop: spec.input_side as u32,
                     flip: !args.no_mirror,
-                    lighting: pipeline_lighting,
+                    lighting,
                 },
                 release_pages: args.release_pages,
                 ..Default::default()
@@ -350,9 +352,16 @@ pub fn run(args: Args) -> Result<i32> {
     let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
     eprintln!(
-        "training {} ({} parameters) on {device:?}: {} images, {bpe} steps/epoch, batch {}, from step {}",
+        "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}, from step {}",
         spec.name,
         trainer.model().param_count(),
+        cfg.precision_on(device).as_str(),
+        if cfg.channels_last_on(device) {
+            ", channels-last"
+        } else {
+            ""
+        },
+        spec.input_scale.as_str(),
         train.len(),
         cfg.batch_size,
         trainer.step()
@@ -387,6 +396,10 @@ pub fn run(args: Args) -> Result<i32> {
         "metrics": args.out.join(METRICS_FILE),
         "tensorboard": args.out.join(TENSORBOARD_DIR),
         "device": format!("{device:?}"),
+        "precision": cfg.precision_on(device).as_str(),
+        "channels_last": cfg.channels_last_on(device),
+        "copy_stream": device.is_cuda() && args.copy_stream,
+        "input_scale": spec.input_scale.as_str(),
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
@@ -433,19 +446,24 @@ fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) 
         .collect();
     let spec = ModelSpec::by_name(&cfg.model, classes.len() as i64)?;
     let batch = cfg.batch_size;
+    let precision = cfg.precision_on(device);
+    let channels_last = cfg.channels_last_on(device);
     let mut t = Trainer::new(cfg, classes, Normalization::default(), device, &args.out)?;
     let warmup = (steps / 10).clamp(1, 20);
     let ips = t.bench_compute(steps, warmup)?;
     let v = serde_json::json!({
         "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
         "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
+        "precision": precision.as_str(), "channels_last": channels_last,
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         sv_cli::outln!(
-            "compute-only ceiling: {} batch {batch} on {device:?}: {ips:.1} images/s over {steps} steps",
-            spec.name
+            "compute-only ceiling: {} batch {batch} on {device:?} ({}{}): {ips:.1} images/s over {steps} steps",
+            spec.name,
+            precision.as_str(),
+            if channels_last { ", channels-last" } else { "" }
         );
     }
     Ok(0)

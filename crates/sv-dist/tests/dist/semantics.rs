@@ -63,20 +63,10 @@ fn step(
     let logits = model.forward(input, false).unwrap(); // dropout off
     let loss = logits.cross_entropy_for_logits(labels);
     loss.backward();
-    let grads: Vec<Tensor> = model.params().iter().map(Tensor::grad).collect();
-    let flat = Tensor::cat(
-        &grads.iter().map(|g| g.flatten(0, -1)).collect::<Vec<_>>(),
-        0,
-    );
-    // 256 KiB buckets: several buckets even for the tiny model.
-    all_reduce_flat(coll, &flat, 256 << 10, ReduceOp::Avg)?;
-    let mut at = 0;
-    for g in &grads {
-        let n = g.numel() as i64;
-        g.shallow_clone().copy_(&flat.narrow(0, at, n).view_as(g));
-        at += n;
-    }
-    opt.step(model.params(), 0.01).unwrap();
+    // The gradients sit in the model's flat buffer; 256 KiB buckets: several buckets
+    // even for the tiny model.
+    all_reduce_flat(coll, model.store().grad(), 256 << 10, ReduceOp::Avg)?;
+    opt.step(model.store(), 0.01).unwrap();
     Ok(())
 }
 
@@ -117,7 +107,7 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
     // One rank, whole batches.
     let single = Model::new(&spec(), Device::Cpu).unwrap();
     load(&single, &init);
-    let mut opt = PaperSgd::new(single.params(), SgdConfig::default()).unwrap();
+    let mut opt = PaperSgd::new(single.store(), SgdConfig::default()).unwrap();
     let mut solo = sv_dist::Solo::new(Device::Cpu);
     for b in batches.iter() {
         step(&single, &mut opt, &mut solo, &b.0, &b.1).unwrap();
@@ -145,7 +135,7 @@ fn two_ranks_of_half_batches_equal_one_rank_of_whole_batches() {
                 let mut params: Vec<Tensor> =
                     model.params().iter().map(Tensor::shallow_clone).collect();
                 broadcast_and_verify(&mut coll, &mut params).unwrap();
-                let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+                let mut opt = PaperSgd::new(model.store(), SgdConfig::default()).unwrap();
                 let mut sums = Vec::new();
                 for b in batches.iter() {
                     let (x, y) = shard(b, r, 2);
@@ -194,7 +184,7 @@ fn a_rank_that_dies_mid_run_ends_the_others_with_its_name() {
                 let mut params: Vec<Tensor> =
                     model.params().iter().map(Tensor::shallow_clone).collect();
                 broadcast_and_verify(&mut coll, &mut params).map_err(|e| e.to_string())?;
-                let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
+                let mut opt = PaperSgd::new(model.store(), SgdConfig::default()).unwrap();
                 for (i, b) in batches.iter().enumerate() {
                     if r == 2 && i == 2 {
                         panic!("rank 2 crashes at step 2");
