@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The main job end to end on a small synthetic ImageNet look-alike:
 #   synth -> shard build (train, val) -> verify -> inspect -> pca compute
-#   -> bench pipeline -> train -> eval (centre and ten-crop) -> plot
-# On a machine without a GPU it trains a width-scaled AlexNet for a few epochs on the
-# CPU; with CUDA it trains the paper's full model (SUPERVISION_DEMO_MODEL overrides).
+#   -> bench pipeline -> train -> eval (centre and ten-crop) -> plot -> predict
+# On a machine without a GPU it trains a width-scaled AlexNet (alexnet-tiny, 63 px
+# input) on the CPU for a few minutes; with CUDA it trains the paper's full model
+# (SUPERVISION_DEMO_MODEL overrides). The shards are stored at the side the model
+# expects, 256/227 of its input (the paper stores 256 and crops 227): 71 px for
+# alexnet-tiny, 256 for alexnet.
 #
 # Usage: tools/demo.sh [OUT]      (OUT defaults to demo-out; it is replaced)
 # SUPERVISION_BIN=path uses an already built binary instead of building one.
+# SUPERVISION_DEMO_EPOCHS, SUPERVISION_DEMO_MODEL change the training run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-demo-out}"
@@ -36,42 +40,58 @@ if "$BIN" model summary alexnet-tiny >/dev/null 2>&1 && command -v nvidia-smi >/
   MODEL="${SUPERVISION_DEMO_MODEL:-alexnet}"
   EPOCHS="${SUPERVISION_DEMO_EPOCHS:-4}"
   BATCH=128
-  SCHEDULE=plateau
+  SCHEDULE=(--schedule plateau)
 else
   MODEL="${SUPERVISION_DEMO_MODEL:-alexnet-tiny}"
-  EPOCHS="${SUPERVISION_DEMO_EPOCHS:-6}"
+  EPOCHS="${SUPERVISION_DEMO_EPOCHS:-16}"
   BATCH=32
-  # A few epochs on a toy set: the paper's divide-on-plateau would cut lr too early.
-  SCHEDULE=constant
+  # The paper's rate, divided by 10 for the last third: a fixed step schedule, since
+  # divide-on-plateau needs more epochs than a demo has to see a plateau.
+  SCHEDULE=(--schedule step --step-every $(( (EPOCHS * 2 + 2) / 3 )))
 fi
+# The model's input side, and the stored side that goes with it: 256/227 of it.
+INPUT="$("$BIN" model summary "$MODEL" --json \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["input"][2])')"
+SIDE=$(( (INPUT * 256 + 113) / 227 ))
 
-run synth --output "$OUT/imagenet" --classes 10 --per-class 80 --val-per-class 10 --seed 1
-run shard build --input "$OUT/imagenet/train" --output "$OUT/shards/train"
-run shard build --input "$OUT/imagenet/val" --split val \
-    --classes-from "$OUT/shards/train" --output "$OUT/shards/val"
+# The dataset: a synthetic ImageNet in ImageNet's own folder layout, sharded from its
+# folders. (Building from ImageNet's tar archives instead, `shard build --input
+# TRAIN.tar`, belongs here: the rest of the script only needs $OUT/shards/{train,val}
+# and $OUT/imagenet/val for predict.)
+make_shards() {
+  run synth --output "$OUT/imagenet" --classes 10 --per-class 160 --val-per-class 30 --seed 1
+  run shard build --input "$OUT/imagenet/train" --output "$OUT/shards/train" --size "$SIDE"
+  run shard build --input "$OUT/imagenet/val" --split val \
+      --classes-from "$OUT/shards/train" --output "$OUT/shards/val" --size "$SIDE"
+}
+make_shards
+
 run shard verify "$OUT/shards/train"
 run shard verify "$OUT/shards/val"
 run shard inspect "$OUT/shards/train" --sheet "$OUT/contact-sheet.png"
 run pca compute --shards "$OUT/shards/train" --output "$OUT/stats.json" \
     --mean-image "$OUT/mean.npy"
-run bench pipeline --shards "$OUT/shards/train" --batches 20 --stats "$OUT/stats.json"
+run bench pipeline --shards "$OUT/shards/train" --batches 20 --crop "$INPUT" \
+    --stats "$OUT/stats.json"
 run train --train "$OUT/shards/train" --val "$OUT/shards/val" --stats "$OUT/stats.json" \
-    --mean-image "$OUT/mean.npy" \
-    --out "$OUT/run" --model "$MODEL" --epochs "$EPOCHS" --batch-size "$BATCH" --schedule "$SCHEDULE"
+    --mean-image "$OUT/mean.npy" --out "$OUT/run" --model "$MODEL" --epochs "$EPOCHS" \
+    --batch-size "$BATCH" "${SCHEDULE[@]}" --log-every 25 --keep 3
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val" --ten-crop
 run plot "$OUT/run/metrics.jsonl" --output "$OUT/curves.png"
-first_val="$(ls "$OUT/imagenet/val" | head -n 1)"
-run predict --checkpoint "$OUT/run/last.safetensors" "$OUT/imagenet/val/$first_val"
+run plot "$OUT/run/metrics.jsonl" --output "$OUT/curves.svg"
+val_images=("$OUT"/imagenet/val/*)   # (not `ls | head`: SIGPIPE under pipefail)
+run predict --checkpoint "$OUT/run/last.safetensors" --size "$SIDE" "${val_images[0]}"
 
 cat <<MSG
 
 Done. What went where:
   $OUT/imagenet/           synthetic ImageNet (train/<wnid>/, val/, LOC_*.{csv,txt})
-  $OUT/shards/train, val   shard datasets (manifest.json, *.svs, rejects.jsonl)
+  $OUT/shards/train, val   shard datasets at ${SIDE}x${SIDE} (manifest.json, *.svs, rejects.jsonl)
   $OUT/contact-sheet.png   a row of stored records per class
   $OUT/stats.json          mean/std, RGB covariance, PCA (pca compute)
   $OUT/mean.npy            the per-pixel mean image (numpy.load reads it)
-  $OUT/run/                checkpoints and metrics.jsonl of the training run
-  $OUT/curves.png          loss, errors and learning rate
+  $OUT/run/                checkpoints (last, best, the last 3 epochs) and metrics.jsonl
+  $OUT/run/tensorboard/    TensorBoard event files: tensorboard --logdir $OUT/run
+  $OUT/curves.png, .svg    loss, errors, learning rate and throughput over the steps
 MSG

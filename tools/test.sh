@@ -15,6 +15,12 @@ if [ -f tools/setup-torch.sh ]; then
   source tools/setup-torch.sh
 fi
 
+# TensorBoard's own event reader checks the event files that train writes
+# (crates/sv-tensorboard/tests/reader.rs); added to the same cached venv once.
+if ! python3 -c "import tensorboard" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "tensorboard==2.21.0"
+fi
+
 cargo fmt --all -- --check
 # Data preparation must build without libtorch.
 cargo check --locked -p sv-cli --no-default-features

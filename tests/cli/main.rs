@@ -4,6 +4,7 @@
 mod bench;
 #[cfg(feature = "train")]
 mod dist;
+mod outputs;
 mod pca;
 mod shard;
 mod startup;

@@ -15,11 +15,16 @@ pub mod args;
 pub mod output;
 pub mod progress;
 
-/// Sets up `tracing` on stderr: warnings by default, `-v` debug, `-vv` trace;
-/// `RUST_LOG` overrides.
+/// The log filter when neither `-v` nor `RUST_LOG` says otherwise: warnings from
+/// everything, and the progress lines of long commands ([`progress`]), which are
+/// written only when stderr is not a terminal (on a terminal the bar shows instead).
+pub const DEFAULT_LOG_FILTER: &str = "warn,sv_cli::progress=info";
+
+/// Sets up `tracing` on stderr: [`DEFAULT_LOG_FILTER`] by default, `-v` debug, `-vv`
+/// trace; `RUST_LOG` overrides (`RUST_LOG=warn` silences the progress lines).
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => DEFAULT_LOG_FILTER,
         1 => "debug",
         _ => "trace",
     };
@@ -28,6 +33,8 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

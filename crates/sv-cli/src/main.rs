@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "supervision", version, about, long_about = None)]
 struct Cli {
-    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    /// Log more (-v: debug, -vv: trace). Default: warnings, and progress lines when
+    /// stderr is not a terminal (a bar when it is). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -46,7 +47,9 @@ enum Command {
     /// Describe the models: layers, output shapes, parameter counts (libtorch).
     #[command(disable_help_flag = true)]
     Model(Forwarded),
-    /// Draw loss, errors and learning rate from a metrics.jsonl to a PNG.
+    /// Draw a training run's curves (loss, error, learning rate, throughput) from its
+    /// metrics.jsonl to a PNG or SVG figure.
+    #[command(long_about = commands::plot::LONG_ABOUT)]
     Plot(commands::plot::Args),
     /// Benchmarks: the input pipeline's throughput and determinism digest.
     #[command(subcommand)]

@@ -20,6 +20,11 @@
 //! velocity buffers to the host (the only part that waits for the device); the
 //! [`CheckpointWriter`] then serialises, writes and syncs on a background thread while
 //! training continues, one checkpoint at a time and in order.
+//!
+//! History ([`keep_epoch`], timm's `--checkpoint-hist`): at each epoch end the fresh
+//! `last.safetensors` is also kept as `epoch-NNNN.safetensors` (NNNN: epochs done, from
+//! 1), a hard link when the file system allows (no copy of the bytes), and only the
+//! newest N of those stay; an older one is deleted only after the new one is in place.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -390,6 +395,26 @@ impl CheckpointWriter {
         Ok(())
     }
 
+    /// Runs `job` on the background thread once the write in flight has succeeded (at
+    /// once when none is in flight); a failed write skips it. Its error comes back
+    /// through [`CheckpointWriter::finish`] like the write's.
+    pub fn then(&mut self, job: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+        let Some((path, previous)) = self.current.take() else {
+            return job();
+        };
+        let handle = std::thread::Builder::new()
+            .name("sv-checkpoint".into())
+            .spawn(move || {
+                previous
+                    .join()
+                    .map_err(|_| TrainError::Thread("sv-checkpoint"))??;
+                job()
+            })
+            .map_err(|_| TrainError::Thread("sv-checkpoint"))?;
+        self.current = Some((path, handle));
+        Ok(())
+    }
+
     /// Waits for the write in flight; its error if it failed.
     pub fn finish(&mut self) -> Result<()> {
         match self.current.take() {
@@ -583,6 +608,64 @@ pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
     CheckpointHeader::parse(path, table.metadata.as_ref())
 }
 
+/// The history checkpoint written when `done` epochs are complete.
+pub fn epoch_checkpoint_name(done: u64) -> String {
+    format!("epoch-{done:04}.safetensors")
+}
+
+/// The number of epochs in a history checkpoint's file name.
+fn epoch_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("epoch-")?.strip_suffix(".safetensors")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Keeps the checkpoint `last` (just written at the end of epoch `done`, counted from 1)
+/// as `dir/epoch-NNNN.safetensors`, then deletes the history checkpoints of epochs
+/// `done - keep` and earlier, so the newest `keep` remain. History files of later
+/// epochs (a run resumed from an older checkpoint) are left alone; they are replaced
+/// when the run gets there. `keep == 0` keeps no history and touches nothing. Returns
+/// the path written.
+pub fn keep_epoch(dir: &Path, last: &Path, done: u64, keep: usize) -> Result<Option<PathBuf>> {
+    if keep == 0 {
+        return Ok(None);
+    }
+    let name = epoch_checkpoint_name(done);
+    let path = dir.join(&name);
+    // `last` is replaced by rename, never rewritten in place, so a hard link keeps this
+    // epoch's bytes after `last` moves on: linked under a temporary name, renamed over
+    // the final one, the folder synced. Where links are refused, a copy through the
+    // project's atomic writer.
+    let tmp = dir.join(format!(".{name}.{}.link.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(last, &tmp).is_ok() {
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err(&path)(e));
+        }
+        sv_core::fs::sync_dir(dir)?;
+    } else {
+        let mut src = sv_core::fs::open_regular(last)?;
+        let mut out = AtomicFile::create(&path)?;
+        std::io::copy(&mut src, &mut out).map_err(io_err(out.temp_path()))?;
+        out.commit()?;
+    }
+    let oldest_kept = done.saturating_sub(keep as u64 - 1);
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let file = entry.file_name();
+        if let Some(n) = file.to_str().and_then(epoch_of)
+            && n < oldest_kept
+        {
+            let old = entry.path();
+            std::fs::remove_file(&old).map_err(io_err(&old))?;
+        }
+    }
+    Ok(Some(path))
+}
+
 /// Reads a checkpoint (tensors land on the CPU), checking its metadata and every
 /// tensor against their checksums.
 pub fn load(path: &Path) -> Result<Checkpoint> {
@@ -678,5 +761,96 @@ impl Checkpoint {
                     })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stands in for save(): a new file renamed over `last`, as save() does.
+    fn write_last(dir: &Path, body: &str) -> PathBuf {
+        let last = dir.join("last.safetensors");
+        let tmp = dir.join(".last.tmp");
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, &last).unwrap();
+        last
+    }
+
+    #[test]
+    fn history_keeps_the_newest_epochs_with_their_own_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("best.safetensors"), "best").unwrap();
+        std::fs::write(d.path().join("epoch-notes.safetensors"), "x").unwrap();
+        for done in 1..=5 {
+            let last = write_last(d.path(), &format!("after epoch {done}"));
+            let kept = keep_epoch(d.path(), &last, done, 2).unwrap().unwrap();
+            assert_eq!(kept, d.path().join(epoch_checkpoint_name(done)));
+        }
+        assert_eq!(
+            names(d.path()),
+            [
+                "best.safetensors",
+                "epoch-0004.safetensors",
+                "epoch-0005.safetensors",
+                "epoch-notes.safetensors",
+                "last.safetensors"
+            ]
+        );
+        let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap();
+        assert_eq!(read("epoch-0004.safetensors"), "after epoch 4");
+        assert_eq!(read("epoch-0005.safetensors"), "after epoch 5");
+        assert_eq!(read("last.safetensors"), "after epoch 5");
+    }
+
+    #[test]
+    fn history_off_and_resumed_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let last = write_last(d.path(), "a");
+        assert_eq!(keep_epoch(d.path(), &last, 1, 0).unwrap(), None);
+        assert_eq!(names(d.path()), ["last.safetensors"]);
+        // A run resumed from epoch 2 while epochs 3 and 9 are on disk from before: 9 is
+        // left alone, 3 is replaced when reached.
+        for n in [1, 2, 3, 9] {
+            std::fs::write(d.path().join(epoch_checkpoint_name(n)), "old").unwrap();
+        }
+        let last = write_last(d.path(), "new 3");
+        keep_epoch(d.path(), &last, 3, 2).unwrap();
+        assert_eq!(
+            names(d.path()),
+            [
+                "epoch-0002.safetensors",
+                "epoch-0003.safetensors",
+                "epoch-0009.safetensors",
+                "last.safetensors"
+            ]
+        );
+        let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap();
+        assert_eq!(read("epoch-0003.safetensors"), "new 3");
+        assert_eq!(read("epoch-0009.safetensors"), "old");
+    }
+
+    #[test]
+    fn only_history_names_count() {
+        assert_eq!(epoch_of("epoch-0012.safetensors"), Some(12));
+        assert_eq!(epoch_of("epoch-12345.safetensors"), Some(12345));
+        for bad in [
+            "epoch-.safetensors",
+            "epoch-1a.safetensors",
+            "epoch-0001.pt",
+            "best.safetensors",
+            "epoch-+1.safetensors",
+        ] {
+            assert_eq!(epoch_of(bad), None, "{bad}");
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! Training metrics: top-k error counting and the JSON-lines log
-//! (`metrics.jsonl`), one object per line with a `kind` of `train` (a window of
-//! steps), `epoch` (end of an epoch, with validation errors) or `eval`.
+//! Training metrics: top-k error counting and where the records go. The trainer
+//! writes each record once to a [`MetricsSink`], which keeps
+//! - the JSON-lines log (`metrics.jsonl`), one object per line with a `kind` of `train`
+//!   (a window of steps), `epoch` (end of an epoch, with validation errors) or `eval`;
+//! - TensorBoard scalars under `tensorboard/` (see [`MetricsSink`] for the tags).
 //!
 //! A resumed run continues the file of the run it resumes: [`drop_after`] first removes
 //! what an invocation killed after its last checkpoint wrote past it (the resumed run
-//! writes those steps again), so every step is logged once.
+//! writes those steps again), so every step is logged once in `metrics.jsonl`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -70,6 +72,63 @@ pub enum MetricsRecord {
     },
 }
 
+/// One line for a person (the log of `supervision train`); epochs counted from 1.
+impl std::fmt::Display for MetricsRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsRecord::Train {
+                epoch,
+                loss,
+                lr,
+                images_per_s,
+                data_wait_share,
+                ..
+            } => write!(
+                f,
+                "epoch {}: loss {loss:.4}, lr {lr:.2e}, {images_per_s:.1} images/s, data wait {:.1}%",
+                epoch + 1,
+                100.0 * data_wait_share
+            ),
+            MetricsRecord::Epoch {
+                step,
+                epoch,
+                train_loss,
+                val_top1_err,
+                val_top5_err,
+                lr,
+                images_per_s,
+                ..
+            } => {
+                write!(f, "epoch {} done at step {step}: ", epoch + 1)?;
+                if let (Some(t1), Some(t5)) = (val_top1_err, val_top5_err) {
+                    write!(
+                        f,
+                        "val top-1 error {:.2}%, top-5 error {:.2}%, ",
+                        100.0 * t1,
+                        100.0 * t5
+                    )?;
+                }
+                write!(
+                    f,
+                    "train loss {train_loss:.4}, {images_per_s:.1} images/s, next lr {lr:.2e}"
+                )
+            }
+            MetricsRecord::Eval {
+                step,
+                mode,
+                images,
+                top1_err,
+                top5_err,
+            } => write!(
+                f,
+                "{mode} evaluation at step {step} on {images} images: top-1 error {:.2}%, top-5 error {:.2}%",
+                100.0 * top1_err,
+                100.0 * top5_err
+            ),
+        }
+    }
+}
+
 /// Appends records to a JSON-lines file, one flushed line each.
 pub struct MetricsWriter {
     file: File,
@@ -108,6 +167,123 @@ impl MetricsWriter {
         self.file
             .write_all(line.as_bytes())
             .map_err(io_err(&self.path))
+    }
+}
+
+/// The TensorBoard folder inside a run's output directory.
+pub const TENSORBOARD_DIR: &str = "tensorboard";
+
+/// Where a run's records go: `metrics.jsonl` and TensorBoard event files, both
+/// flushed at every record. TensorBoard tags, step on the x axis:
+/// - `train` records: `train/loss`, `train/top1_err`, `train/lr`, `train/images_per_s`,
+///   `train/data_wait_share`;
+/// - `epoch` records: `val/top1_err`, `val/top5_err` (with a validation set),
+///   `epoch/train_loss`, `epoch/images_per_s`, `epoch/data_wait_share`, `epoch/epoch`
+///   (1-based, to read epochs off the step axis);
+/// - `eval` records: `eval/<mode>/top1_err`, `eval/<mode>/top5_err`.
+pub struct MetricsSink {
+    jsonl: MetricsWriter,
+    tensorboard: sv_tensorboard::EventWriter,
+}
+
+impl std::fmt::Debug for MetricsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSink")
+            .field("jsonl", &self.jsonl.path)
+            .field("tensorboard", &self.tensorboard.path())
+            .finish()
+    }
+}
+
+fn tb_err(e: sv_tensorboard::Error) -> TrainError {
+    match e {
+        sv_tensorboard::Error::Io { path, source, .. } => TrainError::Io { path, source },
+    }
+}
+
+impl MetricsSink {
+    /// Appends to `out_dir/metrics.jsonl` and starts a new event file in
+    /// `out_dir/tensorboard/` for a run that continues after `step` (0 for a new run).
+    /// The file opens with a restart mark at `step + 1`: TensorBoard drops the points
+    /// after `step` that an interrupted invocation logged past its last checkpoint.
+    pub fn open(out_dir: &Path, step: u64) -> Result<MetricsSink> {
+        let jsonl = MetricsWriter::append(&out_dir.join(crate::trainer::METRICS_FILE))?;
+        let mut tensorboard =
+            sv_tensorboard::EventWriter::create(&out_dir.join(TENSORBOARD_DIR)).map_err(tb_err)?;
+        tensorboard
+            .session_start(step as i64 + 1)
+            .and_then(|()| tensorboard.flush())
+            .map_err(tb_err)?;
+        Ok(MetricsSink { jsonl, tensorboard })
+    }
+
+    /// Writes one record to both.
+    pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
+        self.jsonl.write(record)?;
+        let f = |v: f64| v as f32;
+        let (step, values): (u64, Vec<(String, f32)>) = match record {
+            MetricsRecord::Train {
+                step,
+                loss,
+                top1_err,
+                lr,
+                images_per_s,
+                data_wait_share,
+                ..
+            } => (
+                *step,
+                vec![
+                    ("train/loss".into(), f(*loss)),
+                    ("train/top1_err".into(), f(*top1_err)),
+                    ("train/lr".into(), f(*lr)),
+                    ("train/images_per_s".into(), f(*images_per_s)),
+                    ("train/data_wait_share".into(), f(*data_wait_share)),
+                ],
+            ),
+            MetricsRecord::Epoch {
+                step,
+                epoch,
+                train_loss,
+                val_top1_err,
+                val_top5_err,
+                images_per_s,
+                data_wait_share,
+                ..
+            } => {
+                let mut v = Vec::new();
+                if let Some(e) = val_top1_err {
+                    v.push(("val/top1_err".into(), f(*e)));
+                }
+                if let Some(e) = val_top5_err {
+                    v.push(("val/top5_err".into(), f(*e)));
+                }
+                v.extend([
+                    ("epoch/train_loss".into(), f(*train_loss)),
+                    ("epoch/images_per_s".into(), f(*images_per_s)),
+                    ("epoch/data_wait_share".into(), f(*data_wait_share)),
+                    ("epoch/epoch".into(), (*epoch + 1) as f32),
+                ]);
+                (*step, v)
+            }
+            MetricsRecord::Eval {
+                step,
+                mode,
+                top1_err,
+                top5_err,
+                ..
+            } => (
+                *step,
+                vec![
+                    (format!("eval/{mode}/top1_err"), f(*top1_err)),
+                    (format!("eval/{mode}/top5_err"), f(*top5_err)),
+                ],
+            ),
+        };
+        let tagged: Vec<(&str, f32)> = values.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+        self.tensorboard
+            .scalars(step as i64, &tagged)
+            .and_then(|()| self.tensorboard.flush())
+            .map_err(tb_err)
     }
 }
 
@@ -329,9 +505,8 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_through_the_file() {
+    fn records_reach_the_jsonl_file_and_tensorboard() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.jsonl");
         let recs = vec![
             MetricsRecord::Train {
                 step: 10,
@@ -353,14 +528,40 @@ mod tests {
                 data_wait_share: 0.02,
             },
         ];
-        let mut w = MetricsWriter::append(&p).unwrap();
+        let mut w = MetricsSink::open(dir.path(), 0).unwrap();
         for r in &recs {
             w.write(r).unwrap();
         }
         drop(w);
+        let p = dir.path().join(crate::trainer::METRICS_FILE);
+        // The event file holds every tag (tests/reader.rs of sv-tensorboard reads such
+        // files with TensorBoard's own reader).
+        let tb: Vec<_> = std::fs::read_dir(dir.path().join(TENSORBOARD_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(tb.len(), 1);
+        let bytes = std::fs::read(&tb[0]).unwrap();
+        for tag in [
+            "train/loss",
+            "train/lr",
+            "train/images_per_s",
+            "train/data_wait_share",
+            "val/top1_err",
+            "epoch/train_loss",
+        ] {
+            assert!(
+                bytes.windows(tag.len()).any(|w| w == tag.as_bytes()),
+                "{tag}"
+            );
+        }
+        assert!(
+            !bytes.windows(12).any(|w| w == b"val/top5_err"),
+            "no top-5 given"
+        );
         assert_eq!(read_metrics(&p).unwrap(), recs);
         std::fs::write(&p, "{\"kind\":\"nope\"}\n").unwrap();
         let err = read_metrics(&p).unwrap_err().to_string();
-        assert!(err.contains("m.jsonl:1"), "{err}");
+        assert!(err.contains("metrics.jsonl:1"), "{err}");
     }
 }

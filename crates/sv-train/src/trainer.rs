@@ -35,7 +35,7 @@ use crate::checkpoint::{
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
 use crate::input::{DeviceNorm, InputScale, Normalization};
-use crate::metrics::{MetricsRecord, MetricsWriter};
+use crate::metrics::{MetricsRecord, MetricsSink};
 use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, ScalerState, SgdConfig};
 use crate::params::Precision;
@@ -110,6 +110,10 @@ pub struct TrainConfig {
     /// [`TrainData`] it passes.
     #[serde(default)]
     pub data: Option<crate::data::DataSettings>,
+    /// Epoch checkpoints kept besides last and best (0: none), see
+    /// [`checkpoint::keep_epoch`].
+    #[serde(default)]
+    pub keep_epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -136,6 +140,7 @@ impl Default for TrainConfig {
             copy_stream: None,
             dropout: None,
             data: None,
+            keep_epochs: 0,
         }
     }
 }
@@ -216,7 +221,7 @@ pub struct TrainOutcome {
 /// window whose sums are still on their way, the totals, the last validation.
 struct RunState<'e> {
     /// None on the ranks other than 0 of a data-parallel job: they write no files.
-    metrics: Option<MetricsWriter>,
+    metrics: Option<MetricsSink>,
     last: PathBuf,
     pending: Option<ClosedWindow>,
     epoch: Totals,
@@ -229,12 +234,12 @@ impl<'e> RunState<'e> {
     fn open(
         out_dir: &Path,
         writes_files: bool,
+        step: u64,
         on_event: &'e mut dyn FnMut(Event<'_>),
     ) -> Result<RunState<'e>> {
-        let metrics = out_dir.join(METRICS_FILE);
         Ok(RunState {
             metrics: writes_files
-                .then(|| MetricsWriter::append(&metrics))
+                .then(|| MetricsSink::open(out_dir, step))
                 .transpose()?,
             last: out_dir.join(LAST_CHECKPOINT),
             pending: None,
@@ -607,7 +612,7 @@ impl Trainer {
             // lines past this position are from an invocation killed after its checkpoint
             crate::metrics::drop_after(&self.out_dir.join(METRICS_FILE), self.step, self.epoch)?;
         }
-        let mut run = RunState::open(&self.out_dir, self.writes_files(), on_event)?;
+        let mut run = RunState::open(&self.out_dir, self.writes_files(), self.step, on_event)?;
         run.epoch = self.resumed_sums.take().unwrap_or_default();
         while self.epoch < self.config.epochs && !self.reached_max_steps() {
             let totals = self.train_epoch(data, batches, &mut run)?;
@@ -786,6 +791,7 @@ impl Trainer {
         })?;
         let last = run.last.clone();
         self.save(&last, run)?;
+        self.keep_history(&last, run)?;
         if let Some(r) = val {
             if self.best_top1.is_none_or(|b| r.top1_err < b) {
                 self.best_top1 = Some(r.top1_err);
@@ -794,6 +800,21 @@ impl Trainer {
             }
             run.last_val = Some(r);
         }
+        Ok(())
+    }
+
+    /// With `keep_epochs`: once `last` (just queued) is on disk, the background writer
+    /// also keeps it as this epoch's history checkpoint and prunes older ones.
+    fn keep_history(&mut self, last: &Path, run: &mut RunState<'_>) -> Result<()> {
+        let keep = self.config.keep_epochs;
+        if keep == 0 {
+            return Ok(());
+        }
+        let (dir, done, last) = (self.out_dir.clone(), self.epoch, last.to_path_buf());
+        let kept = dir.join(checkpoint::epoch_checkpoint_name(done));
+        self.writer
+            .then(move || checkpoint::keep_epoch(&dir, &last, done, keep).map(drop))?;
+        (run.on_event)(Event::Checkpoint(&kept));
         Ok(())
     }
 

@@ -82,7 +82,7 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
     let visit = args
         .sample
         .map_or(dataset.len() as u64, |n| n.min(dataset.len() as u64));
-    let bar = progress::bar(visit, "images");
+    let bar = progress::bar("pca compute", visit, "images");
     let started = Instant::now();
     let computed = sv_stats::compute(&dataset, &config, &|n| bar.inc(n))
         .with_context(|| format!("computing statistics of {}", args.shards.display()))?;

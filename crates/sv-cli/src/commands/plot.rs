@@ -1,45 +1,67 @@
-//! `supervision plot METRICS.jsonl --output curves.png`: training curves from the
-//! metrics log of `supervision train`, drawn with the `image` crate (no font
-//! dependency, so the picture has no text). Three panels, top to bottom:
-//! 1. training loss per window (black) and per epoch (blue),
-//! 2. validation top-1 (red) and top-5 (orange) error, training top-1 error (grey),
-//!    on a 0-1 scale with grid lines every 0.1,
-//! 3. learning rate on a log scale (green), grid lines at each power of ten.
-//!
-//! The x axis is the step in every panel. The value ranges are printed to stdout.
+//! `supervision plot METRICS.jsonl --output curves.png|curves.svg`: the training curves
+//! of a `supervision train` run as a figure a person can read on its own: a title, four
+//! panels with axis labels (units), tick values and legends, the step on every x axis.
+//! Drawn with plotters; text in DejaVu Sans, embedded in the binary from the `dejavu`
+//! crate (no system fonts are looked up). PNG or SVG, by the output's extension.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use image::{Rgb, RgbImage};
+use anyhow::{Context, Result, anyhow, bail};
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+
+/// `supervision plot --help`: what the figure shows.
+pub const LONG_ABOUT: &str = "Draws the curves of a training run from its metrics.jsonl.
+
+Four panels, the training step on every x axis:
+  1. loss: training cross-entropy per --log-every window (thin) and per epoch (thick);
+  2. error (%): validation top-1 (red, solid) and top-5 (orange, dashed) per epoch,
+     training top-1 per window (grey; dropout and augmentation on), and the final
+     evaluation (ten-crop or centre) as a red triangle;
+  3. learning rate, on a log scale;
+  4. throughput: training images/s (left axis) and the share of step time spent
+     waiting for data (right axis, %).
+A figure title names the run. The output's extension picks the format: .png (raster)
+or .svg (vector, text kept as text). Text uses DejaVu Sans, embedded in the binary.";
 
 /// Flags of `supervision plot`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// metrics.jsonl written by `supervision train`.
     pub metrics: PathBuf,
-    /// PNG to write.
+    /// Figure to write: .png or .svg.
     #[arg(long)]
     pub output: PathBuf,
-    /// Picture width in pixels.
-    #[arg(long, default_value_t = 900)]
+    /// Figure width in pixels.
+    #[arg(long, default_value_t = 1400)]
     pub width: u32,
-    /// Height of each of the three panels.
-    #[arg(long, default_value_t = 240)]
-    pub panel_height: u32,
+    /// Figure height in pixels.
+    #[arg(long, default_value_t = 900)]
+    pub height: u32,
+    /// Figure title (default: "Training curves: " and the metrics file's folder).
+    #[arg(long)]
+    pub title: Option<String>,
 }
+
+type Points = Vec<(f64, f64)>;
 
 #[derive(Default)]
 struct Series {
-    loss: Vec<(f64, f64)>,
-    epoch_loss: Vec<(f64, f64)>,
-    train_err: Vec<(f64, f64)>,
-    val_top1: Vec<(f64, f64)>,
-    val_top5: Vec<(f64, f64)>,
-    lr: Vec<(f64, f64)>,
+    loss: Points,
+    epoch_loss: Points,
+    train_err: Points,
+    val_top1: Points,
+    val_top5: Points,
+    lr: Points,
+    images_per_s: Points,
+    data_wait: Points,
+    /// The final evaluations: (step, top-1, mode).
+    evals: Vec<(f64, f64, String)>,
 }
 
-fn read(path: &PathBuf) -> Result<Series> {
+fn read(path: &Path) -> Result<Series> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut s = Series::default();
     for (i, line) in text.lines().enumerate() {
@@ -50,27 +72,31 @@ fn read(path: &PathBuf) -> Result<Series> {
             .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
         let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
         let Some(step) = num("step") else { continue };
+        let push = |series: &mut Points, key: &str, scale: f64| {
+            if let Some(y) = num(key).filter(|y| y.is_finite()) {
+                series.push((step, scale * y));
+            }
+        };
         match v.get("kind").and_then(serde_json::Value::as_str) {
             Some("train") => {
-                if let Some(l) = num("loss") {
-                    s.loss.push((step, l));
-                }
-                if let Some(e) = num("top1_err") {
-                    s.train_err.push((step, e));
-                }
-                if let Some(lr) = num("lr").filter(|lr| *lr > 0.0) {
+                push(&mut s.loss, "loss", 1.0);
+                push(&mut s.train_err, "top1_err", 100.0);
+                push(&mut s.images_per_s, "images_per_s", 1.0);
+                push(&mut s.data_wait, "data_wait_share", 100.0);
+                if let Some(lr) = num("lr").filter(|lr| *lr > 0.0 && lr.is_finite()) {
                     s.lr.push((step, lr));
                 }
             }
             Some("epoch") => {
-                if let Some(l) = num("train_loss") {
-                    s.epoch_loss.push((step, l));
-                }
-                if let Some(e) = num("val_top1_err") {
-                    s.val_top1.push((step, e));
-                }
-                if let Some(e) = num("val_top5_err") {
-                    s.val_top5.push((step, e));
+                push(&mut s.epoch_loss, "train_loss", 1.0);
+                push(&mut s.val_top1, "val_top1_err", 100.0);
+                push(&mut s.val_top5, "val_top5_err", 100.0);
+            }
+            Some("eval") => {
+                if let Some(e) = num("top1_err").filter(|e| e.is_finite()) {
+                    let mode = v.get("mode").and_then(serde_json::Value::as_str);
+                    s.evals
+                        .push((step, 100.0 * e, mode.unwrap_or("final").to_string()));
                 }
             }
             _ => {}
@@ -84,118 +110,17 @@ fn read(path: &PathBuf) -> Result<Series> {
         &mut s.val_top1,
         &mut s.val_top5,
         &mut s.lr,
+        &mut s.images_per_s,
+        &mut s.data_wait,
     ] {
-        series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 {
-                *earlier = *later;
-                true
-            } else {
-                false
-            }
-        });
+        series.reverse();
+        series.sort_by(|a, b| a.0.total_cmp(&b.0)); // stable: the last written first
+        series.dedup_by(|later, earlier| later.0 == earlier.0);
     }
     Ok(s)
 }
 
-struct Panel {
-    top: u32,
-    height: u32,
-    width: u32,
-    x0: f64,
-    x1: f64,
-    y0: f64,
-    y1: f64,
-}
-
-const MARGIN: u32 = 12;
-
-impl Panel {
-    fn px(&self, x: f64, y: f64) -> (f64, f64) {
-        let w = f64::from(self.width - 2 * MARGIN);
-        let h = f64::from(self.height - 2 * MARGIN);
-        let fx = if self.x1 > self.x0 {
-            (x - self.x0) / (self.x1 - self.x0)
-        } else {
-            0.5
-        };
-        let fy = if self.y1 > self.y0 {
-            (y - self.y0) / (self.y1 - self.y0)
-        } else {
-            0.5
-        };
-        (
-            f64::from(MARGIN) + fx * w,
-            f64::from(self.top + MARGIN) + (1.0 - fy) * h,
-        )
-    }
-
-    fn frame(&self, img: &mut RgbImage) {
-        let grey = Rgb([200, 200, 200]);
-        let (l, r) = (MARGIN, self.width - MARGIN);
-        let (t, b) = (self.top + MARGIN, self.top + self.height - MARGIN);
-        for x in l..=r {
-            img.put_pixel(x, t, grey);
-            img.put_pixel(x, b, grey);
-        }
-        for y in t..=b {
-            img.put_pixel(l, y, grey);
-            img.put_pixel(r, y, grey);
-        }
-    }
-
-    fn hline(&self, img: &mut RgbImage, y: f64, colour: Rgb<u8>) {
-        let (_, py) = self.px(self.x0, y);
-        let py = py.round() as u32;
-        if py > self.top + MARGIN && py < self.top + self.height - MARGIN {
-            for x in (MARGIN..self.width - MARGIN).step_by(3) {
-                img.put_pixel(x, py, colour);
-            }
-        }
-    }
-
-    fn line(
-        &self,
-        img: &mut RgbImage,
-        pts: &[(f64, f64)],
-        colour: Rgb<u8>,
-        map: impl Fn(f64) -> f64,
-    ) {
-        let mapped: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| self.px(x, map(y))).collect();
-        for w in mapped.windows(2) {
-            segment(img, w[0], w[1], colour);
-        }
-        for &(x, y) in &mapped {
-            dot(img, x, y, colour);
-        }
-    }
-}
-
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-fn segment(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>) {
-    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
-    for i in 0..=steps {
-        let t = i as f64 / steps as f64;
-        let x = a.0 + t * (b.0 - a.0);
-        let y = a.1 + t * (b.1 - a.1);
-        put(img, x.round() as i64, y.round() as i64, c);
-        put(img, x.round() as i64, y.round() as i64 + 1, c);
-    }
-}
-
-fn dot(img: &mut RgbImage, x: f64, y: f64, c: Rgb<u8>) {
-    for dy in -1..=1 {
-        for dx in -1..=1 {
-            put(img, x.round() as i64 + dx, y.round() as i64 + dy, c);
-        }
-    }
-}
-
+/// (min, max) of the finite values, or None.
 fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     values
         .filter(|v| v.is_finite())
@@ -205,85 +130,355 @@ fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
         })
 }
 
+fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing the plot: {e}")
+}
+
+const FONT: &str = "sans-serif";
+const TRAIN: RGBColor = RGBColor(31, 90, 200);
+const VAL: RGBColor = RGBColor(215, 38, 38);
+const VAL5: RGBColor = RGBColor(240, 140, 20);
+const GREY: RGBColor = RGBColor(150, 150, 150);
+const LR: RGBColor = RGBColor(20, 150, 60);
+
+/// The embedded DejaVu Sans as plotters' "sans-serif" (once per process).
+fn register_fonts() -> Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        for (style, bytes) in [
+            (FontStyle::Normal, dejavu::sans::regular()),
+            (FontStyle::Bold, dejavu::sans::bold()),
+        ] {
+            plotters::style::register_font(FONT, style, bytes)
+                .map_err(|_| "the embedded DejaVu Sans font did not load".to_string())?;
+        }
+        Ok(())
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style.stroke_width(2))
+}
+
+/// The legend of a panel, in its upper right corner.
+fn legend_box<'a, DB, CT>(c: &mut ChartContext<'a, DB, CT>) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: plotters::coord::CoordTranslate,
+{
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(draw_err)
+}
+
+type Chart<'a, DB, YT> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, YT>>;
+
+/// A captioned panel on `area`, step from 0 to `x_max` across, `y` up.
+fn panel<'a, DB, Y>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x_max: f64,
+    y: Y,
+    right_axis: bool,
+) -> Result<Chart<'a, DB, Y::CoordDescType>>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    Y: AsRangedCoord<Value = f64>,
+{
+    ChartBuilder::on(area)
+        .caption(caption, (FONT, 20, FontStyle::Bold))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .right_y_label_area_size(if right_axis { 64 } else { 0 })
+        .build_cartesian_2d(0.0..x_max, y)
+        .map_err(draw_err)
+}
+
+/// The panel's axes: "step (batches)" across with whole-number ticks, `y_desc` up with
+/// ticks written by `y_fmt`, a light grid.
+fn axes<'a, DB, YT>(
+    c: &mut Chart<'a, DB, YT>,
+    y_desc: &str,
+    y_labels: usize,
+    y_fmt: &dyn Fn(&f64) -> String,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    YT: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    c.configure_mesh()
+        .x_desc("step (batches)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc(y_desc)
+        .y_labels(y_labels)
+        .y_label_formatter(y_fmt)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 13))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(draw_err)
+}
+
+/// How a curve is drawn.
+#[derive(Clone, Copy)]
+enum Stroke {
+    /// A plain line of this width.
+    Line(u32),
+    /// A line of this width with a dot at every point.
+    Dots(u32),
+    /// A dashed line of this width.
+    Dashed(u32),
+}
+
+/// One labelled curve; nothing (and no legend entry) when `points` is empty.
+fn curve<'a, DB, YT>(
+    c: &mut Chart<'a, DB, YT>,
+    points: &Points,
+    color: RGBAColor,
+    stroke: Stroke,
+    label: &str,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    YT: Ranged<ValueType = f64>,
+{
+    if points.is_empty() {
+        return Ok(());
+    }
+    let pts = points.iter().copied();
+    let drawn = match stroke {
+        Stroke::Line(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w))),
+        Stroke::Dots(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w)).point_size(4)),
+        Stroke::Dashed(w) => c.draw_series(DashedLineSeries::new(pts, 8, 5, color.stroke_width(w))),
+    }
+    .map_err(draw_err)?;
+    drawn.label(label).legend(legend_line(color.into()));
+    Ok(())
+}
+
+/// Draws the figure on `root`.
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &Series, title: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(draw_err)?;
+    let root = root
+        .margin(14, 6, 6, 6)
+        .titled(title, (FONT, 28, FontStyle::Bold))
+        .map_err(draw_err)?;
+    let panels = root.split_evenly((2, 2));
+    let steps = [&s.loss, &s.epoch_loss, &s.val_top1, &s.lr, &s.images_per_s];
+    let x_max = range(steps.iter().flat_map(|v| v.iter().map(|p| p.0)))
+        .map_or(1.0, |(_, hi)| hi)
+        .max(1.0);
+    let whole = |v: &f64| format!("{v:.0}");
+
+    // 1. loss
+    let (_, l_hi) = range(s.loss.iter().chain(&s.epoch_loss).map(|p| p.1)).unwrap_or((0.0, 1.0));
+    let y = 0.0..(l_hi * 1.08).max(1e-3);
+    let mut c = panel(&panels[0], "Training loss", x_max, y, false)?;
+    axes(&mut c, "cross-entropy loss (nats)", 10, &|v| {
+        format!("{v:.1}")
+    })?;
+    let faint = TRAIN.mix(0.45);
+    curve(
+        &mut c,
+        &s.loss,
+        faint,
+        Stroke::Line(1),
+        "train, per log window",
+    )?;
+    curve(
+        &mut c,
+        &s.epoch_loss,
+        TRAIN.into(),
+        Stroke::Dots(3),
+        "train, epoch mean",
+    )?;
+    legend_box(&mut c)?;
+
+    // 2. errors
+    let mut c = panel(&panels[1], "Classification error", x_max, 0.0..100.0, false)?;
+    axes(&mut c, "error (%)", 10, &whole)?;
+    curve(
+        &mut c,
+        &s.train_err,
+        GREY.into(),
+        Stroke::Line(1),
+        "train top-1, per window",
+    )?;
+    curve(
+        &mut c,
+        &s.val_top5,
+        VAL5.into(),
+        Stroke::Dashed(2),
+        "val top-5, per epoch",
+    )?;
+    curve(
+        &mut c,
+        &s.val_top1,
+        VAL.into(),
+        Stroke::Dots(3),
+        "val top-1, per epoch",
+    )?;
+    if let Some((step, top1, mode)) = s.evals.last() {
+        c.draw_series(std::iter::once(TriangleMarker::new(
+            (*step, *top1),
+            8,
+            VAL.filled(),
+        )))
+        .map_err(draw_err)?
+        .label(format!("final {mode} top-1: {top1:.1}%"))
+        .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, VAL.filled()));
+    }
+    legend_box(&mut c)?;
+
+    // 3. learning rate, log scale: whole decades, padded so that the end ticks and a
+    // flat line stay inside.
+    let (lr_lo, lr_hi) = range(s.lr.iter().map(|p| p.1)).unwrap_or((1e-3, 1e-1));
+    let lo = 10f64.powf(lr_lo.log10().floor()) * 0.6;
+    let hi = (10f64.powf(lr_hi.log10().ceil()) * 1.6).max(lo * 20.0);
+    let mut c = panel(
+        &panels[2],
+        "Learning rate",
+        x_max,
+        (lo..hi).log_scale(),
+        false,
+    )?;
+    axes(&mut c, "learning rate (log scale)", 6, &|v| {
+        format!("{v:.0e}")
+    })?;
+    curve(&mut c, &s.lr, LR.into(), Stroke::Line(2), "learning rate")?;
+    legend_box(&mut c)?;
+
+    // 4. throughput (left axis) and data wait (right axis)
+    let (_, ips_hi) = range(s.images_per_s.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
+    let y = 0.0..(ips_hi * 1.1).max(1.0);
+    let mut c = panel(&panels[3], "Throughput", x_max, y, true)?
+        .set_secondary_coord(0.0..x_max, 0.0..100.0);
+    axes(&mut c, "training images / s", 10, &whole)?;
+    let ips = &s.images_per_s;
+    curve(
+        &mut c,
+        ips,
+        TRAIN.into(),
+        Stroke::Line(2),
+        "images / s (left)",
+    )?;
+    c.configure_secondary_axes()
+        .y_desc("waiting for data (% of step time)")
+        .y_label_formatter(&whole)
+        .axis_desc_style((FONT, 15))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(draw_err)?;
+    if !s.data_wait.is_empty() {
+        let pts = s.data_wait.iter().copied();
+        c.draw_secondary_series(DashedLineSeries::new(pts, 6, 4, GREY.stroke_width(2)))
+            .map_err(draw_err)?
+            .label("data wait % (right)")
+            .legend(legend_line(GREY.into()));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 13))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(draw_err)?;
+    root.present().map_err(draw_err)?;
+    Ok(())
+}
+
+enum Format {
+    Png,
+    Svg,
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("png") => Ok(Format::Png),
+        Some("svg") => Ok(Format::Svg),
+        _ => bail!(
+            "{}: the output must end in .png or .svg (the extension picks the format)",
+            path.display()
+        ),
+    }
+}
+
 pub fn run(args: Args) -> Result<i32> {
+    let format = format_of(&args.output)?;
     let s = read(&args.metrics)?;
-    if s.loss.is_empty() && s.val_top1.is_empty() {
+    if s.loss.is_empty() && s.epoch_loss.is_empty() && s.val_top1.is_empty() {
         bail!(
             "{}: no train or epoch records to plot",
             args.metrics.display()
         );
     }
-    if args.width < 4 * MARGIN || args.panel_height < 4 * MARGIN {
-        bail!("picture too small");
-    }
-    let all_steps = [&s.loss, &s.epoch_loss, &s.val_top1, &s.lr];
-    let (x0, x1) =
-        range(all_steps.iter().flat_map(|v| v.iter().map(|p| p.0))).unwrap_or((0.0, 1.0));
-    let x0 = x0.min(0.0);
-    let (w, h) = (args.width, args.panel_height);
-    let mut img = RgbImage::from_pixel(w, 3 * h, Rgb([255, 255, 255]));
-
-    let (l0, l1) = range(s.loss.iter().chain(&s.epoch_loss).map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let loss = Panel {
-        top: 0,
-        height: h,
-        width: w,
-        x0,
-        x1,
-        y0: 0.0_f64.min(l0),
-        y1: l1 * 1.05,
-    };
-    loss.frame(&mut img);
-    loss.line(&mut img, &s.loss, Rgb([0, 0, 0]), |v| v);
-    loss.line(&mut img, &s.epoch_loss, Rgb([30, 80, 220]), |v| v);
-
-    let err = Panel {
-        top: h,
-        height: h,
-        width: w,
-        x0,
-        x1,
-        y0: 0.0,
-        y1: 1.0,
-    };
-    err.frame(&mut img);
-    for k in 1..10 {
-        err.hline(&mut img, f64::from(k) / 10.0, Rgb([225, 225, 225]));
-    }
-    err.line(&mut img, &s.train_err, Rgb([150, 150, 150]), |v| v);
-    err.line(&mut img, &s.val_top5, Rgb([240, 150, 20]), |v| v);
-    err.line(&mut img, &s.val_top1, Rgb([220, 30, 30]), |v| v);
-
-    let (r0, r1) = range(s.lr.iter().map(|p| p.1.log10())).unwrap_or((-3.0, -1.0));
-    let lr = Panel {
-        top: 2 * h,
-        height: h,
-        width: w,
-        x0,
-        x1,
-        y0: r0.floor() - 0.1,
-        y1: r1.ceil() + 0.1,
-    };
-    lr.frame(&mut img);
-    let mut k = r0.floor();
-    while k <= r1.ceil() {
-        lr.hline(&mut img, k, Rgb([225, 225, 225]));
-        k += 1.0;
-    }
-    lr.line(&mut img, &s.lr, Rgb([20, 160, 60]), f64::log10);
-
-    img.save(&args.output)
-        .with_context(|| format!("write {}", args.output.display()))?;
-    sv_cli::outln!("wrote {} ({}x{} px)", args.output.display(), w, 3 * h);
-    sv_cli::outln!("  x: steps {x0} to {x1}");
-    sv_cli::outln!("  panel 1: training loss {l0:.4} to {l1:.4} (black: windows, blue: epochs)");
-    if let Some((a, b)) = range(s.val_top1.iter().map(|p| p.1)) {
-        sv_cli::outln!(
-            "  panel 2: val top-1 error {a:.4} to {b:.4} (red), top-5 orange, train top-1 grey; scale 0-1"
+    if !(320..=10_000).contains(&args.width) || !(240..=10_000).contains(&args.height) {
+        bail!(
+            "--width must be 320 to 10000 and --height 240 to 10000 pixels, got {}x{}",
+            args.width,
+            args.height
         );
     }
+    register_fonts()?;
+    let title = args.title.clone().unwrap_or_else(|| {
+        let run = args
+            .metrics
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        format!("Training curves: {}", run.display())
+    });
+    let size = (args.width, args.height);
+    match format {
+        Format::Svg => draw(
+            SVGBackend::new(&args.output, size).into_drawing_area(),
+            &s,
+            &title,
+        )
+        .with_context(|| format!("write {}", args.output.display()))?,
+        Format::Png => {
+            let mut buf = vec![0u8; args.width as usize * args.height as usize * 3];
+            draw(
+                BitMapBackend::with_buffer(&mut buf, size).into_drawing_area(),
+                &s,
+                &title,
+            )?;
+            image::RgbImage::from_raw(args.width, args.height, buf)
+                .context("plot buffer has the wrong size")?
+                .save(&args.output)
+                .with_context(|| format!("write {}", args.output.display()))?;
+        }
+    }
     sv_cli::outln!(
-        "  panel 3: learning rate 1e{r0:.1} to 1e{r1:.1} (log scale, grid at powers of ten)"
+        "wrote {} ({}x{} px): loss, error, learning rate, throughput over {} steps",
+        args.output.display(),
+        args.width,
+        args.height,
+        range(s.loss.iter().chain(&s.lr).chain(&s.val_top1).map(|p| p.0)).map_or(0.0, |(_, hi)| hi)
     );
+    if let Some((_, t1)) = s.val_top1.last() {
+        sv_cli::outln!("  last validation top-1 error {t1:.2}%");
+    }
+    if let Some((_, t1, mode)) = s.evals.last() {
+        sv_cli::outln!("  final {mode} top-1 error {t1:.2}%");
+    }
     Ok(0)
 }

@@ -10,7 +10,7 @@ use sv_build::{BuildConfig, InputSpec, Progress};
 use sv_core::Split;
 use sv_shard::{Codec, Dataset};
 
-use sv_cli::progress;
+use sv_cli::progress::{self, human_bytes};
 
 /// Shard dataset commands.
 #[derive(Subcommand, Debug)]
@@ -185,7 +185,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         part: None,
     };
     let started = Instant::now();
-    let bar = progress::bar(0, "images");
+    let bar = progress::bar("shard build", 0, "images");
     let on_progress = |p: Progress| match p {
         Progress::Start { total, done } => {
             bar.set_length(total as u64);
@@ -300,7 +300,7 @@ fn print_ignored(summary: &sv_build::BuildSummary, out: &Path) -> anyhow::Result
 fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = sv_shard::Manifest::load(&a.dir)?;
     let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
-    let bar = progress::bar(total, "bytes");
+    let bar = progress::bar("shard verify", total, "bytes");
     let report =
         sv_shard::verify::verify_dataset(&a.dir, a.workers.unwrap_or_else(num_cpus::get), &|b| {
             bar.inc(b)
@@ -516,7 +516,7 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let side = ds.geometry().side;
-    let bar = progress::bar(indices.len() as u64, "images");
+    let bar = progress::bar("shard export", indices.len() as u64, "images");
     let mut scratch = Vec::new();
     for &i in &indices {
         let rec = ds.record(i)?;
@@ -540,20 +540,4 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
         a.output.display()
     );
     Ok(0)
-}
-
-/// Bytes as B, KiB, MiB or GiB.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

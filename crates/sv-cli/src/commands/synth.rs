@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         threads: args.threads,
     };
     let total = u64::from(args.classes) * u64::from(args.per_class + args.val_per_class);
-    let bar = sv_cli::progress::bar(total, "images");
+    let bar = sv_cli::progress::bar("synth", total, "images");
     let start = std::time::Instant::now();
     let summary = sv_synth::generate(&args.output, &config, |done, _| bar.set_position(done))
         .with_context(|| format!("synth into {}", args.output.display()))?;

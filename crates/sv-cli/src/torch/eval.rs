@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<i32> {
         EvalMode::Centre
     };
     let total = args.limit.map_or(data.len(), |l| l.min(data.len()));
-    let pb = sv_cli::progress::bar(total as u64, "images");
+    let pb = sv_cli::progress::bar("eval", total as u64, "images");
     let r = evaluate(
         &model,
         &norm,

@@ -16,7 +16,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "supervision", version, about, long_about = None)]
 struct Cli {
-    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    /// Log more (-v: debug, -vv: trace). Default: warnings, and progress lines when
+    /// stderr is not a terminal (a bar when it is). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]

@@ -353,6 +353,12 @@ pub fn settings(inv: &Invocation<'_>, header: &CheckpointHeader) -> Result<Train
             &now.copy_stream,
             flag_value,
         ),
+        keep_epochs: c.changeable(
+            "keep",
+            &saved.keep_epochs,
+            &now.keep_epochs,
+            usize::to_string,
+        ),
         data: saved.data.clone().or_else(|| Some(inv.data.clone())),
         ..saved
     };

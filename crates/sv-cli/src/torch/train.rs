@@ -16,7 +16,7 @@ use sv_stats::{MeanImage, PcaStats};
 use sv_train::checkpoint;
 use sv_train::data::{AugmentConfig, DataSettings, PipelineSource, ShardSource};
 use sv_train::input::{InputScale, Normalization, PixelMean};
-use sv_train::metrics::MetricsRecord;
+use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR};
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
 use sv_train::params::Precision;
@@ -50,7 +50,8 @@ pub struct Args {
     /// so eval, predict and --resume use it too.
     #[arg(long, value_name = "FILE.npy")]
     pub mean_image: Option<PathBuf>,
-    /// Output directory: metrics.jsonl, last.safetensors, best.safetensors.
+    /// Output directory: metrics.jsonl, tensorboard/ (event files for `tensorboard
+    /// --logdir OUT`), last.safetensors, best.safetensors, epoch-NNNN.safetensors (--keep).
     #[arg(long)]
     pub out: PathBuf,
     /// alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
@@ -190,6 +191,11 @@ pub struct Args {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Keep the checkpoints of the last N epochs as OUT/epoch-NNNN.safetensors (NNNN:
+    /// epochs done), besides last.safetensors and best.safetensors; older ones are
+    /// deleted once the new one is in place (timm's --checkpoint-hist). 0: none.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep: usize,
     /// Data-parallel training: --nproc-per-node, --collective, timeouts (torch/dist.rs).
     #[command(flatten)]
     pub dist: super::dist::DistArgs,
@@ -305,6 +311,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         copy_stream: Some(args.copy_stream),
         dropout: None,
         data: None,
+        keep_epochs: args.keep,
     })
 }
 
@@ -609,8 +616,6 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
     let (rank, world) = (trainer.rank(), trainer.world_size());
     let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
-    // rank 0 speaks for the job; the others only report errors
-    let lead = rank == 0;
     let ranks = if world > 1 {
         format!(", {world} ranks: global batch {}", cfg.batch_size * world)
     } else {
@@ -635,28 +640,21 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
         );
     }
     let pb = if lead {
-        sv_cli::progress::bar(total_steps, "steps")
+        sv_cli::progress::bar("train", total_steps, "steps")
     } else {
-        indicatif::ProgressBar::hidden()
+        sv_cli::progress::hidden("train")
     };
     pb.set_position(trainer.step());
+    pb.reset_eta();
+    let mut clock = std::time::Instant::now(); // since the last epoch line
     let outcome = trainer.run(source.as_mut(), val.as_ref(), &mut |e| match e {
         Event::Step { step, .. } => pb.set_position(step),
-        Event::Record(MetricsRecord::Train {
-            loss,
-            images_per_s,
-            data_wait_share,
-            lr,
-            epoch,
-            ..
-        }) => pb.set_message(format!(
-            "epoch {epoch} loss {loss:.3} lr {lr:.0e} {images_per_s:.0} img/s wait {:.1}%",
-            100.0 * data_wait_share
-        )),
-        Event::Record(r @ MetricsRecord::Epoch { .. }) => {
-            pb.println(serde_json::to_string(r).unwrap_or_default())
+        Event::Record(r @ MetricsRecord::Train { .. }) => pb.status(r.to_string()),
+        Event::Record(r) => {
+            pb.println(format!("{r} ({:.1} s)", clock.elapsed().as_secs_f64()));
+            clock = std::time::Instant::now();
         }
-        Event::EvalStart { total } => pb.set_message(format!("validating on {total} images")),
+        Event::EvalStart { total } => pb.status(format!("validating on {total} images")),
         _ => {}
     });
     let in_job = |e: sv_train::TrainError| {
@@ -688,6 +686,7 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
         "checkpoint": checkpoint,
         "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
+        "tensorboard": args.out.join(TENSORBOARD_DIR),
         "device": device_name(device),
         "precision": cfg.precision_on(device).as_str(),
         "channels_last": cfg.channels_last_on(device),
@@ -727,6 +726,11 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
             None => sv_cli::outln!("checkpoint: none written"),
         }
         sv_cli::outln!("metrics:    {}", args.out.join(METRICS_FILE).display());
+        sv_cli::outln!(
+            "tensorboard: {} (tensorboard --logdir {})",
+            args.out.join(TENSORBOARD_DIR).display(),
+            args.out.display()
+        );
     }
     Ok(0)
 }
