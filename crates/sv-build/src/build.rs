@@ -125,6 +125,15 @@ pub fn build(
 ) -> Result<BuildSummary, BuildError> {
     check_config(config)?;
     let out = &config.output;
+    if let Ok(m) = std::fs::metadata(out)
+        && !m.is_dir()
+    {
+        return Err(BuildError::Input(format!(
+            "the output {} is {}, not a folder",
+            out.display(),
+            crate::read::kind_of(m.file_type())
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
         path: out.clone(),
         op: "create the output folder",

@@ -165,7 +165,16 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Build
 /// read as input, even when it lies inside the input folder.
 pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, BuildError> {
     let input = &spec.input;
-    let meta = std::fs::metadata(input).map_err(io_err(input, "read"))?;
+    let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            BuildError::Input(format!("the input {} does not exist", input.display()))
+        }
+        _ => BuildError::Io {
+            path: input.clone(),
+            op: "read",
+            source: e,
+        },
+    })?;
     let flat_wanted = spec.labels.is_some();
     if !meta.is_dir() {
         return Err(BuildError::Input(format!(

@@ -46,7 +46,9 @@ pub(crate) fn kind_of(ft: std::fs::FileType) -> &'static str {
             return "a block device";
         }
     }
-    if ft.is_dir() {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
         "a folder"
     } else if ft.is_symlink() {
         "a symbolic link"
