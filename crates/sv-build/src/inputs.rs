@@ -1,6 +1,7 @@
 //! Finding the images of a split and their labels.
 //!
-//! Two layouts are read:
+//! Two layouts are read, from a folder or from a tar archive (see the `archive`
+//! module):
 //! - a tree, `<wnid>/<file>` (ImageNet's train layout, and val once sorted into
 //!   class folders): the top-level folder names are the labels; files in folders
 //!   below a class folder belong to that class (as torchvision's `ImageFolder`);
@@ -176,26 +177,35 @@ pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, Build
         },
     })?;
     let flat_wanted = spec.labels.is_some();
-    if !meta.is_dir() {
+    let (listing, archive) = if meta.is_dir() {
+        let exclude = output.and_then(|o| std::fs::metadata(o).ok());
+        (list_folder(input, exclude.as_ref(), flat_wanted)?, None)
+    } else if meta.is_file() {
+        (crate::archive::list(input)?, Some(input.clone()))
+    } else {
         return Err(BuildError::Input(format!(
-            "{} is {}, not a folder",
+            "the input {} is {}, not a folder or a tar archive",
             input.display(),
             kind_of(meta.file_type())
         )));
-    }
-    let exclude = output.and_then(|o| std::fs::metadata(o).ok());
-    let listing = list_folder(input, exclude.as_ref(), flat_wanted)?;
-    // Labels and class names are looked for in the input folder and beside it.
-    let near: Vec<&Path> = [Some(input.as_path()), input.parent()]
-        .into_iter()
-        .flatten()
-        .collect();
+    };
+    // Labels and class names are looked for in the input folder and beside it (beside
+    // an archive).
+    let near: Vec<&Path> = match archive {
+        Some(_) => input.parent().into_iter().collect(),
+        None => [Some(input.as_path()), input.parent()]
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
     let names = read_synset_mapping(&near)?;
-    if !listing.dirs.is_empty() && !flat_wanted {
-        Ok(tree(listing, spec, &names))
+    let mut inputs = if !listing.dirs.is_empty() && !flat_wanted {
+        tree(listing, spec, &names)
     } else {
-        flat(listing, spec, &near, &names)
-    }
+        flat(listing, spec, &near, &names)?
+    };
+    inputs.archive = archive;
+    Ok(inputs)
 }
 
 /// Walk a folder: the top level, and below the top-level folders unless the input is

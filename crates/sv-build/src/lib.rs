@@ -12,6 +12,7 @@
 //!   whose inputs changed (see the `journal` module).
 #![warn(missing_docs)]
 
+mod archive;
 mod build;
 pub mod inputs;
 mod journal;

@@ -17,14 +17,33 @@ pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 pub(crate) enum Source {
     /// Files under this folder.
     Folder(std::path::PathBuf),
+    /// Members of this archive, by offset.
+    Archive(crate::archive::Archive),
 }
 
 impl Source {
+    pub fn new(inputs: &crate::Inputs, input: &Path) -> Result<Source, crate::BuildError> {
+        Ok(match &inputs.archive {
+            Some(a) => Source::Archive(crate::archive::Archive::open(a)?),
+            None => Source::Folder(input.to_path_buf()),
+        })
+    }
+
     /// The bytes of one input image.
     pub fn read(&self, img: &crate::inputs::InputImage) -> Result<Vec<u8>, String> {
-        match self {
-            Source::Folder(root) => read_regular(&root.join(&img.path), MAX_INPUT_BYTES),
+        match (self, img.offset) {
+            (Source::Archive(a), Some(offset)) => a.read(offset, img.size, MAX_INPUT_BYTES),
+            (Source::Folder(root), _) => read_regular(&root.join(&img.path), MAX_INPUT_BYTES),
+            (Source::Archive(a), None) => Err(format!(
+                "internal error: no offset for a member of {}",
+                a.path.display()
+            )),
         }
+    }
+
+    /// Whether one thread should read for all workers (an archive, read in order).
+    pub fn sequential(&self) -> bool {
+        matches!(self, Source::Archive(_))
     }
 }
 

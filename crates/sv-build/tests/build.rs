@@ -520,3 +520,96 @@ fn shards_never_grow_past_the_bound() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Archives (issue 13): ImageNet's tars read in place.
+
+/// Append `bytes` as a regular member `name` with the given mtime.
+fn append(b: &mut tar::Builder<impl std::io::Write>, name: &[u8], bytes: &[u8], mtime: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, std::ffi::OsStr::from_bytes(name), bytes)
+        .unwrap();
+}
+
+/// The tree at `root` as ImageNet ships train: a tar of one tar per class folder.
+/// `reverse` writes members in reverse order (the build must not depend on it).
+fn tar_of_tars(root: &Path, out: &Path, reverse: bool) {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    if reverse {
+        classes.reverse();
+    }
+    let mut outer = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for class in classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&class)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        if reverse {
+            files.reverse();
+        }
+        let mut inner = tar::Builder::new(Vec::new());
+        for f in files {
+            let mtime = std::fs::metadata(&f)
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let name = f.file_name().unwrap().as_encoded_bytes().to_vec();
+            append(&mut inner, &name, &std::fs::read(&f).unwrap(), mtime);
+        }
+        let bytes = inner.into_inner().unwrap();
+        let name = format!("{}.tar", class.file_name().unwrap().to_string_lossy());
+        append(&mut outer, name.as_bytes(), &bytes, 1_300_000_000);
+    }
+    outer.finish().unwrap();
+}
+
+#[test]
+fn a_tar_of_class_tars_builds_the_bytes_of_its_extracted_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 3, 5);
+    std::fs::write(input.join("n00000002/zz_bad.JPEG"), b"not an image").unwrap();
+    let archive = t.path().join("train.tar");
+    tar_of_tars(&input, &archive, true);
+    for codec in [Codec::Raw, Codec::Jpeg] {
+        let from_tree = t.path().join(format!("tree-{codec}"));
+        build(&config(&input, &from_tree, 2, codec), &|_| {}).unwrap();
+        for workers in [1, 3] {
+            let from_tar = t.path().join(format!("tar-{codec}-{workers}"));
+            let s = build(&config(&archive, &from_tar, workers, codec), &|_| {}).unwrap();
+            assert_eq!(s.manifest.records, 15);
+            assert_eq!(s.rejects.len(), 1, "{:?}", s.rejects);
+            let (a, b) = (files(&from_tree), files(&from_tar));
+            for name in ["manifest.json", "rejects.jsonl"] {
+                assert_eq!(a[name], b[name], "{codec} {name}");
+            }
+            let shards: Vec<_> = a.keys().filter(|k| k.ends_with(".svs")).collect();
+            assert_eq!(
+                shards,
+                b.keys().filter(|k| k.ends_with(".svs")).collect::<Vec<_>>()
+            );
+            for s in shards {
+                assert!(a[s] == b[s], "{codec}: {s} differs between tree and tar");
+            }
+            // Up to date on the second run, as from a folder.
+            assert!(
+                build(&config(&archive, &from_tar, 2, codec), &|_| {})
+                    .unwrap()
+                    .up_to_date
+            );
+        }
+    }
+}
