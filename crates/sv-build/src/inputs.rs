@@ -8,11 +8,12 @@
 //! - a flat folder plus labels: Kaggle's `LOC_val_solution.csv`
 //!   (`ImageId,PredictionString`, the wnid first in the prediction string), plain
 //!   `filename wnid` lines (the file name with or without its extension), or the
-//!   ILSVRC2012 devkit.
+//!   ILSVRC2012 devkit (see [`crate::devkit`]).
 //!
 //! Class indices are the sorted wnids, or copied from an existing dataset's manifest
 //! (`classes`) so val labels agree with train. Class names come from
-//! `LOC_synset_mapping.txt` (`wnid name` lines) in or beside the input.
+//! the devkit's `meta.mat` (`words`), else `LOC_synset_mapping.txt` (`wnid name`
+//! lines) in or beside the input.
 //!
 //! Every entry found is accounted for: an image (with its label), a reject (a file
 //! that should have been an image but cannot be: a special file, a broken link, no
@@ -84,6 +85,10 @@ pub struct InputSpec {
     pub input: PathBuf,
     /// A labels file for a flat folder; looked for beside the folder when absent.
     pub labels: Option<PathBuf>,
+    /// The ILSVRC2012 devkit: its archive, its folder, or its `meta.mat` and
+    /// validation ground-truth file given separately. Names the classes (`words`) and
+    /// labels a flat val input.
+    pub devkit: Vec<PathBuf>,
     /// Class list to use instead of the sorted wnids found.
     pub classes: Option<Vec<ClassInfo>>,
 }
@@ -198,11 +203,15 @@ pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, Build
             .flatten()
             .collect(),
     };
-    let names = read_synset_mapping(&near)?;
+    let devkit = crate::devkit::Devkit::load(&spec.devkit)?;
+    let names = match &devkit {
+        Some(d) => d.names(),
+        None => read_synset_mapping(&near)?,
+    };
     let mut inputs = if !listing.dirs.is_empty() && !flat_wanted {
         tree(listing, spec, &names)
     } else {
-        flat(listing, spec, &near, &names)?
+        flat(listing, spec, &near, devkit.as_ref(), &names)?
     };
     inputs.archive = archive;
     Ok(inputs)
@@ -498,6 +507,7 @@ fn flat(
     listing: Listing,
     spec: &InputSpec,
     near: &[&Path],
+    devkit: Option<&crate::devkit::Devkit>,
     names: &HashMap<String, String>,
 ) -> Result<Inputs, BuildError> {
     let Listing {
@@ -506,9 +516,17 @@ fn flat(
         mut rejects,
         mut ignored,
     } = listing;
-    let (labels, source, labels_file) = match &spec.labels {
-        Some(p) => (read_labels(p)?, p.display().to_string(), Some(p.clone())),
-        None => {
+    let (labels, source, labels_file) = match (&spec.labels, devkit) {
+        (Some(p), _) => (read_labels(p)?, p.display().to_string(), Some(p.clone())),
+        (None, Some(d)) if d.has_ground_truth() => {
+            let stems = files
+                .iter()
+                .filter(|f| f.path.components().count() == 1)
+                .filter_map(|f| f.path.file_stem()?.to_str());
+            let (labels, source) = d.val_labels(stems)?;
+            (labels, source, None)
+        }
+        (None, _) => {
             let p = find_labels_file(near).ok_or_else(|| {
                 BuildError::Input(format!(
                     "{} holds no class folders, and no labels were given (--labels or \

@@ -14,9 +14,11 @@
 
 mod archive;
 mod build;
+pub mod devkit;
 pub mod inputs;
 mod journal;
 pub mod lock;
+pub mod mat;
 mod read;
 
 use std::path::PathBuf;

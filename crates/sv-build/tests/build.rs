@@ -613,3 +613,50 @@ fn a_tar_of_class_tars_builds_the_bytes_of_its_extracted_tree() {
         }
     }
 }
+
+/// The MAT reader against files scipy.io.savemat wrote in the real meta.mat's layout
+/// (tools/make_devkit_fixture.py), plain and compressed.
+#[test]
+fn devkit_meta_written_by_scipy_reads_as_written() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let want: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixtures.join("meta_small.json")).unwrap()).unwrap();
+    for name in ["meta_small.mat", "meta_small_compressed.mat"] {
+        let bytes = std::fs::read(fixtures.join(name)).unwrap();
+        let vars = sv_build::mat::read(&bytes).unwrap();
+        let sv_build::mat::Value::Struct {
+            dims,
+            fields,
+            elems,
+        } = &vars[0].value
+        else {
+            panic!("{name}: {:?}", vars[0].value);
+        };
+        assert_eq!(vars[0].name, "synsets");
+        assert_eq!(dims, &[6, 1], "{name}");
+        assert_eq!(fields[..3], ["ILSVRC2012_ID", "WNID", "words"], "{name}");
+        for (e, w) in elems.iter().zip(&want) {
+            assert_eq!(e[0].scalar(), w["id"].as_f64(), "{name}");
+            assert_eq!(e[1].text(), w["wnid"].as_str(), "{name}");
+            assert_eq!(e[2].text(), w["words"].as_str(), "{name}");
+            let children: Vec<f64> = w["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_f64().unwrap())
+                .collect();
+            assert_eq!(e[5].numbers(), Some(&children[..]), "{name}");
+        }
+        // Through the devkit: the leaves (num_children 0) are the classes.
+        let kit = sv_build::devkit::Devkit::load(&[fixtures.join(name)])
+            .unwrap()
+            .unwrap();
+        let names = kit.names();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names["n02119789"], "kit fox, Vulpes macrotis");
+        assert!(
+            !names.contains_key("n00001740"),
+            "inner nodes are not classes"
+        );
+    }
+}
