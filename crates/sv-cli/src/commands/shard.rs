@@ -18,10 +18,12 @@ pub enum Cmd {
     /// Decode every image, resize its shorter side to --size, keep the centre square,
     /// and write checksummed, memory-mappable shards plus manifest.json.
     ///
-    /// Train: --input is the class-folder tree (train/<wnid>/*.JPEG). Val: either the same
-    /// tree, or a flat folder with a labels file (LOC_val_solution.csv or `filename wnid`
-    /// lines), found beside the folder when --labels is not given; pass --classes-from
-    /// with the train dataset so val labels use train's class indices.
+    /// Train: --input is the class-folder tree (train/<wnid>/*.JPEG), or ImageNet's
+    /// ILSVRC2012_img_train.tar (a tar of class tars) read in place. Val: the same tree,
+    /// or a flat folder or tar (ILSVRC2012_img_val.tar) labelled by the devkit
+    /// (--devkit ILSVRC2012_devkit_t12.tar.gz) or a labels file (LOC_val_solution.csv or
+    /// `filename wnid` lines, found beside the input when --labels is not given); pass
+    /// --classes-from with the train dataset so val labels use train's class indices.
     ///
     /// Files that cannot be used (unreadable, truncated, not an image, too large) are
     /// skipped and listed in OUTPUT/rejects.jsonl. Output is byte-identical for any
@@ -51,7 +53,8 @@ pub enum SplitArg {
 
 #[derive(ClapArgs, Debug)]
 pub struct BuildArgs {
-    /// The split's images: a class-folder tree, or a flat folder with a labels file.
+    /// The split's images: a class-folder tree or a flat folder, or a tar archive of
+    /// either (ILSVRC2012_img_train.tar, a tar of class tars, is read as its tree).
     #[arg(long)]
     input: PathBuf,
     /// The dataset folder to write (created if missing).
@@ -61,8 +64,17 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "train")]
     split: SplitArg,
     /// Labels for a flat folder: LOC_val_solution.csv or `filename wnid` lines.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devkit")]
     labels: Option<PathBuf>,
+    /// The ILSVRC2012 devkit: ILSVRC2012_devkit_t12.tar.gz, its extracted folder, or
+    /// (given twice) its data/meta.mat and data/ILSVRC2012_validation_ground_truth.txt.
+    /// Labels a flat val input through meta.mat; names the classes with its `words`.
+    #[arg(long, value_name = "DEVKIT")]
+    devkit: Vec<PathBuf>,
+    /// Build only part K of N contiguous slices of the record order (K counts from 0),
+    /// for a build split across machines; join the parts with `shard merge`.
+    #[arg(long, value_name = "K/N", value_parser = parse_part)]
+    part: Option<sv_build::Part>,
     /// Take the class list (wnids, names, indices) from this existing dataset.
     #[arg(long, value_name = "SHARDS")]
     classes_from: Option<PathBuf>,
@@ -160,6 +172,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         input: InputSpec {
             input: a.input.clone(),
             labels: a.labels.clone(),
+            devkit: a.devkit.clone(),
             classes,
         },
         output: a.output.clone(),
@@ -178,7 +191,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         strict: a.strict,
         force: a.force,
         hash_inputs: a.hash_inputs,
-        part: None,
+        part: a.part,
     };
     let started = Instant::now();
     let bar = progress::bar(0, "images");
@@ -256,6 +269,10 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     }
     print_ignored(&summary, &a.output)?;
     Ok(0)
+}
+
+fn parse_part(text: &str) -> Result<sv_build::Part, String> {
+    sv_build::Part::parse(text)
 }
 
 /// The library's error with the command's context, and advice in flag terms.
