@@ -397,3 +397,69 @@ fn a_bad_devkit_or_ground_truth_is_a_clear_error() {
         assert!(!out.join("manifest.json").exists());
     }
 }
+
+/// (label, payload) of every record, in order.
+fn records(dir: &Path) -> Vec<(u32, Vec<u8>)> {
+    let ds = sv_shard::Dataset::open(dir).unwrap();
+    (0..ds.len())
+        .map(|i| {
+            let r = ds.record(i).unwrap();
+            (r.label, r.payload.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn parts_of_a_tar_build_merge_into_the_single_build() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 3, 5, 0);
+    let archive = root.join(TRAIN_TAR);
+    let common = ["--codec", "jpeg", "--workers", "2"];
+    let whole = t.path().join("whole");
+    build(&archive, &whole, &common);
+    let mut parts = Vec::new();
+    for k in 0..3 {
+        let p = t.path().join(format!("part-{k}"));
+        let spec = format!("{k}/3");
+        let mut args = common.to_vec();
+        args.extend_from_slice(&["--part", &spec]);
+        build(&archive, &p, &args);
+        parts.push(p);
+    }
+    let merged = t.path().join("merged");
+    let out = ok(&[
+        "shard",
+        "merge",
+        s(&parts[2]),
+        s(&parts[0]),
+        s(&parts[1]),
+        "--output",
+        s(&merged),
+    ]);
+    assert!(
+        out.contains("15 records") && out.contains("0 copied"),
+        "{out}"
+    );
+    assert_eq!(records(&merged), records(&whole));
+    ok(&["shard", "verify", s(&merged)]);
+    let err = fails(&[
+        "shard",
+        "merge",
+        s(&parts[0]),
+        s(&parts[2]),
+        "--output",
+        s(&t.path().join("m")),
+    ]);
+    assert!(err.contains("part 1/3 is missing"), "{err}");
+    let err = fails(&[
+        "shard",
+        "build",
+        "--input",
+        s(&archive),
+        "--output",
+        s(&t.path().join("x")),
+        "--part",
+        "3/3",
+    ]);
+    assert!(err.contains("0 to N-1"), "{err}");
+}

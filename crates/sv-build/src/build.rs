@@ -691,6 +691,7 @@ impl<'a> Job<'a> {
                 images: self.range.len(),
                 total_images: self.inputs.images.len(),
                 inputs: inputs_digest(&self.inputs.images),
+                settings: settings_fingerprint(self.inputs, &self.writer, ""),
             }),
         };
         write_json_atomic(self.out(), BUILD_FILE, &record)?;
@@ -898,7 +899,7 @@ fn journal_append(file: &mut std::fs::File, out: &Path, entry: &Segment) -> Resu
         })
 }
 
-fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
+pub(crate) fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
     let mut body = String::new();
     for r in rejects {
         body.push_str(&line(r)?);

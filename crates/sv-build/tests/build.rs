@@ -660,3 +660,132 @@ fn devkit_meta_written_by_scipy_reads_as_written() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Split builds (issue 13): --part K/N and merge.
+
+/// (label, payload) of every record, in order.
+fn records(dir: &Path) -> Vec<(u32, Vec<u8>)> {
+    let ds = Dataset::open(dir).unwrap();
+    (0..ds.len())
+        .map(|i| {
+            let r = ds.record(i).unwrap();
+            (r.label, r.payload.to_vec())
+        })
+        .collect()
+}
+
+fn part_config(input: &Path, out: &Path, k: usize, n: usize) -> BuildConfig {
+    let mut c = config(input, out, 2, Codec::Jpeg);
+    c.part = Some(sv_build::Part { index: k, count: n });
+    c
+}
+
+#[test]
+fn three_parts_merged_equal_one_build() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 3, 7);
+    std::fs::write(input.join("n00000001/img_003b.JPEG"), b"garbage").unwrap();
+    std::fs::write(input.join("README"), b"top-level file").unwrap();
+    let whole = t.path().join("whole");
+    build(&config(&input, &whole, 2, Codec::Jpeg), &|_| {}).unwrap();
+    let parts: Vec<PathBuf> = (0..3).map(|k| t.path().join(format!("part{k}"))).collect();
+    // Built in any order, each resumable and up to date on its own.
+    for k in [2, 0, 1] {
+        build(&part_config(&input, &parts[k], k, 3), &|_| {}).unwrap();
+        assert!(
+            build(&part_config(&input, &parts[k], k, 3), &|_| {})
+                .unwrap()
+                .up_to_date
+        );
+    }
+    let merged = t.path().join("merged");
+    let m = sv_build::merge(&sv_build::MergeConfig {
+        parts: vec![parts[1].clone(), parts[2].clone(), parts[0].clone()],
+        output: merged.clone(),
+        force: false,
+    })
+    .unwrap();
+    assert_eq!(m.manifest.records, 21);
+    assert_eq!(m.copied, 0, "same filesystem: linked, not copied");
+    assert_eq!(records(&merged), records(&whole));
+    let (a, b) = (files(&whole), files(&merged));
+    assert_eq!(a["rejects.jsonl"], b["rejects.jsonl"]);
+    let (ma, mb) = (
+        sv_shard::Manifest::load(&whole).unwrap(),
+        sv_shard::Manifest::load(&merged).unwrap(),
+    );
+    assert_eq!(ma.classes, mb.classes);
+    verify_ok(&merged);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let first = std::fs::metadata(merged.join("train-00000.svs")).unwrap();
+        let src = std::fs::metadata(parts[0].join("train-00000.svs")).unwrap();
+        assert_eq!(first.ino(), src.ino(), "no pixel copied");
+    }
+
+    let refuse = |given: Vec<PathBuf>, out: &str| {
+        sv_build::merge(&sv_build::MergeConfig {
+            parts: given,
+            output: t.path().join(out),
+            force: false,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let err = refuse(vec![parts[0].clone(), parts[2].clone()], "m1");
+    assert!(err.contains("part 1/3 is missing"), "{err}");
+    let err = refuse(
+        vec![
+            parts[0].clone(),
+            parts[1].clone(),
+            parts[1].clone(),
+            parts[2].clone(),
+        ],
+        "m2",
+    );
+    assert!(err.contains("part1 is given twice"), "{err}");
+    let copy = t.path().join("part1-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for (name, bytes) in files(&parts[1]) {
+        std::fs::write(copy.join(name), bytes).unwrap();
+    }
+    let err = refuse(
+        vec![parts[0].clone(), parts[1].clone(), copy, parts[2].clone()],
+        "m2b",
+    );
+    assert!(err.contains("part 1/3 is given twice"), "{err}");
+    // Other settings (JPEG quality), other inputs (one more image), another count.
+    let other = t.path().join("other-quality");
+    let mut c = part_config(&input, &other, 1, 3);
+    c.jpeg_quality = 80;
+    build(&c, &|_| {}).unwrap();
+    let err = refuse(
+        vec![parts[0].clone(), other.clone(), parts[2].clone()],
+        "m3",
+    );
+    assert!(
+        err.contains("other-quality") && err.contains("other inputs or settings"),
+        "{err}"
+    );
+    let four = t.path().join("of-four");
+    build(&part_config(&input, &four, 1, 4), &|_| {}).unwrap();
+    let err = refuse(vec![parts[0].clone(), four, parts[2].clone()], "m4");
+    assert!(err.contains("of-four"), "{err}");
+    std::fs::write(
+        input.join("n00000002/img_999.JPEG"),
+        std::fs::read(input.join("n00000002/img_000.JPEG")).unwrap(),
+    )
+    .unwrap();
+    let grown = t.path().join("grown");
+    build(&part_config(&input, &grown, 1, 3), &|_| {}).unwrap();
+    let err = refuse(vec![parts[0].clone(), grown, parts[2].clone()], "m5");
+    assert!(
+        err.contains("grown") && err.contains("other inputs"),
+        "{err}"
+    );
+    // A whole build is not a part; an unfinished part is named as such.
+    let err = refuse(vec![whole.clone()], "m6");
+    assert!(err.contains("not a part"), "{err}");
+}

@@ -1,4 +1,4 @@
-//! `supervision shard build | verify | inspect | export`.
+//! `supervision shard build | merge | verify | inspect | export`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +29,11 @@ pub enum Cmd {
     /// skipped and listed in OUTPUT/rejects.jsonl. Output is byte-identical for any
     /// --workers. A build that is killed resumes when the same command is run again.
     Build(BuildArgs),
+    /// Join the parts of a build split with --part K/N into one dataset: the same
+    /// records, labels and order as one build. Shards are hard-linked from the parts
+    /// (copied when a part is on another filesystem). Parts of other inputs or
+    /// settings, missing or repeated parts are refused by name.
+    Merge(MergeArgs),
     /// Check the manifest, every shard's checksum and every record's checksum.
     Verify(VerifyArgs),
     /// Print what a dataset holds (counts per class, codec, sizes); draw a contact sheet.
@@ -107,6 +112,19 @@ pub struct BuildArgs {
 }
 
 #[derive(ClapArgs, Debug)]
+pub struct MergeArgs {
+    /// The part folders (each built with --part K/N), in any order.
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<PathBuf>,
+    /// The dataset folder to write (created if missing; must hold no other files).
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace a dataset in --output (only a build's own files are removed).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(ClapArgs, Debug)]
 pub struct VerifyArgs {
     /// The dataset folder.
     dir: PathBuf,
@@ -150,6 +168,7 @@ pub struct ExportArgs {
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Build(a) => build(a),
+        Cmd::Merge(a) => merge(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Export(a) => export(a),
@@ -268,6 +287,39 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         );
     }
     print_ignored(&summary, &a.output)?;
+    Ok(0)
+}
+
+fn merge(a: MergeArgs) -> anyhow::Result<i32> {
+    let summary = sv_build::merge(&sv_build::MergeConfig {
+        parts: a.parts.clone(),
+        output: a.output.clone(),
+        force: a.force,
+    })
+    .map_err(|e| {
+        let advice = match &e {
+            sv_build::BuildError::Occupied { .. } => "; pass --force to replace it",
+            _ => "",
+        };
+        anyhow::anyhow!(
+            "merging into {}: {:#}{advice}",
+            a.output.display(),
+            anyhow::Error::new(e)
+        )
+    })?;
+    let m = &summary.manifest;
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    sv_cli::outln!(
+        "merged {} parts into {}: {} records in {} shards ({}; {} linked, {} copied), {} rejected",
+        summary.parts,
+        a.output.display(),
+        m.records,
+        m.shards.len(),
+        human_bytes(bytes),
+        summary.linked,
+        summary.copied,
+        summary.rejects
+    );
     Ok(0)
 }
 
