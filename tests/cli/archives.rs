@@ -172,19 +172,9 @@ fn a_build_from_a_tar_killed_mid_way_resumes_to_identical_output() {
     assert_eq!(dataset(&resumed), dataset(&reference));
 }
 
-/// The members of a tar: (name, bytes).
+/// The members of a tar file: (name, bytes).
 fn members(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
-    a.entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut b = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut b).unwrap();
-            (name, b)
-        })
-        .collect()
+    members_of(&std::fs::read(path).unwrap())
 }
 
 /// Append a member with any name (`..` included) and type.

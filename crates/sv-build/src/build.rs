@@ -342,15 +342,7 @@ impl<'a> Job<'a> {
             };
         }
         let ours = list_our_files(out)?;
-        let foreign = std::fs::read_dir(out)
-            .map_err(|source| BuildError::Io {
-                path: out.to_path_buf(),
-                op: "list",
-                source,
-            })?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name() != LOCK_FILE && !ours.contains(&e.path()))
-            .count();
+        let foreign = entries(out)?.iter().filter(|p| !ours.contains(p)).count();
         if !self.config.force {
             if !ours.is_empty() {
                 return Err(self.occupied(Occupant::OtherDataset));
@@ -825,6 +817,20 @@ fn remove(p: &Path) -> Result<(), BuildError> {
         op: "remove",
         source,
     })
+}
+
+/// Everything in the output folder but its lock file.
+pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    Ok(std::fs::read_dir(out)
+        .map_err(|source| BuildError::Io {
+            path: out.to_path_buf(),
+            op: "list",
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != LOCK_FILE)
+        .map(|e| e.path())
+        .collect())
 }
 
 /// Files a build writes (and may remove): nothing else is touched.

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use sv_shard::{Dataset, Manifest, ShardEntry, WriterConfig};
 
-use crate::build::{BUILD_FILE, JOURNAL_FILE, list_our_files, write_json_atomic, write_rejects};
+use crate::build::{
+    BUILD_FILE, JOURNAL_FILE, entries, list_our_files, write_json_atomic, write_rejects,
+};
 use crate::journal::{BuildRecord, LAYOUT, parse_record};
 use crate::lock::OutputLock;
 use crate::{BuildError, Occupant, PartRecord, Reject, read_rejects};
@@ -264,15 +266,7 @@ fn check_parts(parts: &mut [PartIn]) -> Result<(), BuildError> {
 
 fn clear_output(out: &Path, force: bool) -> Result<(), BuildError> {
     let ours = list_our_files(out)?;
-    let any = std::fs::read_dir(out)
-        .map_err(|source| BuildError::Io {
-            path: out.to_path_buf(),
-            op: "list",
-            source,
-        })?
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name() != crate::LOCK_FILE);
-    if !force && any {
+    if !force && !entries(out)?.is_empty() {
         return Err(BuildError::Occupied {
             dir: out.to_path_buf(),
             holds: if ours.is_empty() {
