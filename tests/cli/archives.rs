@@ -83,20 +83,16 @@ fn archives_build_the_same_bytes_as_the_extracted_tree() {
     let data = devkit_dir.join("ILSVRC2012_devkit_t12/data");
     let meta = data.join("meta.mat");
     let truth = data.join("ILSVRC2012_validation_ground_truth.txt");
+    let devkit_tar = root.join(DEVKIT);
     let kits: [Vec<&str>; 3] = [
-        vec!["--devkit", s(&root).to_owned().leak()],
+        vec!["--devkit", s(&devkit_tar)],
         vec!["--devkit", s(&devkit_dir)],
         vec!["--devkit", s(&meta), "--devkit", s(&truth)],
     ];
     for (n, kit) in kits.iter().enumerate() {
-        let kit: Vec<&str> = if n == 0 {
-            vec!["--devkit", s(&root.join(DEVKIT)).to_owned().leak()]
-        } else {
-            kit.clone()
-        };
         let out_dir = t.path().join(format!("val-devkit-{n}"));
         let mut args = val_args.to_vec();
-        args.extend_from_slice(&kit);
+        args.extend_from_slice(kit);
         let out = build(&root.join(VAL_TAR), &out_dir, &args);
         assert!(out.contains("12 records"), "{out}");
         assert_eq!(dataset(&by_csv), dataset(&out_dir), "devkit form {n}");
