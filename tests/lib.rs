@@ -73,3 +73,22 @@ pub fn fails(args: &[&str]) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Width and height from a PNG's IHDR.
+pub fn png_dims(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).expect("read PNG");
+    assert_eq!(&b[1..4], b"PNG", "{} is not a PNG", path.display());
+    let w = u32::from_be_bytes(b[16..20].try_into().expect("4 bytes"));
+    let h = u32::from_be_bytes(b[20..24].try_into().expect("4 bytes"));
+    (w, h)
+}
+
+/// Every name in a folder, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("list folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}

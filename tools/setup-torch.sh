@@ -5,17 +5,26 @@
 # version tch 0.24 is built for) from the package registry, under
 #   ${SUPERVISION_CACHE:-~/.cache/supervision}/venv-torch-2.11.0
 # and sets what the build needs: LIBTORCH_USE_PYTORCH=1 and the venv's python first on
-# PATH (torch-sys asks that python where libtorch is). The `supervision-torch` binary records
-# libtorch's directory as an rpath (crates/sv-cli/build.rs), so running it needs nothing.
+# PATH (torch-sys asks that python where libtorch is). The `supervision-torch` binary
+# records libtorch's directory as an rpath (crates/sv-cli/build.rs), so running it needs
+# nothing.
+#
+# It also adds (to a venv made before, too) two header-only wheels that sv-c10's C++
+# shim needs for ProcessGroupNCCL and that torch's CUDA runtime wheels lack:
+# nvidia-cuda-crt (crt/host_config.h) and nvidia-cuda-cccl (nv/target), at the versions
+# matching the wheel's CUDA 13.0 runtime, with --no-deps (headers only).
 #
 # Use:
 #   source tools/setup-torch.sh          # in bash: make/reuse the venv, export the env
 #   eval "$(tools/setup-torch.sh --env)" # same, from any POSIX shell
 #   tools/setup-torch.sh --check         # exit 0 iff the venv exists and imports torch
 #   tools/setup-torch.sh --lib-dir       # print libtorch's lib directory
-# Set SUPERVISION_TORCH_PYTHON to a python that already has torch 2.11.0 to skip the venv.
+# Set SUPERVISION_TORCH_PYTHON to a python that already has torch 2.11.0 to skip the venv
+# (the header wheels are then that python's business: without them sv-c10 builds
+# without NCCL and says so).
 
 _sv_torch_version="2.11.0"
+_sv_header_wheels="nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
 _sv_cache="${SUPERVISION_CACHE:-$HOME/.cache/supervision}"
 _sv_venv="$_sv_cache/venv-torch-$_sv_torch_version"
 
@@ -35,8 +44,33 @@ _sv_torch_ok() {
     [ -x "$py" ] && "$py" -c "import sys, torch; sys.exit(0 if torch.__version__.split('+')[0] == '$_sv_torch_version' else 1)" >/dev/null 2>&1
 }
 
+# The CUDA headers sv-c10's NCCL part compiles against (see the header wheels above).
+_sv_headers_ok() {
+    local inc
+    inc="$("$(_sv_python)" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)/nvidia/cu13/include" || return 1
+    [ -f "$inc/crt/host_config.h" ] && [ -d "$inc/nv" ]
+}
+
+_sv_install_headers() {
+    "$_sv_venv/bin/python" -m pip install --quiet --no-deps $_sv_header_wheels >>"$_sv_cache/pip.log" 2>&1 || {
+        _sv_log "pip install $_sv_header_wheels failed; see $_sv_cache/pip.log"
+        return 1
+    }
+}
+
 _sv_ensure() {
     if _sv_torch_ok; then
+        if [ -z "${SUPERVISION_TORCH_PYTHON:-}" ] && ! _sv_headers_ok; then
+            (
+                if command -v flock >/dev/null 2>&1; then
+                    exec 9>"$_sv_cache/.venv-torch.lock"
+                    flock 9
+                fi
+                _sv_headers_ok && exit 0
+                _sv_log "adding the CUDA header wheels to $_sv_venv ($_sv_header_wheels)"
+                _sv_install_headers
+            ) || return 1
+        fi
         return 0
     fi
     if [ -n "${SUPERVISION_TORCH_PYTHON:-}" ]; then
@@ -61,6 +95,7 @@ _sv_ensure() {
             _sv_log "pip install failed; see $_sv_cache/pip.log"
             exit 1
         }
+        _sv_install_headers || exit 1
     ) || return 1
     _sv_torch_ok || { _sv_log "torch $_sv_torch_version still not importable from $(_sv_python)"; return 1; }
 }

@@ -33,7 +33,8 @@ fn dataset(dir: &Path, n: usize, codec: Codec) {
     w.finish().unwrap();
 }
 
-fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
+/// `bench pipeline` over `dir`: 7 batches of 8 crops of 56, JSON report, plus `extra`.
+fn bench_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "bench",
         "pipeline",
@@ -48,7 +49,11 @@ fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
         "--json",
     ];
     args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&args)).expect("JSON report")
+    args
+}
+
+fn bench(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(&bench_args(dir, extra))).expect("JSON report")
 }
 
 fn digest(v: &serde_json::Value) -> String {
@@ -183,4 +188,81 @@ fn bad_input_fails_with_a_clear_message() {
         "17",
     ]);
     assert!(err.contains("full batch"), "{err}");
+}
+
+#[test]
+fn a_stats_file_that_cannot_normalise_is_refused_naming_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    dataset(&dir, 16, Codec::Raw);
+    let good = tmp.path().join("pca.json");
+    ok(&["pca", "compute", "--shards", s(&dir), "--output", s(&good)]);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let cases: &[(&str, Edit)] = &[
+        ("scale_255.std[1]", |v| {
+            v["scale_255"]["std"][1] = 0.0.into()
+        }),
+        ("scale_unit.std[0]", |v| {
+            v["scale_unit"]["std"][0] = (-0.2).into()
+        }),
+        ("scale_255.eigenvalues[2]", |v| {
+            v["scale_255"]["eigenvalues"][2] = (-1.0).into()
+        }),
+        ("lighting.alpha_std", |v| {
+            v["lighting"]["alpha_std"] = (-0.1).into()
+        }),
+        ("scale_255.mean[2]", |v| {
+            v["scale_255"]["mean"][2] = 300.0.into()
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut bad = v.clone();
+        edit(&mut bad);
+        let path = tmp.path().join("bad.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
+        for output in ["f32", "u8"] {
+            let err = fails(&bench_args(
+                &dir,
+                &["--output", output, "--stats", s(&path)],
+            ));
+            assert!(
+                err.contains("bad.json") && err.contains(field),
+                "{field}, {output}:\n{err}"
+            );
+        }
+    }
+    // Values JSON cannot carry as numbers are refused in words too.
+    let path = tmp.path().join("inf.json");
+    let text = serde_json::to_string_pretty(&v).unwrap().replacen(
+        "\"alpha_std\": 0.1",
+        "\"alpha_std\": 1e999",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let err = fails(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(&dir),
+        "--stats",
+        s(&path),
+    ]);
+    assert!(err.contains("inf.json"), "{err}");
+}
+
+#[test]
+fn zero_counts_are_refused_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    dataset(&dir, 8, Codec::Raw);
+    for flag in ["--workers", "--batch-size", "--batches"] {
+        let err = fails(&["bench", "pipeline", "--shards", s(&dir), flag, "0"]);
+        assert!(
+            err.contains(flag)
+                && err.contains("at least 1")
+                && !err.contains("18446744073709551615"),
+            "{flag}:\n{err}"
+        );
+    }
 }

@@ -9,3 +9,4 @@ mod startup;
 mod synth;
 #[cfg(feature = "train")]
 mod train;
+mod verify;

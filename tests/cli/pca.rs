@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, DatasetWriter, WriterConfig};
-use sv_tests::{fails, ok, s};
+use sv_tests::{fails, names, ok, s};
 
 const SIDE: u32 = 12;
 
@@ -362,4 +362,99 @@ fn synth_then_shard_build_then_pca() {
         std::fs::metadata(&npy).unwrap().len(),
         128 + 3 * 64 * 64 * 4
     );
+}
+
+#[test]
+fn an_output_that_is_a_directory_is_refused_before_the_pass_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write(&shards, Codec::Raw, &images(4), 1 << 30);
+    let work = tmp.path().join("work");
+    let taken = work.join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    let json = work.join("pca.json");
+    let npy = work.join("mean.npy");
+    for (args, bad) in [
+        (pca_args(&shards, &taken, &[]), &taken),
+        (
+            pca_args(&shards, &json, &["--mean-image", s(&taken)]),
+            &taken,
+        ),
+    ] {
+        let err = fails(&args);
+        assert!(
+            err.contains(&format!("{} is a directory", bad.display())),
+            "{err}"
+        );
+        // Nothing written, no `taken.tmp` or other leftover beside it.
+        assert_eq!(names(&work), ["taken"], "{err}");
+        assert!(names(&taken).is_empty());
+    }
+    // The mean image is checked before the pass too, not after the JSON is written.
+    let err = fails(&pca_args(&shards, &json, &["--mean-image", s(&work)]));
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(!json.exists() && !npy.exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_full_disk_keeps_the_old_files_and_leaves_no_temporary_file() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write(&shards, Codec::Raw, &images(6), 1 << 30);
+    let out_dir = tmp.path().join("stats");
+    let json = out_dir.join("pca.json");
+    let npy = out_dir.join("mean.npy");
+    ok(&pca_args(&shards, &json, &["--mean-image", s(&npy)]));
+    let (old_json, old_npy) = (std::fs::read(&json).unwrap(), std::fs::read(&npy).unwrap());
+    // Another dataset, so a successful write would change both files.
+    let other = tmp.path().join("other");
+    write(&other, Codec::Raw, &images(3), 1 << 30);
+    // Writes past 1 KiB fail (EFBIG) as on a full disk: both files are larger.
+    for args in [
+        pca_args(&other, &json, &["--mean-image", s(&npy)]),
+        pca_args(&other, &json, &[]),
+    ] {
+        let mut cmd = sv_tests::supervision();
+        cmd.args(&args);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 1024,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("write failed"), "{err}");
+        assert_eq!(std::fs::read(&json).unwrap(), old_json);
+        assert_eq!(std::fs::read(&npy).unwrap(), old_npy);
+        assert_eq!(names(&out_dir), ["mean.npy", "pca.json"], "{err}");
+    }
+}
+
+#[test]
+fn workers_zero_is_refused_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write(&shards, Codec::Raw, &images(2), 1 << 30);
+    let out = tmp.path().join("pca.json");
+    for flag in ["--workers", "--sample"] {
+        let err = fails(&pca_args(&shards, &out, &[flag, "0"]));
+        assert!(
+            err.contains(flag)
+                && err.contains("at least 1")
+                && !err.contains("18446744073709551615"),
+            "{err}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sv_tests::{fails, ok, s, supervision};
+use sv_tests::{fails, ok, png_dims, s, supervision};
 
 /// synth output in a temp dir: `classes` x `per_class` train, 2 val per class.
 fn synth(dir: &Path, classes: u32, per_class: u32) -> PathBuf {
@@ -349,7 +349,7 @@ fn inspect_and_export_show_what_was_stored() {
         "--per-class",
         "3",
     ]);
-    let img = image_dims(&sheet);
+    let img = png_dims(&sheet);
     assert_eq!(img, (3 * 130 + 2, 3 * 130 + 2));
 
     let ex = t.path().join("export");
@@ -373,7 +373,7 @@ fn inspect_and_export_show_what_was_stored() {
         names[0].starts_with("00000000_0_") && names[2].starts_with("00000008_2_"),
         "{names:?}"
     );
-    assert_eq!(image_dims(&ex.join(&names[1])), (256, 256));
+    assert_eq!(png_dims(&ex.join(&names[1])), (256, 256));
     let err = fails(&[
         "shard",
         "export",
@@ -384,15 +384,6 @@ fn inspect_and_export_show_what_was_stored() {
         "99",
     ]);
     assert!(err.contains("out of range"), "{err}");
-}
-
-/// Width and height from a PNG's IHDR.
-fn image_dims(path: &Path) -> (u32, u32) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[1..4], b"PNG", "{} is not a PNG", path.display());
-    let w = u32::from_be_bytes(b[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(b[20..24].try_into().unwrap());
-    (w, h)
 }
 
 #[test]

@@ -939,19 +939,6 @@ pub(crate) fn write_json_atomic<T: serde::Serialize>(
 }
 
 pub(crate) fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
-    let path = out.join(name);
-    let tmp = out.join(format!("{name}.tmp"));
-    let io = |p: &Path, op| {
-        let p = p.to_path_buf();
-        move |source| BuildError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io(&tmp, "write"))?;
-    f.sync_all().map_err(io(&tmp, "sync"))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path, "rename"))
+    sv_core::fs::write_atomic(out.join(name), bytes).map_err(sv_shard::ShardError::from)?;
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! This library holds the pieces both use: progress bars, logging set-up, standard
 //! output that treats a closed pipe as a quiet exit, and the exit-code handling.
 
+pub mod args;
 pub mod output;
 pub mod progress;
 

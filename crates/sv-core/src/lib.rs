@@ -1,11 +1,17 @@
-//! Types every SuperVision crate shares: the class list, the split, the stored image
-//! geometry, and the per-sample random number generator keyed by
-//! (seed, epoch, sample index).
+//! Types every SuperVision crate shares: the class list (and [`compare_classes`]),
+//! the split, the stored image geometry, the per-sample random number generator
+//! keyed by (seed, epoch, sample index), CRC-32 text, and the one way files are
+//! written and opened ([`fs`]: atomic writes, regular files only).
 //!
 //! The keyed RNG is what makes the pipeline deterministic whatever the worker count:
 //! a sample's random choices depend only on its key, never on which thread drew it or
 //! when.
 #![warn(missing_docs)]
+
+mod classes;
+pub mod fs;
+
+pub use classes::{ClassListMismatch, FirstDifference, compare_classes};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +114,26 @@ pub fn stream_rng(seed: u64, stream: u64, epoch: u64) -> SampleRng {
     rand_pcg::Pcg64Mcg::new(keyed_state(&[seed, stream, epoch, 0x5354_524D]))
 }
 
+/// A CRC-32 as the project writes it in text: exactly 8 lowercase hex digits.
+pub fn crc32_hex(crc: u32) -> String {
+    format!("{crc:08x}")
+}
+
+/// Parse a CRC-32 written by [`crc32_hex`]: exactly 8 lowercase hex digits, nothing
+/// else (no sign, prefix, spaces or upper case, all of which `from_str_radix`
+/// would let through in part).
+pub fn parse_crc32_hex(text: &str) -> Option<u32> {
+    let strict = text.len() == 8
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if strict {
+        u32::from_str_radix(text, 16).ok()
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +151,28 @@ mod tests {
         assert_ne!(x, r4.next_u64());
         assert_ne!(sample_rng(8, 1, 42).next_u64(), x);
         assert_ne!(stream_rng(7, 1, 42).next_u64(), x);
+    }
+
+    #[test]
+    fn crc_text_is_strict() {
+        assert_eq!(crc32_hex(0xabc), "00000abc");
+        assert_eq!(parse_crc32_hex("00000abc"), Some(0xabc));
+        assert_eq!(parse_crc32_hex("ffffffff"), Some(u32::MAX));
+        for bad in [
+            "+abcdef1",
+            "-0000001",
+            "ABCDEF12",
+            "0x123456",
+            " abcdef1",
+            "abcdef1 ",
+            "abcdef1",
+            "abcdef123",
+            "",
+            "abcdefg1",
+            "\u{e9}bcdef1",
+        ] {
+            assert_eq!(parse_crc32_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -17,6 +17,25 @@ pub enum ShardError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a regular file (a directory, a FIFO, a device) where a
+    /// shard or the manifest should be.
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What is there, in words.
+        kind: &'static str,
+    },
+    /// A file larger than its kind may be (a manifest of gigabytes).
+    #[error("{path} is {size} bytes, more than the {limit} bytes allowed")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The most accepted.
+        limit: u64,
+    },
     /// The manifest is missing, unparsable or inconsistent.
     #[error("{path}: invalid manifest: {what}")]
     Manifest {
@@ -63,6 +82,17 @@ pub enum ShardError {
     /// many records for one shard, ...).
     #[error("invalid input: {0}")]
     Invalid(String),
+}
+
+impl From<sv_core::fs::FsError> for ShardError {
+    fn from(e: sv_core::fs::FsError) -> Self {
+        use sv_core::fs::FsError;
+        match e {
+            FsError::Io { path, op, source } => ShardError::Io { path, op, source },
+            FsError::NotAFile { path, kind } => ShardError::NotAFile { path, kind },
+            FsError::TooLarge { path, size, limit } => ShardError::TooLarge { path, size, limit },
+        }
+    }
 }
 
 impl ShardError {

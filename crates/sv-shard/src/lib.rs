@@ -11,12 +11,20 @@
 //!   "channels": 3, "codec": "raw", "jpeg_quality": null, "records": 1281167,
 //!   "classes": [{"wnid": "n01440764", "name": "tench, Tinca tinca"}, ...],
 //!   "shards": [{"name": "train-00000.svs", "records": 5461, "bytes": 1073811560,
-//!               "crc32": "9f0c1a2b"}, ...] }
+//!               "crc32": "9f0c1a2b"}, ...],
+//!   "checksum": "3e8a7c01" }
 //! ```
 //!
 //! Records are numbered across the dataset in shard order: the first record of shard
 //! `s` has the index `sum(records of shards 0..s)`. Labels index `classes`. `crc32` is
-//! the CRC-32 (IEEE) of the whole shard file, in lowercase hex.
+//! the CRC-32 (IEEE) of the whole shard file. `checksum` is the CRC-32 of the
+//! manifest's other fields: of their compact JSON (no whitespace, the fields in the
+//! order shown, `jpeg_quality` written even when `null`), as Python computes it with
+//! `zlib.crc32(json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode())`
+//! for `m` the manifest without `checksum`. Both are exactly 8 lowercase hex digits,
+//! read strictly. A manifest without `checksum`, or whose checksum does not match
+//! (swapped classes, an edited shard table), is refused: a class list that cannot be
+//! checked could shift every label silently.
 //!
 //! # Shard file (`<split>-<NNNNN>.svs`), all integers little-endian
 //!
@@ -50,33 +58,45 @@
 //!
 //! # Invariants the reader enforces before it touches a byte
 //!
-//! - The file's length equals the manifest's `bytes` and the header's `x + 24 n`,
-//!   checked before the file is memory-mapped (a map of a truncated file would raise
-//!   SIGBUS on access).
+//! - The manifest and every shard are regular files (a FIFO, device or directory in
+//!   their place is an error, never a wait), and the manifest's checksum holds.
+//! - The file's length equals the manifest's `bytes` and the header's `x + 24 n`.
 //! - Header CRC, magic, version, codec, side and count agree with the manifest.
 //! - The index CRC holds, and every entry lies in the data region (raw: at its fixed
 //!   place, with the fixed length); every label is below the class count.
+//! - All of the above is read with plain reads before the file is memory-mapped,
+//!   and after mapping the path is checked to still name the same file, of the same
+//!   length. A map of a file that is later truncated raises SIGBUS when the lost
+//!   pages are read: shard files are never changed in place by this project (they
+//!   are renamed into place once complete), so only another program truncating a
+//!   shard under a running reader can cause it. [`verify::verify_dataset`] does not
+//!   map shards at all, so it reports such a change instead, and
+//!   [`report_truncated_shards`] lets a binary turn the SIGBUS into a message naming
+//!   the shard.
 //! - Record CRCs are checked by [`Record::verify`] and by [`verify::verify_dataset`].
 //!
 //! # Writing
 //!
-//! A shard is written to `<name>.tmp`, synced, then renamed to its final name, and
-//! the manifest likewise: a name in the directory is always a complete file. Output
-//! is a pure function of the records pushed, so equal input gives byte-identical
-//! datasets.
+//! Shards and the manifest are written with [`sv_core::fs::AtomicFile`]: under a
+//! temporary name (`.<name>.<pid>.<n>.tmp`), synced, renamed to the final name, and
+//! the folder synced, so a name in the directory is always a complete file, and a
+//! failed or abandoned write removes its temporary file. Output is a pure function of
+//! the records pushed, so equal input gives byte-identical datasets.
 #![warn(missing_docs)]
 
 mod error;
 mod format;
 mod manifest;
 mod reader;
+mod sigbus;
 pub mod verify;
 mod writer;
 
 pub use error::ShardError;
 pub use format::{DATA_OFFSET, INDEX_ENTRY_SIZE, MAGIC, VERSION};
-pub use manifest::{Codec, MANIFEST_FILE, Manifest, ShardEntry};
+pub use manifest::{Codec, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ShardEntry};
 pub use reader::{Dataset, Record, ShardReader};
+pub use sigbus::report_truncated_shards;
 pub use writer::{
     DEFAULT_MAX_SHARD_BYTES, DatasetWriter, ShardWriter, WriterConfig, encode_payload,
     write_manifest,

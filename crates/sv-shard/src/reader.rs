@@ -41,34 +41,50 @@ impl std::fmt::Debug for ShardReader {
     }
 }
 
-impl ShardReader {
-    /// Open `path`, check it against what the manifest says (`expect`), map it and
-    /// validate its header and index. `classes` bounds the labels.
+/// A shard file opened and checked without mapping it: the header and index were
+/// read with plain reads, so no check here can raise SIGBUS, whatever another
+/// program does to the file meanwhile.
+pub(crate) struct CheckedShard {
+    pub file: File,
+    pub len: u64,
+    pub header: Header,
+    /// The index region, `24 n` bytes.
+    pub index: Vec<u8>,
+}
+
+impl CheckedShard {
+    /// Open `path` (a regular file only), check its length against the manifest's
+    /// `expect`, read and check its header and index. `classes` bounds the labels.
     pub fn open(
         path: &Path,
         expect: &ShardEntry,
         codec: Codec,
         side: u32,
         classes: usize,
-    ) -> Result<ShardReader> {
-        let file = match File::open(path) {
+    ) -> Result<CheckedShard> {
+        let file = match sv_core::fs::open_regular(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 return Err(ShardError::MissingShard {
                     path: path.to_path_buf(),
                 });
             }
-            Err(e) => return Err(ShardError::io(path, "open", e)),
+            Err(e) => return Err(e.into()),
         };
         let len = file
             .metadata()
             .map_err(|e| ShardError::io(path, "stat", e))?
             .len();
         if len != expect.bytes {
+            let what = if len < expect.bytes {
+                "truncated, or replaced by another file?"
+            } else {
+                "replaced by another file, or appended to?"
+            };
             return Err(ShardError::corrupt(
                 path,
                 format!(
-                    "file is {len} bytes but the manifest says {} (truncated or replaced?)",
+                    "file is {len} bytes but the manifest says {} ({what})",
                     expect.bytes
                 ),
             ));
@@ -79,82 +95,200 @@ impl ShardReader {
                 format!("file is {len} bytes, shorter than the {DATA_OFFSET}-byte header"),
             ));
         }
-        // SAFETY: the length was checked against the manifest above and every access
-        // below is bounded by `len`; shard files are immutable once renamed into place.
-        let map = unsafe { map_readonly(&file) }.map_err(|e| ShardError::io(path, "mmap", e))?;
-        if map.len() as u64 != len {
-            return Err(ShardError::corrupt(path, "file changed size while opening"));
-        }
-        let header = Header::decode(&map).map_err(|what| ShardError::corrupt(path, what))?;
-        let reader = ShardReader {
-            path: path.to_path_buf(),
-            name: expect.name.clone(),
-            map,
+        let mut head = vec![0u8; DATA_OFFSET as usize];
+        read_exact_at(&file, path, 0, &mut head)?;
+        let header = Header::decode(&head).map_err(|what| ShardError::corrupt(path, what))?;
+        check_header(path, &header, len, expect, codec, side)?;
+        // In range: check_header proved index_offset + 24 n == len.
+        let mut index = vec![0u8; (len - header.index_offset) as usize];
+        read_exact_at(&file, path, header.index_offset, &mut index)?;
+        check_index(path, &header, &index, codec, side, classes)?;
+        Ok(CheckedShard {
+            file,
+            len,
             header,
-        };
-        reader.validate(expect, codec, side, classes)?;
-        Ok(reader)
+            index,
+        })
     }
 
-    fn validate(&self, expect: &ShardEntry, codec: Codec, side: u32, classes: usize) -> Result<()> {
-        let h = &self.header;
-        let bad = |what: String| Err(ShardError::corrupt(&self.path, what));
-        if h.codec != codec {
-            return bad(format!(
-                "codec is {} but the manifest says {codec}",
-                h.codec
-            ));
+    /// Fail if the file at `path` is no longer the one opened, or no longer `len`
+    /// bytes long: another program replaced or resized it.
+    pub fn check_unchanged(&self, path: &Path, during: &str) -> Result<()> {
+        let changed = |what: String| {
+            ShardError::corrupt(
+                path,
+                format!(
+                    "{what} while {during}: another program is changing the dataset \
+                     (shards must never be modified in place)"
+                ),
+            )
+        };
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| ShardError::io(path, "stat", e))?;
+        if now.len() != self.len {
+            return Err(changed(format!(
+                "it changed from {} to {} bytes",
+                self.len,
+                now.len()
+            )));
         }
-        if h.side != side {
-            return bad(format!("side is {} but the manifest says {side}", h.side));
-        }
-        if h.records != expect.records {
-            return bad(format!(
-                "holds {} records but the manifest says {}",
-                h.records, expect.records
-            ));
-        }
-        if h.file_len() != Some(self.map.len() as u64) {
-            return bad(format!(
-                "header implies {:?} bytes but the file is {}",
-                h.file_len(),
-                self.map.len()
-            ));
-        }
-        let index = self.index_bytes();
-        let crc = crc32fast::hash(index);
-        if crc != h.index_crc {
-            return bad(format!(
-                "index checksum mismatch (stored {:08x}, computed {crc:08x})",
-                h.index_crc
-            ));
-        }
-        let stride = Geometry { side }.image_bytes() as u64;
-        for i in 0..h.records as usize {
-            let e = self.entry(i);
-            let end = e.offset.checked_add(u64::from(e.len));
-            let inside = e.offset >= DATA_OFFSET && end.is_some_and(|end| end <= h.index_offset);
-            let fixed = codec != Codec::Raw
-                || (u64::from(e.len) == stride && e.offset == DATA_OFFSET + i as u64 * stride);
-            if !inside || !fixed || e.len == 0 {
-                return bad(format!(
-                    "record {i}: index entry (offset {}, length {}) lies outside the data \
-                     region {DATA_OFFSET}..{}",
-                    e.offset, e.len, h.index_offset
-                ));
-            }
-            if e.label as usize >= classes {
-                return bad(format!(
-                    "record {i}: label {} is out of range ({classes} classes)",
-                    e.label
-                ));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let same = std::fs::metadata(path)
+                .is_ok_and(|at_path| at_path.dev() == now.dev() && at_path.ino() == now.ino());
+            if !same {
+                return Err(changed("it was replaced by another file".into()));
             }
         }
         Ok(())
     }
+}
+
+/// Read `buf.len()` bytes at `offset`; a file that ends early is reported as having
+/// changed (its length was checked before).
+pub(crate) fn read_exact_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| ShardError::io(path, "seek", e))?;
+    f.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ShardError::corrupt(
+                path,
+                format!(
+                    "file ended before byte {} although its length was checked: it is \
+                     being truncated by another program",
+                    offset + buf.len() as u64
+                ),
+            )
+        } else {
+            ShardError::io(path, "read", e)
+        }
+    })
+}
+
+/// The header against the manifest and the file length.
+fn check_header(
+    path: &Path,
+    h: &Header,
+    len: u64,
+    expect: &ShardEntry,
+    codec: Codec,
+    side: u32,
+) -> Result<()> {
+    let bad = |what: String| Err(ShardError::corrupt(path, what));
+    if h.codec != codec {
+        return bad(format!(
+            "codec is {} but the manifest says {codec}",
+            h.codec
+        ));
+    }
+    if h.side != side {
+        return bad(format!("side is {} but the manifest says {side}", h.side));
+    }
+    if h.records != expect.records {
+        return bad(format!(
+            "holds {} records but the manifest says {}",
+            h.records, expect.records
+        ));
+    }
+    match h.file_len() {
+        Some(implied) if implied == len => Ok(()),
+        Some(implied) => bad(format!(
+            "header implies {implied} bytes (index at {} + {} records x {INDEX_ENTRY_SIZE}) \
+             but the file is {len}",
+            h.index_offset, h.records
+        )),
+        None => bad(format!(
+            "header's index offset {} and record count {} overflow a file length",
+            h.index_offset, h.records
+        )),
+    }
+}
+
+/// The index CRC, and every entry inside the data region with its label in range.
+fn check_index(
+    path: &Path,
+    h: &Header,
+    index: &[u8],
+    codec: Codec,
+    side: u32,
+    classes: usize,
+) -> Result<()> {
+    let bad = |what: String| Err(ShardError::corrupt(path, what));
+    let crc = crc32fast::hash(index);
+    if crc != h.index_crc {
+        return bad(format!(
+            "index checksum mismatch (stored {:08x}, computed {crc:08x})",
+            h.index_crc
+        ));
+    }
+    let stride = Geometry { side }.image_bytes() as u64;
+    for (i, raw) in index.chunks_exact(INDEX_ENTRY_SIZE).enumerate() {
+        let e = IndexEntry::decode(raw);
+        let end = e.offset.checked_add(u64::from(e.len));
+        let inside = e.offset >= DATA_OFFSET && end.is_some_and(|end| end <= h.index_offset);
+        let fixed = codec != Codec::Raw
+            || (u64::from(e.len) == stride
+                && Some(e.offset) == (i as u64).checked_mul(stride).map(|o| o + DATA_OFFSET));
+        if !inside || !fixed || e.len == 0 {
+            return bad(format!(
+                "record {i}: index entry (offset {}, length {}) lies outside the data \
+                 region {DATA_OFFSET}..{}",
+                e.offset, e.len, h.index_offset
+            ));
+        }
+        if e.label as usize >= classes {
+            return bad(format!(
+                "record {i}: label {} is out of range ({classes} classes)",
+                e.label
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ShardReader {
+    /// Open `path`, check it against what the manifest says (`expect`), validate its
+    /// header and index, then map it. `classes` bounds the labels.
+    ///
+    /// Every check reads the file with plain reads before it is mapped, and after
+    /// mapping the file is checked to be the same one, with the same length, so a
+    /// shard truncated or replaced by another program up to that point is an error,
+    /// never SIGBUS. (Truncating a shard in place while it is being read later still
+    /// raises SIGBUS in the reader: nothing in this project does that; see the
+    /// README's guarantees.)
+    pub fn open(
+        path: &Path,
+        expect: &ShardEntry,
+        codec: Codec,
+        side: u32,
+        classes: usize,
+    ) -> Result<ShardReader> {
+        let checked = CheckedShard::open(path, expect, codec, side, classes)?;
+        // SAFETY: the length was checked against the manifest and the header above,
+        // every access through the map is bounded by it (validated entries), and the
+        // file is checked to be unchanged right after mapping; shard files are
+        // immutable once renamed into place.
+        let map =
+            unsafe { map_readonly(&checked.file) }.map_err(|e| ShardError::io(path, "mmap", e))?;
+        if map.len() as u64 != checked.len {
+            return Err(ShardError::corrupt(path, "file changed size while opening"));
+        }
+        checked.check_unchanged(path, "it was being opened")?;
+        Ok(ShardReader {
+            path: path.to_path_buf(),
+            name: expect.name.clone(),
+            map,
+            header: checked.header,
+        })
+    }
 
     fn index_bytes(&self) -> &[u8] {
-        // In bounds: validate() checked index_offset + 24 n == file length.
+        // In bounds: check_header() proved index_offset + 24 n == file length.
         &self.map[self.header.index_offset as usize..]
     }
 
@@ -195,7 +329,7 @@ impl ShardReader {
         Record {
             index,
             label: e.label,
-            // In bounds: validate() checked every entry against the data region.
+            // In bounds: check_index() checked every entry against the data region.
             payload: &self.map[start..start + e.len as usize],
             crc: e.crc,
             local,
@@ -468,34 +602,50 @@ impl<'a> Record<'a> {
     }
 
     fn decode_jpeg(&self, out: &mut [u8]) -> Result<()> {
-        use zune_core::bytestream::ZCursor;
-        use zune_core::colorspace::ColorSpace;
-        use zune_core::options::DecoderOptions;
-        let side = self.side as usize;
-        let options = DecoderOptions::default()
-            .jpeg_set_out_colorspace(ColorSpace::RGB)
-            .set_max_width(side)
-            .set_max_height(side);
-        let mut decoder =
-            zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(self.payload), options);
-        decoder
-            .decode_headers()
-            .map_err(|e| self.error(format!("JPEG header: {e:?}")))?;
-        match decoder.dimensions() {
-            Some((w, h)) if w == side && h == side => {}
-            other => {
-                return Err(self.error(format!("JPEG is {other:?} pixels, expected {side}x{side}")));
-            }
-        }
-        if decoder.output_buffer_size() != Some(out.len()) {
-            return Err(self.error(format!(
-                "JPEG decodes to {:?} bytes, expected {}",
-                decoder.output_buffer_size(),
-                out.len()
-            )));
-        }
-        decoder
-            .decode_into(out)
-            .map_err(|e| self.error(format!("JPEG decode: {e:?}")))
+        decode_jpeg_payload(self.payload, self.side, out).map_err(|what| self.error(what))
     }
+}
+
+/// Decode a JPEG record payload into `out` (`side x side x 3` RGB); the error says
+/// what is wrong, in words.
+pub(crate) fn decode_jpeg_payload(
+    payload: &[u8],
+    side: u32,
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let side = side as usize;
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(side)
+        .set_max_height(side);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(payload), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| format!("JPEG header: {}", jpeg_error(&e)))?;
+    match decoder.dimensions() {
+        Some((w, h)) if w == side && h == side => {}
+        Some((w, h)) => return Err(format!("JPEG is {w}x{h} pixels, expected {side}x{side}")),
+        None => return Err("JPEG header gives no dimensions".into()),
+    }
+    match decoder.output_buffer_size() {
+        Some(n) if n == out.len() => {}
+        Some(n) => {
+            return Err(format!(
+                "JPEG decodes to {n} bytes, expected {} (RGB)",
+                out.len()
+            ));
+        }
+        None => return Err("JPEG output size overflows".into()),
+    }
+    decoder
+        .decode_into(out)
+        .map_err(|e| format!("JPEG decode: {}", jpeg_error(&e)))
+}
+
+/// zune-jpeg's error text, without the quotes its Display copies from Debug.
+fn jpeg_error(e: &zune_jpeg::errors::DecodeErrors) -> String {
+    e.to_string().trim_matches('"').to_string()
 }

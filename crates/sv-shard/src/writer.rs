@@ -1,10 +1,11 @@
-//! Writing shards and manifests: temp file, sync, rename, so a final name only ever
-//! holds a complete file.
+//! Writing shards and manifests through [`sv_core::fs::AtomicFile`] (temporary name,
+//! sync, rename, folder sync), so a final name only ever holds a complete file and a
+//! failed write leaves no temporary file behind.
 
-use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use sv_core::fs::AtomicFile;
 use sv_core::{ClassInfo, Geometry, Split};
 
 use crate::format::{DATA_OFFSET, Header, INDEX_ENTRY_SIZE, IndexEntry, VERSION};
@@ -47,10 +48,9 @@ pub fn encode_payload(
 
 /// Writes one shard file.
 pub struct ShardWriter {
-    dir: PathBuf,
     name: String,
     tmp: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<AtomicFile>,
     codec: Codec,
     side: u32,
     entries: Vec<IndexEntry>,
@@ -59,15 +59,15 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// Start `dir/<name>` (written as `dir/<name>.tmp` until [`finish`](Self::finish)).
+    /// Start `dir/<name>` (written under a temporary name until
+    /// [`finish`](Self::finish); dropped unfinished, it removes its temporary file).
     pub fn create(dir: &Path, name: &str, codec: Codec, side: u32) -> Result<ShardWriter> {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let file = File::create(&tmp).map_err(|e| ShardError::io(&tmp, "create", e))?;
+        let file = AtomicFile::create(dir.join(name))?;
+        let tmp = file.temp_path().to_path_buf();
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; DATA_OFFSET as usize])
             .map_err(|e| ShardError::io(&tmp, "write", e))?;
         Ok(ShardWriter {
-            dir: dir.to_path_buf(),
             name: name.to_string(),
             tmp,
             out,
@@ -140,9 +140,7 @@ impl ShardWriter {
             .out
             .into_inner()
             .map_err(|e| ShardError::io(&self.tmp, "write", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| ShardError::io(&self.tmp, "sync", e))?;
-        drop(file);
+        file.commit()?;
 
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head);
@@ -151,15 +149,11 @@ impl ShardWriter {
         idx_crc.update(&index);
         crc.combine(&idx_crc);
 
-        let final_path = self.dir.join(&self.name);
-        std::fs::rename(&self.tmp, &final_path)
-            .map_err(|e| ShardError::io(&final_path, "rename", e))?;
-        sync_dir(&self.dir)?;
         Ok(ShardEntry {
             name: self.name,
             records: header.records,
             bytes: self.pos + index.len() as u64,
-            crc32: format!("{:08x}", crc.finalize()),
+            crc32: sv_core::crc32_hex(crc.finalize()),
         })
     }
 }
@@ -182,9 +176,9 @@ pub struct WriterConfig {
 }
 
 impl WriterConfig {
-    /// The manifest for these settings and shards.
+    /// The manifest for these settings and shards, sealed with its checksum.
     pub fn manifest(&self, shards: Vec<ShardEntry>) -> Manifest {
-        Manifest {
+        let mut m = Manifest {
             format: FORMAT_NAME.into(),
             version: VERSION,
             split: self.split,
@@ -195,7 +189,10 @@ impl WriterConfig {
             records: shards.iter().map(|s| s.records).sum(),
             classes: self.classes.clone(),
             shards,
-        }
+            checksum: None,
+        };
+        m.seal();
+        m
     }
 
     /// File name of shard number `n`.
@@ -333,40 +330,14 @@ impl DatasetWriter {
     }
 }
 
-/// Write `dir/manifest.json` atomically (temp file, sync, rename).
+/// Write `dir/manifest.json` atomically, sealed with its checksum.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let path = dir.join(MANIFEST_FILE);
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-    let mut text = serde_json::to_vec_pretty(manifest)
+    let mut sealed = manifest.clone();
+    sealed.seal();
+    let mut text = serde_json::to_vec_pretty(&sealed)
         .map_err(|e| ShardError::Invalid(format!("manifest serialisation: {e}")))?;
     text.push(b'\n');
-    write_atomic(&tmp, &path, &text)
-}
-
-/// Write `bytes` to `tmp`, sync, rename onto `path`, sync the directory.
-pub(crate) fn write_atomic(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(tmp).map_err(|e| ShardError::io(tmp, "create", e))?;
-    f.write_all(bytes)
-        .map_err(|e| ShardError::io(tmp, "write", e))?;
-    f.sync_all().map_err(|e| ShardError::io(tmp, "sync", e))?;
-    drop(f);
-    std::fs::rename(tmp, path).map_err(|e| ShardError::io(path, "rename", e))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    // Persists the rename; directories cannot be opened for sync on every platform.
-    #[cfg(unix)]
-    {
-        let d = File::open(dir).map_err(|e| ShardError::io(dir, "open directory", e))?;
-        d.sync_all()
-            .map_err(|e| ShardError::io(dir, "sync directory", e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
+    sv_core::fs::write_atomic(dir.join(MANIFEST_FILE), &text)?;
     Ok(())
 }
 

@@ -268,14 +268,27 @@ fn missing_shard_is_named() {
     assert!(matches!(err, ShardError::MissingShard { .. }));
     assert!(err.to_string().contains("train-00002.svs"), "{err}");
     let report = verify_dataset(dir.path(), 1, &|_| {}).unwrap();
-    assert!(report.problems[0].what.contains("missing"));
+    assert!(
+        report.problems[0].what.contains("missing"),
+        "{:?}",
+        report.problems
+    );
 }
 
-fn edit_manifest(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+/// Edit the manifest's JSON; with `reseal`, recompute its checksum afterwards (as a
+/// tool that knows the format would), so the reader's own checks are exercised.
+fn edit_manifest(dir: &Path, reseal: bool, f: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join(MANIFEST_FILE);
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     f(&mut v);
-    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let text = match serde_json::from_value::<sv_shard::Manifest>(v.clone()) {
+        Ok(mut m) if reseal => {
+            m.seal();
+            serde_json::to_vec(&m).unwrap()
+        }
+        _ => serde_json::to_vec(&v).unwrap(),
+    };
+    std::fs::write(&path, text).unwrap();
 }
 
 #[test]
@@ -303,19 +316,57 @@ fn a_manifest_that_lies_is_caught() {
         ("not a plain file name", |v| {
             v["shards"][0]["name"] = "../x.svs".into()
         }),
+        ("wnid \"../../etc/x\", which is not a plain name", |v| {
+            v["classes"][2]["wnid"] = "../../etc/x".into()
+        }),
+        ("class 0 has wnid \"\"", |v| {
+            v["classes"][0]["wnid"] = "".into()
+        }),
+        (
+            "wnid n00000001 is listed twice in the class list (labels 1 and 3)",
+            |v| v["classes"][3]["wnid"] = "n00000001".into(),
+        ),
+        ("the shards' record counts add up past 2^64", |v| {
+            v["shards"][0]["records"] = u64::MAX.into();
+        }),
         ("missing field", |v| {
             v.as_object_mut().unwrap().remove("shards");
         }),
     ];
     for (want, lie) in lies {
+        // Resealed: the consistency checks behind the checksum catch it.
         let (dir, _) = small_dataset(Codec::Raw);
-        edit_manifest(dir.path(), lie);
+        edit_manifest(dir.path(), true, lie);
         let msg = Dataset::open(dir.path()).unwrap_err().to_string();
         assert!(msg.contains(want), "expected {want:?} in {msg:?}");
+        // As edited by hand: the checksum catches it first (or the parser does).
+        let (dir, _) = small_dataset(Codec::Raw);
+        edit_manifest(dir.path(), false, lie);
+        let msg = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("checksum mismatch") || msg.contains("missing field"),
+            "{msg}"
+        );
+        let err = verify_dataset(dir.path(), 1, &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, msg);
     }
-    // A lying crc32 is only visible to a full check.
+    // Swapped classes are only visible to the checksum: labels stay in range.
     let (dir, _) = small_dataset(Codec::Raw);
-    edit_manifest(dir.path(), |v| v["shards"][1]["crc32"] = "00000000".into());
+    edit_manifest(dir.path(), false, |v| {
+        v["classes"].as_array_mut().unwrap().swap(1, 3)
+    });
+    let msg = Dataset::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("manifest.json") && msg.contains("checksum mismatch"),
+        "{msg}"
+    );
+    // A lying crc32 that is resealed is only visible to a full check.
+    let (dir, _) = small_dataset(Codec::Raw);
+    edit_manifest(dir.path(), true, |v| {
+        v["shards"][1]["crc32"] = "00000000".into()
+    });
     Dataset::open(dir.path()).unwrap();
     let report = verify_dataset(dir.path(), 2, &|_| {}).unwrap();
     assert_eq!(report.problems.len(), 1);
@@ -393,4 +444,124 @@ fn released_pages_read_back_the_same_bytes() {
         }
         assert!(verify_dataset(dir.path(), 1, &|_| {}).unwrap().ok());
     }
+}
+
+#[test]
+fn special_files_in_place_of_a_shard_or_manifest_are_named_not_waited_on() {
+    let (dir, m) = small_dataset(Codec::Raw);
+    let shard = shard_path(dir.path(), &m, 1);
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let err = Dataset::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShardError::NotAFile {
+                kind: "a directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("truncated"), "{err}");
+    let report = verify_dataset(dir.path(), 2, &|_| {}).unwrap();
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(
+        report.problems[0].to_string(),
+        format!("{}: it is a directory, not a regular file", shard.display())
+    );
+    #[cfg(unix)]
+    {
+        // A FIFO: a plain open would wait for a writer forever.
+        std::fs::remove_dir(&shard).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&shard)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("is a FIFO (named pipe), not a regular file"),
+            "{err}"
+        );
+        let manifest = dir.path().join(MANIFEST_FILE);
+        std::fs::remove_file(&manifest).unwrap();
+        std::os::unix::fs::symlink(&shard, &manifest).unwrap();
+        let err = verify_dataset(dir.path(), 1, &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("manifest.json is a FIFO"), "{err}");
+    }
+}
+
+/// Every name in a folder, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_unfinished_writer_leaves_finished_shards_and_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let stride = 16 * 16 * 3;
+    let mut w = DatasetWriter::create(dir.path(), config(Codec::Raw, 16, 4096 + 4 * (stride + 24)))
+        .unwrap();
+    for i in 0..6 {
+        w.push(0, &image(16, i)).unwrap();
+    }
+    // A shard is half written under a temporary name...
+    assert_eq!(names(dir.path()).len(), 2, "{:?}", names(dir.path()));
+    assert!(names(dir.path())[0].ends_with(".tmp"));
+    // ...and the build stops (an error elsewhere, a panic): it is removed.
+    drop(w);
+    assert_eq!(names(dir.path()), ["train-00000.svs"]);
+    // The manifest replaces an old one whole.
+    let (dir, m) = small_dataset(Codec::Raw);
+    sv_shard::write_manifest(dir.path(), &m).unwrap();
+    let again = sv_shard::Manifest::load(dir.path()).unwrap();
+    assert_eq!(again, m);
+    assert!(!names(dir.path()).iter().any(|n| n.ends_with(".tmp")));
+}
+
+/// Run as a child process by the test below: map a dataset, truncate a shard under
+/// it, read a record past the new end.
+#[cfg(target_os = "linux")]
+fn sigbus_child(dir: &Path) -> ! {
+    sv_shard::report_truncated_shards();
+    let ds = Dataset::open(dir).unwrap();
+    let path = dir.join(&ds.manifest().shards[0].name);
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(4096).unwrap();
+    let rec = ds.record(3).unwrap();
+    let sum: u64 = rec.payload.iter().map(|&b| u64::from(b)).sum();
+    panic!("read {sum} from a truncated map without SIGBUS");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_shard_truncated_under_a_reader_is_reported_by_name() {
+    if let Some(dir) = std::env::var_os("SV_SIGBUS_CHILD") {
+        sigbus_child(Path::new(&dir));
+    }
+    let (dir, m) = small_dataset(Codec::Raw);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_shard_truncated_under_a_reader_is_reported_by_name",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("SV_SIGBUS_CHILD", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let want = format!(
+        "error: {}: the shard file shrank while it was being read",
+        shard_path(dir.path(), &m, 0).display()
+    );
+    assert!(err.contains(&want), "{err}");
 }

@@ -63,6 +63,14 @@ pub enum StatsError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a regular file (a folder, a FIFO) where a file should be.
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What is there, in words.
+        kind: &'static str,
+    },
     /// A statistics JSON file that does not parse.
     #[error("{path}: not a valid statistics file")]
     Json {
@@ -83,15 +91,21 @@ pub enum StatsError {
     },
 }
 
-impl StatsError {
-    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        StatsError::Io {
-            path: path.into(),
-            op,
-            source,
+impl From<sv_core::fs::FsError> for StatsError {
+    fn from(e: sv_core::fs::FsError) -> Self {
+        use sv_core::fs::FsError;
+        match e {
+            FsError::Io { path, op, source } => StatsError::Io { path, op, source },
+            FsError::NotAFile { path, kind } => StatsError::NotAFile { path, kind },
+            FsError::TooLarge { path, size, limit } => StatsError::Limit(format!(
+                "{} is {size} bytes, more than the {limit} bytes a statistics file may be",
+                path.display()
+            )),
         }
     }
+}
 
+impl StatsError {
     pub(crate) fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         StatsError::Format {
             path: path.into(),

@@ -55,7 +55,6 @@ mod npy;
 pub mod pca;
 mod stats;
 
-use std::io::Write;
 use std::path::Path;
 
 pub use accum::{Accumulator, Totals, product};
@@ -68,16 +67,14 @@ pub use stats::{
     PcaStats, PixelScale, SampleInfo, ScaleStats, Source, VERSION,
 };
 
-/// Write `bytes` to `path` through a temporary file in the same directory, synced
-/// and renamed into place, so `path` is never seen half written.
+/// Write `bytes` to `path` atomically ([`sv_core::fs::write_atomic`]: temporary file
+/// in the same folder, synced, renamed, folder synced; nothing left on an error).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StatsError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| StatsError::io(&tmp, "create", e))?;
-    f.write_all(bytes)
-        .map_err(|e| StatsError::io(&tmp, "write", e))?;
-    f.sync_all().map_err(|e| StatsError::io(&tmp, "sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| StatsError::io(path, "rename", e))
+    Ok(sv_core::fs::write_atomic(path, bytes)?)
+}
+
+/// Read a whole regular file of at most `limit` bytes (a FIFO or folder in its place
+/// is an error, not a wait).
+pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, StatsError> {
+    Ok(sv_core::fs::read_regular(path, limit)?)
 }

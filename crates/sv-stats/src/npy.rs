@@ -17,6 +17,9 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 const ARRAY_ALIGN: usize = 64;
 /// numpy leaves room for the first axis to grow to this many digits.
 const GROWTH_AXIS_MAX_DIGITS: usize = 21;
+/// The largest `.npy` read: `<f8` values of the largest side a shard may have
+/// (16384), plus room for the header.
+const MAX_NPY_BYTES: u64 = 3 * 16384 * 16384 * 8 + (1 << 20);
 
 /// A mean image: `3 x side x side` values in CHW order, RGB, 0-255 scale.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,10 +84,11 @@ impl MeanImage {
         crate::write_atomic(path, &self.to_npy_bytes())
     }
 
-    /// Read a mean image `.npy`: shape `(3, side, side)`, `<f4` or `<f8`, C order.
+    /// Read a mean image `.npy`: shape `(3, side, side)`, `<f4` or `<f8`, C order,
+    /// every value a finite 0-255 pixel mean.
     pub fn load_npy(path: impl AsRef<Path>) -> Result<MeanImage, StatsError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| StatsError::io(path, "read", e))?;
+        let bytes = crate::read_file(path, MAX_NPY_BYTES)?;
         Self::from_npy_bytes(&bytes).map_err(|what| StatsError::format(path, what))
     }
 
@@ -147,7 +151,28 @@ impl MeanImage {
                 })
                 .collect()
         };
-        Ok(MeanImage { side, data: values })
+        let image = MeanImage { side, data: values };
+        image.check_values()?;
+        Ok(image)
+    }
+
+    /// Every value must be a pixel mean: finite, within 0-255.
+    fn check_values(&self) -> Result<(), String> {
+        let plane = self.plane();
+        match self
+            .data
+            .iter()
+            .position(|v| !(v.is_finite() && (0.0..=255.0).contains(v)))
+        {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "value {} at channel {}, row {}, column {} is not a 0-255 pixel mean",
+                self.data[i],
+                i / plane,
+                i % plane / self.side as usize,
+                i % self.side as usize
+            )),
+        }
     }
 }
 
@@ -287,7 +312,10 @@ mod tests {
         let n = 3 * side as usize * side as usize;
         MeanImage {
             side,
-            data: (0..n).map(|i| i as f32 * 0.25 + 1.0 / 3.0).collect(),
+            // Pixel means: within 0-255 for every side tested.
+            data: (0..n)
+                .map(|i| (i % 1000) as f32 * 0.25 + 1.0 / 3.0)
+                .collect(),
         }
     }
 
@@ -364,6 +392,19 @@ mod tests {
         for (bytes, want) in cases {
             let err = MeanImage::from_npy_bytes(&bytes).unwrap_err();
             assert!(err.contains(want), "{err:?} should mention {want:?}");
+        }
+        // Values that are no pixel means.
+        for (i, v) in [
+            (0usize, f32::NAN),
+            (5, f32::INFINITY),
+            (11, -1.0),
+            (7, 255.5),
+        ] {
+            let mut m = example(2);
+            m.data[i] = v;
+            let err = MeanImage::from_npy_bytes(&m.to_npy_bytes()).unwrap_err();
+            let at = format!("channel {}, row {}, column {}", i / 4, i % 4 / 2, i % 2);
+            assert!(err.contains(&at) && err.contains("0-255"), "{err}");
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.npy");

@@ -16,6 +16,8 @@ pub const FORMAT_NAME: &str = "supervision-pca";
 pub const VERSION: u32 = 1;
 /// Standard deviation of the lighting alphas in the paper (and both conventions).
 pub const PAPER_ALPHA_STD: f64 = 0.1;
+/// The largest statistics file read (a real one is about 3 KiB).
+const MAX_STATS_BYTES: u64 = 1 << 20;
 
 /// Dataset statistics for mean subtraction, normalisation and PCA lighting.
 ///
@@ -266,6 +268,23 @@ impl PcaStats {
         out
     }
 
+    /// The PCA lighting of `convention` as the augmentation applies it: the
+    /// eigenvectors as columns, [0, 1]-scale eigenvalues and the alphas' std.
+    pub fn lighting(&self, convention: sv_augment::LightingConvention) -> sv_augment::Lighting {
+        let mut eigvec = [[0f32; 3]; 3];
+        for (i, v) in self.eigenvectors.iter().enumerate() {
+            for (c, x) in v.iter().enumerate() {
+                eigvec[c][i] = *x as f32;
+            }
+        }
+        sv_augment::Lighting {
+            eigval: self.scale_unit.eigenvalues.map(|v| v as f32),
+            eigvec,
+            convention,
+            std: self.lighting.alpha_std as f32,
+        }
+    }
+
     /// Pretty JSON text with a final newline.
     pub fn to_json(&self) -> String {
         // Serialising plain structs of numbers and strings cannot fail.
@@ -274,16 +293,22 @@ impl PcaStats {
         s
     }
 
-    /// Write the statistics to `path` atomically (a temporary file renamed into place).
+    /// Write the statistics to `path` atomically (temporary file, sync, rename).
+    /// Statistics that could not be used (see [`PcaStats::load`]) are refused, not
+    /// written.
     pub fn save(&self, path: &Path) -> Result<(), StatsError> {
+        self.validate(path)?;
         crate::write_atomic(path, self.to_json().as_bytes())
     }
 
-    /// Read and check a statistics file: format name, version, finite values, at
-    /// least one image.
+    /// Read and check a statistics file: format name and version, at least one
+    /// image, and values that can normalise and light images: every number finite,
+    /// standard deviations positive, means within the pixel range, eigenvalues and
+    /// lighting magnitudes not negative, eigenvectors of unit length. The error names
+    /// the file and the field.
     pub fn load(path: impl AsRef<Path>) -> Result<PcaStats, StatsError> {
         let path = path.as_ref();
-        let text = std::fs::read(path).map_err(|e| StatsError::io(path, "read", e))?;
+        let text = crate::read_file(path, MAX_STATS_BYTES)?;
         let stats: PcaStats = serde_json::from_slice(&text).map_err(|e| StatsError::Json {
             path: path.to_path_buf(),
             source: e,
@@ -292,7 +317,9 @@ impl PcaStats {
         Ok(stats)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), StatsError> {
+    /// The checks of [`PcaStats::load`], for statistics about to be written to
+    /// `path` (named in the error).
+    pub fn validate(&self, path: &Path) -> Result<(), StatsError> {
         if self.format != FORMAT_NAME {
             return Err(StatsError::format(
                 path,
@@ -311,22 +338,69 @@ impl PcaStats {
         if self.images == 0 || self.pixels == 0 {
             return Err(StatsError::format(path, "statistics over zero images"));
         }
-        let numbers = self
-            .scale_255
-            .numbers()
-            .chain(self.scale_unit.numbers())
-            .chain(self.eigenvectors.iter().flatten().copied())
-            .chain(self.lighting.paper.magnitudes_unit)
-            .chain(self.lighting.paper.magnitudes_255)
-            .chain(self.lighting.cuda_convnet2.magnitudes_unit)
-            .chain(self.lighting.cuda_convnet2.magnitudes_255)
-            .chain([self.lighting.alpha_std]);
-        for v in numbers {
-            if !v.is_finite() {
-                return Err(StatsError::format(path, format!("non-finite value {v}")));
+        let check = |field: &str, values: &[f64], ok: fn(f64) -> bool, want: &str| match values
+            .iter()
+            .position(|&v| !(v.is_finite() && ok(v)))
+        {
+            None => Ok(()),
+            Some(i) => {
+                let at = if values.len() > 1 {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_string()
+                };
+                Err(StatsError::format(
+                    path,
+                    format!("{at} is {}, expected {want}", values[i]),
+                ))
             }
+        };
+        let positive = |v: f64| v > 0.0;
+        let not_negative = |v: f64| v >= 0.0;
+        for (name, s, top) in [
+            ("scale_255", &self.scale_255, 255.0),
+            ("scale_unit", &self.scale_unit, 1.0),
+        ] {
+            let within: fn(f64) -> bool = if top == 1.0 {
+                |v| (0.0..=1.0).contains(&v)
+            } else {
+                |v| (0.0..=255.0).contains(&v)
+            };
+            check(
+                &format!("{name}.mean"),
+                &s.mean,
+                within,
+                &format!("a pixel mean within 0-{top}"),
+            )?;
+            check(
+                &format!("{name}.std"),
+                &s.std,
+                positive,
+                "a positive number (a standard deviation of 0 cannot normalise: every \
+                 image would have the same value in that channel)",
+            )?;
+            for (r, row) in s.covariance.iter().enumerate() {
+                check(
+                    &format!("{name}.covariance[{r}]"),
+                    row,
+                    |_| true,
+                    "a finite number",
+                )?;
+            }
+            check(
+                &format!("{name}.eigenvalues"),
+                &s.eigenvalues,
+                not_negative,
+                "a number >= 0 (a covariance has no negative eigenvalue)",
+            )?;
         }
         for (i, v) in self.eigenvectors.iter().enumerate() {
+            check(
+                &format!("eigenvectors[{i}]"),
+                v,
+                |_| true,
+                "a finite number",
+            )?;
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             if (norm - 1.0).abs() > 1e-6 {
                 return Err(StatsError::format(
@@ -335,18 +409,29 @@ impl PcaStats {
                 ));
             }
         }
+        check(
+            "lighting.alpha_std",
+            &[self.lighting.alpha_std],
+            not_negative,
+            "a number >= 0",
+        )?;
+        for (name, c) in [
+            ("paper", &self.lighting.paper),
+            ("cuda_convnet2", &self.lighting.cuda_convnet2),
+        ] {
+            for (scale, m) in [
+                ("magnitudes_unit", &c.magnitudes_unit),
+                ("magnitudes_255", &c.magnitudes_255),
+            ] {
+                check(
+                    &format!("lighting.{name}.{scale}"),
+                    m,
+                    not_negative,
+                    "a number >= 0",
+                )?;
+            }
+        }
         Ok(())
-    }
-}
-
-impl ScaleStats {
-    fn numbers(&self) -> impl Iterator<Item = f64> + '_ {
-        self.mean
-            .iter()
-            .chain(&self.std)
-            .chain(self.covariance.iter().flatten())
-            .chain(&self.eigenvalues)
-            .copied()
     }
 }
 
@@ -385,6 +470,28 @@ mod tests {
         assert_eq!(v["format"], "supervision-pca");
         assert_eq!(v["channel_order"], "RGB");
         assert!(v["scale_unit"]["eigenvalues"].is_array());
+    }
+
+    /// The augmentation's lighting from these statistics adds the same offset as
+    /// `lighting_offset` (the augmentation takes unit draws and scales them by the std).
+    #[test]
+    fn lighting_for_the_augmentation_matches_the_offsets() {
+        let s = example();
+        let unit = [0.7f64, -1.3, 2.1];
+        let alphas = unit.map(|a| a * s.lighting.alpha_std);
+        for (aug, conv) in [
+            (sv_augment::LightingConvention::Paper, Convention::Paper),
+            (
+                sv_augment::LightingConvention::CudaConvnet2,
+                Convention::CudaConvnet2,
+            ),
+        ] {
+            let got = s.lighting(aug).offset(unit.map(|a| a as f32));
+            let want = s.lighting_offset(conv, PixelScale::Byte, alphas);
+            for c in 0..3 {
+                assert!((f64::from(got[c]) - want[c]).abs() < 1e-3 * want[c].abs().max(1.0));
+            }
+        }
     }
 
     #[test]
@@ -432,8 +539,78 @@ mod tests {
         assert!(matches!(err, StatsError::Json { .. }), "{err}");
         let err = PcaStats::load(dir.path().join("missing.json")).unwrap_err();
         assert!(
-            err.to_string().contains("missing.json: read failed"),
+            err.to_string().contains("missing.json: open failed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn load_names_the_file_and_field_that_cannot_be_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pca.json");
+        type Edit = fn(&mut PcaStats);
+        let cases: &[(&str, Edit)] = &[
+            ("scale_255.std[1] is 0,", |s| s.scale_255.std[1] = 0.0),
+            ("scale_unit.std[2] is -0.1,", |s| s.scale_unit.std[2] = -0.1),
+            ("scale_255.std[0] is NaN", |s| s.scale_255.std[0] = f64::NAN),
+            ("scale_unit.mean[0] is 1.5,", |s| s.scale_unit.mean[0] = 1.5),
+            ("scale_255.covariance[2][1] is inf", |s| {
+                s.scale_255.covariance[2][1] = f64::INFINITY
+            }),
+            ("scale_255.eigenvalues[2] is -3", |s| {
+                s.scale_255.eigenvalues[2] = -3.0
+            }),
+            ("lighting.alpha_std is -0.1", |s| {
+                s.lighting.alpha_std = -0.1
+            }),
+            ("lighting.cuda_convnet2.magnitudes_255[0] is -1", |s| {
+                s.lighting.cuda_convnet2.magnitudes_255[0] = -1.0
+            }),
+            ("eigenvectors[1] has norm", |s| {
+                s.eigenvectors[1] = [1.0, 1.0, 0.0]
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut s = example();
+            edit(&mut s);
+            // serde_json writes non-finite numbers as null; test those on the
+            // in-memory value, the others through a file.
+            let err = s.validate(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("pca.json") && err.contains(want),
+                "{want}: {err}"
+            );
+            let err = s.save(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+            assert!(!path.exists(), "{want}: written although unusable");
+            if s.to_json().contains("null") {
+                continue;
+            }
+            std::fs::write(&path, s.to_json()).unwrap();
+            let err = PcaStats::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("pca.json") && err.contains(want),
+                "{want}: {err}"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_refuses_a_folder_or_fifo_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = PcaStats::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        let fifo = dir.path().join("pca.json");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let err = PcaStats::load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("pca.json is a FIFO"), "{err}");
+        let err = crate::MeanImage::load_npy(&fifo).unwrap_err().to_string();
+        assert!(err.contains("pca.json is a FIFO"), "{err}");
     }
 }

@@ -4,13 +4,17 @@
 //! list, input normalisation, schedule state, pipeline position, seed and the training
 //! configuration. PyTorch reads it with `safetensors.torch.load_file`.
 //!
-//! Writes are atomic: the file is written under a temporary name in the same directory,
-//! fsynced, renamed over the final name, and the directory is fsynced; a crash leaves
-//! either the old file or the new one, never a torn one.
+//! Writes are atomic (sv-core's `AtomicFile`: a temporary name in the same directory,
+//! fsynced, renamed over the final name, the directory fsynced); a crash leaves either
+//! the old file or the new one, never a torn one.
+//!
+//! Off the training thread. [`HostCheckpoint::capture`] copies the flat weight and
+//! velocity buffers to the host (the only part that waits for the device); the
+//! [`CheckpointWriter`] then serialises, writes and syncs on a background thread while
+//! training continues, one checkpoint at a time and in order.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -21,7 +25,10 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, TorchContext, TrainError, io_err};
 use crate::input::{Normalization, PixelMean};
 use crate::model::ModelSpec;
+use crate::optim::ScalerState;
+use crate::params::ParamStore;
 use crate::schedule::Schedule;
+use sv_core::fs::AtomicFile;
 
 /// Identifies our checkpoints inside the metadata.
 pub const CHECKPOINT_FORMAT: &str = "supervision-checkpoint";
@@ -60,6 +67,9 @@ pub struct CheckpointMeta {
     /// Best validation top-1 error so far (decides when best.safetensors is written).
     #[serde(default)]
     pub best_top1: Option<f64>,
+    /// The fp16 loss scaler's state, when the run trains in fp16.
+    #[serde(default)]
+    pub loss_scale: Option<ScalerState>,
 }
 
 /// A checkpoint in memory (tensors on the CPU).
@@ -81,100 +91,210 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-struct HostTensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+// Host f32s are written to the file as they lie in memory; safetensors is
+// little-endian, as are the machines libtorch runs on.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "checkpoints are written in host byte order, which must be little-endian"
+);
+
+/// A flat fp32 buffer copied to the host.
+struct HostBuffer(Vec<f32>);
+
+impl HostBuffer {
+    /// One copy from `t` (any device, fp32, `[numel]`) into host memory.
+    fn capture(t: &Tensor, what: &str) -> Result<HostBuffer> {
+        let n = t.numel();
+        let mut host = vec![0f32; n];
+        // SAFETY: `host` holds exactly `n` f32s and outlives the blob, which is dropped
+        // at the end of this block; the copy into it is complete when copy_ returns.
+        let blob = unsafe {
+            Tensor::f_from_blob(
+                host.as_mut_ptr().cast::<u8>(),
+                &[n as i64],
+                &[],
+                Kind::Float,
+                Device::Cpu,
+            )
+        };
+        blob.and_then(|mut b| b.f_copy_(&t.f_detach()?.f_to_kind(Kind::Float)?))
+            .ctx(|| format!("copy the {what} to the host"))?;
+        Ok(HostBuffer(host))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: f32 has no padding and every byte pattern is a valid u8; the slice
+        // covers exactly the vector's initialised elements.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 4) }
+    }
 }
 
-impl View for &HostTensor {
+/// One tensor of a checkpoint: a byte range of one of its host buffers.
+struct Entry {
+    name: String,
+    shape: Vec<usize>,
+    buffer: usize,
+    bytes: std::ops::Range<usize>,
+}
+
+struct EntryView<'a> {
+    shape: &'a [usize],
+    data: &'a [u8],
+}
+
+impl View for EntryView<'_> {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
     fn shape(&self) -> &[usize] {
-        &self.shape
+        self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
+        Cow::Borrowed(self.data)
     }
     fn data_len(&self) -> usize {
-        self.bytes.len()
+        self.data.len()
     }
 }
 
-fn to_host(t: &Tensor, name: &str) -> Result<HostTensor> {
-    let t = t
-        .f_detach()
-        .and_then(|t| t.f_to_device(Device::Cpu))
-        .and_then(|t| t.f_to_kind(Kind::Float))
-        .and_then(|t| t.f_contiguous())
-        .ctx(|| format!("copy `{name}` to the host"))?;
-    let numel = t.numel();
-    let mut bytes = vec![0u8; numel * 4];
-    t.f_copy_data_u8(&mut bytes, numel)
-        .ctx(|| format!("read `{name}`"))?;
-    let shape = t.size().iter().map(|&d| d as usize).collect();
-    Ok(HostTensor { shape, bytes })
+/// A checkpoint's contents on the host, ready to be written by any thread.
+pub struct HostCheckpoint {
+    meta: CheckpointMeta,
+    buffers: Vec<HostBuffer>,
+    entries: Vec<Entry>,
 }
 
-/// Writes a checkpoint atomically to `path`.
-pub fn save(
-    path: &Path,
-    meta: &CheckpointMeta,
-    names: &[String],
-    params: &[Tensor],
-    velocities: &[Tensor],
-) -> Result<()> {
-    let mut host = Vec::with_capacity(names.len() * 2);
-    for (name, p) in names.iter().zip(params) {
-        host.push((name.clone(), to_host(p, name)?));
+impl std::fmt::Debug for HostCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCheckpoint")
+            .field("step", &self.meta.step)
+            .field("tensors", &self.entries.len())
+            .finish()
     }
-    for (name, v) in names.iter().zip(velocities) {
-        host.push((format!("{MOMENTUM_PREFIX}{name}"), to_host(v, name)?));
-    }
-    if let Some(m) = &meta.normalization.mean_image {
-        let side = m.side as usize;
-        host.push((
-            MEAN_IMAGE_TENSOR.to_string(),
-            HostTensor {
-                shape: vec![3, side, side],
-                bytes: m.chw.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            },
-        ));
-    }
-    let json = serde_json::to_string(meta).map_err(|e| TrainError::Json {
-        path: path.into(),
-        source: e,
-    })?;
-    let info = Some(HashMap::from([(META_KEY.to_string(), json)]));
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| TrainError::Config(format!("{} is not a file path", path.display())))?;
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let views = host.iter().map(|(n, h)| (n.as_str(), h));
-    safetensors::tensor::serialize_to_file(views, &info, &tmp).map_err(|e| {
-        TrainError::Checkpoint {
-            path: tmp.clone(),
-            what: format!("write failed: {e:?}"),
+}
+
+impl HostCheckpoint {
+    /// Copies the master weights of `store` and the flat `velocity` to the host: the
+    /// part of a checkpoint that waits for the device.
+    pub fn capture(
+        meta: CheckpointMeta,
+        store: &ParamStore,
+        velocity: &Tensor,
+    ) -> Result<HostCheckpoint> {
+        let mut buffers = vec![
+            HostBuffer::capture(store.master(), "weights")?,
+            HostBuffer::capture(velocity, "velocity")?,
+        ];
+        let mut entries = Vec::with_capacity(store.slots().len() * 2 + 1);
+        for (buffer, prefix) in [(0, ""), (1, MOMENTUM_PREFIX)] {
+            for slot in store.slots() {
+                let start = slot.offset as usize * 4;
+                entries.push(Entry {
+                    name: format!("{prefix}{}", slot.name),
+                    shape: slot.shape.iter().map(|&d| d as usize).collect(),
+                    buffer,
+                    bytes: start..start + slot.numel as usize * 4,
+                });
+            }
         }
-    })?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+        if let Some(m) = &meta.normalization.mean_image {
+            let side = m.side as usize;
+            buffers.push(HostBuffer(m.chw.to_vec()));
+            entries.push(Entry {
+                name: MEAN_IMAGE_TENSOR.to_string(),
+                shape: vec![3, side, side],
+                buffer: buffers.len() - 1,
+                bytes: 0..m.chw.len() * 4,
+            });
+        }
+        Ok(HostCheckpoint {
+            meta,
+            buffers,
+            entries,
+        })
     }
-    Ok(())
+
+    /// Writes the checkpoint atomically to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string(&self.meta).map_err(|e| TrainError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        let info = Some(HashMap::from([(META_KEY.to_string(), json)]));
+        let views = self.entries.iter().map(|e| {
+            let view = EntryView {
+                shape: &e.shape,
+                data: &self.buffers[e.buffer].bytes()[e.bytes.clone()],
+            };
+            (e.name.as_str(), view)
+        });
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let file = AtomicFile::create(path)?;
+        safetensors::tensor::serialize_to_file(views, &info, file.temp_path()).map_err(
+            |e| match e {
+                // A full disk or a permission problem keeps its cause, in words.
+                safetensors::SafeTensorError::IoError(source) => TrainError::Io {
+                    path: file.temp_path().to_path_buf(),
+                    source,
+                },
+                other => TrainError::Checkpoint {
+                    path: path.into(),
+                    what: format!("cannot be written: {other}"),
+                },
+            },
+        )?;
+        file.commit()?;
+        Ok(())
+    }
+}
+
+/// Writes checkpoints on a background thread, one at a time, in the order given.
+#[derive(Debug, Default)]
+pub struct CheckpointWriter {
+    current: Option<(PathBuf, std::thread::JoinHandle<Result<()>>)>,
+}
+
+impl CheckpointWriter {
+    /// A writer with nothing in flight.
+    pub fn new() -> CheckpointWriter {
+        CheckpointWriter::default()
+    }
+
+    /// Waits for the write in flight (reporting its failure), then starts writing `ck`
+    /// to `path`.
+    pub fn write(&mut self, path: &Path, ck: HostCheckpoint) -> Result<()> {
+        self.finish()?;
+        let target = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("sv-checkpoint".into())
+            .spawn(move || ck.write(&target))
+            .map_err(|_| TrainError::Thread("sv-checkpoint"))?;
+        self.current = Some((path.to_path_buf(), handle));
+        Ok(())
+    }
+
+    /// Waits for the write in flight; its error if it failed.
+    pub fn finish(&mut self) -> Result<()> {
+        match self.current.take() {
+            None => Ok(()),
+            Some((_, h)) => h.join().map_err(|_| TrainError::Thread("sv-checkpoint"))?,
+        }
+    }
+
+    /// The file being written, if any.
+    pub fn in_flight(&self) -> Option<&Path> {
+        self.current.as_ref().map(|(p, _)| p.as_path())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        // Let a checkpoint being written reach the disk; a failure here has nobody to
+        // go to (run() reports through finish).
+        let _ = self.finish();
+    }
 }
 
 /// Reads a checkpoint (tensors land on the CPU).

@@ -5,52 +5,26 @@
 //! at (epoch, batch) for each epoch; its uint8 NHWC batches are staged for the device,
 //! where the lighting offsets and normalisation are applied.
 //!
-//! [`ShardSource`] is a single-threaded reference: it reads a shard set directly on the prefetch thread: a seeded
-//! permutation per epoch, and for every sample a random crop, a reflection flag and PCA
-//! lighting offsets drawn from the keyed generator `sample_rng(seed, epoch, index)`, so
-//! a batch depends only on (seed, epoch, batch index) and a run resumes exactly from
-//! any position. Flips and lighting travel as flags and offsets and are applied on the
+//! [`ShardSource`] is a single-threaded reference: it reads a shard set directly on the
+//! prefetch thread: a seeded permutation per epoch, and for every sample a random crop,
+//! a reflection flag and PCA lighting offsets drawn from the keyed generator
+//! `sample_rng(seed, epoch, index)`, so a batch depends only on (seed, epoch, batch
+//! index) and a run resumes exactly from any position. Flips and lighting travel as flags and offsets and are applied on the
 //! device.
 
 use std::sync::Arc;
 
 use rand::Rng;
 use rand::seq::SliceRandom;
-use rand_distr::{Distribution, Normal};
-use serde::{Deserialize, Serialize};
+use rand_distr::{Distribution, StandardNormal};
 use sv_core::{sample_rng, stream_rng};
 use sv_shard::Dataset;
 
-use sv_pipeline::{Loader, LoaderConfig, Output, Position, Sampler};
+use sv_pipeline::{Lighting, Loader, LoaderConfig, Output, Position, Sampler};
 
 use crate::error::{Result, TrainError};
-use crate::prefetch::{HostMemory, StagedBatch, stage};
+use crate::prefetch::{HostBatch, HostMemory, StagedBatch};
 use crate::trainer::TrainData;
-
-/// The PCA lighting of the paper, section 4.1: each use of an image adds
-/// `sum_i p_i * alpha_i * lambda_i` with `alpha_i ~ N(0, sigma)`, on the 0-255 scale.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Lighting {
-    /// Eigenvalues `lambda_i` of the RGB covariance (0-255 scale units).
-    pub eigval: [f64; 3],
-    /// Eigenvectors as columns: `eigvec[c][i]` is channel `c` of vector `i`.
-    pub eigvec: [[f64; 3]; 3],
-    /// Standard deviation of the alphas (0.1 in the paper).
-    pub sigma: f64,
-}
-
-impl Lighting {
-    /// The RGB offset for one draw of alphas.
-    pub fn offset(&self, alpha: [f64; 3]) -> [f32; 3] {
-        let mut out = [0f32; 3];
-        for (c, o) in out.iter_mut().enumerate() {
-            *o = (0..3)
-                .map(|i| self.eigvec[c][i] * alpha[i] * self.eigval[i])
-                .sum::<f64>() as f32;
-        }
-        out
-    }
-}
 
 /// How training crops are made.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,7 +33,9 @@ pub struct AugmentConfig {
     pub crop: usize,
     /// Random reflections.
     pub mirror: bool,
-    /// PCA lighting, when statistics are known.
+    /// PCA lighting, when statistics are known (the pipeline's own type, so both
+    /// sources draw the same offsets; `sv_stats::PcaStats::lighting` makes it from a
+    /// statistics file for a convention).
     pub lighting: Option<Lighting>,
 }
 
@@ -144,17 +120,14 @@ impl EpochIter {
         self.flips.clear();
         self.light.clear();
         self.windows.clear();
-        let normal = Normal::new(0.0, self.aug.lighting.map_or(0.0, |l| l.sigma).max(0.0))
-            .map_err(|e| TrainError::Config(format!("lighting sigma: {e}")))?;
+        let shard_err = |source| TrainError::Shard {
+            dataset: self.data.dir().to_path_buf(),
+            source,
+        };
         for slot in 0..self.batch_size {
             let index = self.order[start + slot] as usize;
-            let rec = self
-                .data
-                .record(index)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
-            let pixels = rec
-                .pixels(&mut self.image)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let rec = self.data.record(index).map_err(shard_err)?;
+            let pixels = rec.pixels(&mut self.image).map_err(shard_err)?;
             let mut rng = sample_rng(self.seed, self.epoch, index as u64);
             let y = rng.random_range(0..=side - crop);
             let x = rng.random_range(0..=side - crop);
@@ -168,26 +141,22 @@ impl EpochIter {
             self.flips.push(flip);
             self.windows.push([x as i64, y as i64, i64::from(flip)]);
             if let Some(l) = self.aug.lighting {
-                let alpha = [
-                    normal.sample(&mut rng),
-                    normal.sample(&mut rng),
-                    normal.sample(&mut rng),
-                ];
-                self.light.extend_from_slice(&l.offset(alpha));
+                let mut draw = || StandardNormal.sample(&mut rng);
+                let alpha_unit: [f32; 3] = [draw(), draw(), draw()];
+                self.light.extend_from_slice(&l.offset(alpha_unit));
             }
         }
-        let lighting = self.aug.lighting.map(|_| self.light.as_slice());
-        stage(
-            &self.pixels,
-            crop,
-            &self.labels,
-            Some(&self.flips),
-            lighting,
-            Some(&self.windows),
-            self.memory,
-            self.epoch,
-            self.next_batch,
-        )
+        HostBatch {
+            images: &self.pixels,
+            side: crop,
+            labels: &self.labels,
+            flips: Some(&self.flips),
+            lighting: self.aug.lighting.map(|_| self.light.as_slice()),
+            windows: Some(&self.windows),
+            epoch: self.epoch,
+            index: self.next_batch,
+        }
+        .stage(self.memory)
     }
 }
 
@@ -302,16 +271,18 @@ impl TrainData for PipelineSource {
             output: Output::U8(sv_pipeline::Layout::Nhwc),
             ..self.config.clone()
         };
-        let loader = Loader::new(self.data.clone(), config)
-            .map_err(|e| TrainError::Data(format!("{e:#}")))?;
+        let loader = Loader::new(self.data.clone(), config).map_err(TrainError::Pipeline)?;
         let lighting = self.lighting;
         let mut labels: Vec<i64> = Vec::new();
         let mut windows: Vec<[i64; 3]> = Vec::new();
         Ok(Box::new(loader.map(move |batch| {
-            let batch = batch.map_err(|e| TrainError::Data(error_chain(&e)))?;
+            let batch = batch.map_err(TrainError::Pipeline)?;
             let [_, h, _, _] = batch.shape();
-            let pixels = batch.pixels_u8().ok_or_else(|| {
-                TrainError::Data("the loader gave float batches, expected uint8".into())
+            let pos = batch.position();
+            let pixels = batch.pixels_u8().ok_or_else(|| TrainError::Batch {
+                epoch: pos.epoch,
+                index: pos.batch,
+                what: "the loader gave float pixels, expected uint8".into(),
             })?;
             labels.clear();
             labels.extend(batch.labels().iter().map(|&l| i64::from(l)));
@@ -323,30 +294,18 @@ impl TrainData for PipelineSource {
                     .iter()
                     .map(|w| [i64::from(w.x), i64::from(w.y), i64::from(w.flip)]),
             );
-            let pos = batch.position();
             // Flips are already applied by the loader's crop (Window::flip).
-            stage(
-                pixels,
-                h,
-                &labels,
-                None,
-                offsets,
-                Some(&windows),
-                memory,
-                pos.epoch,
-                pos.batch,
-            )
+            HostBatch {
+                images: pixels,
+                side: h,
+                labels: &labels,
+                flips: None,
+                lighting: offsets,
+                windows: Some(&windows),
+                epoch: pos.epoch,
+                index: pos.batch,
+            }
+            .stage(memory)
         })))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -14,6 +14,15 @@ pub enum TrainError {
         #[source]
         source: tch::TchError,
     },
+    /// A CUDA stream or event operation of the sv-c10 shim failed.
+    #[error("{context}")]
+    C10 {
+        /// What was being done.
+        context: String,
+        /// The shim's error.
+        #[source]
+        source: sv_c10::C10Error,
+    },
     /// The model name is not one this crate knows.
     #[error("unknown model `{name}` (known: {known})")]
     UnknownModel {
@@ -42,6 +51,9 @@ pub enum TrainError {
         /// What is wrong with it.
         what: String,
     },
+    /// Writing a file atomically failed (the path and step are in the source).
+    #[error(transparent)]
+    File(#[from] sv_core::fs::FsError),
     /// A JSON file (statistics, metrics) is malformed.
     #[error("{path}: {source}")]
     Json {
@@ -51,9 +63,62 @@ pub enum TrainError {
         #[source]
         source: serde_json::Error,
     },
-    /// The batch source failed (the data pipeline reported an error).
-    #[error("data: {0}")]
-    Data(String),
+    /// The data pipeline reported an error (a record it could not read, a worker that
+    /// panicked, ...).
+    #[error("training data pipeline")]
+    Pipeline(#[source] sv_pipeline::Error),
+    /// A shard set could not be read (record index, shard and cause in the source).
+    #[error("reading {}", dataset.display())]
+    Shard {
+        /// The shard set's directory.
+        dataset: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: sv_shard::ShardError,
+    },
+    /// A batch does not hold what its sizes say (lengths, crop windows).
+    #[error("batch {index} of epoch {epoch}: {what}")]
+    Batch {
+        /// Epoch of the batch.
+        epoch: u64,
+        /// Index of the batch within its epoch.
+        index: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The data source gave a batch other than the next one.
+    #[error(
+        "expected batch {want_index} of epoch {want_epoch}, the source gave batch {index} of epoch {epoch}"
+    )]
+    OutOfOrder {
+        /// Epoch the trainer expected.
+        want_epoch: u64,
+        /// Batch the trainer expected.
+        want_index: u64,
+        /// Epoch of the batch given.
+        epoch: u64,
+        /// Index of the batch given.
+        index: u64,
+    },
+    /// The data source ended an epoch early.
+    #[error("epoch {epoch} ended after {got} of {want} batches")]
+    ShortEpoch {
+        /// The epoch.
+        epoch: u64,
+        /// Batches delivered.
+        got: u64,
+        /// Batches per epoch.
+        want: u64,
+    },
+    /// The training set holds fewer images than one batch (for this rank).
+    #[error("the training set holds fewer images than one batch")]
+    EmptyEpoch,
+    /// A validation set holds no image to score.
+    #[error("{}: no validation images", dataset.display())]
+    EmptyValidation {
+        /// The shard set's directory.
+        dataset: PathBuf,
+    },
     /// A background thread panicked or went away.
     #[error("background thread `{0}` stopped unexpectedly")]
     Thread(&'static str),

@@ -49,7 +49,7 @@ pub fn load_for_inference(
     let ck = crate::checkpoint::load(path)?;
     let mut model = Model::new(&ck.meta.model, device)?;
     model.load_params(&ck.params, path)?;
-    let norm = DeviceNorm::new(&ck.meta.normalization, device)?;
+    let norm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?;
     Ok((ck, model, norm))
 }
 
@@ -115,7 +115,7 @@ pub fn predict_probs(
         }
         for input in inputs {
             let p = model
-                .forward(&input, false)?
+                .infer(&input)?
                 .f_softmax(-1, Kind::Float)
                 .ctx(|| "softmax".into())?;
             sum = Some(match sum {
@@ -139,7 +139,7 @@ pub fn predict_host(
 ) -> Result<Vec<Vec<f32>>> {
     let per = side * side * 3;
     if per == 0 || !pixels.len().is_multiple_of(per) {
-        return Err(TrainError::Data(format!(
+        return Err(TrainError::Config(format!(
             "{} bytes are not whole {side}x{side} RGB images",
             pixels.len()
         )));
@@ -174,11 +174,14 @@ pub fn evaluate(
 ) -> Result<EvalResult> {
     let total = limit.map_or(data.len(), |l| l.min(data.len()));
     if total == 0 {
-        return Err(TrainError::Data(format!(
-            "{}: no validation images",
-            data.dir().display()
-        )));
+        return Err(TrainError::EmptyValidation {
+            dataset: data.dir().to_path_buf(),
+        });
     }
+    let shard_err = |source| TrainError::Shard {
+        dataset: data.dir().to_path_buf(),
+        source,
+    };
     let side = data.geometry().side as usize;
     let image_bytes = side * side * 3;
     let bs = batch_size.max(1);
@@ -191,11 +194,9 @@ pub fn evaluate(
         let n = bs.min(total - start);
         labels.clear();
         for i in 0..n {
-            let rec = data
-                .record(start + i)
-                .map_err(|e| TrainError::Data(e.to_string()))?;
+            let rec = data.record(start + i).map_err(shard_err)?;
             rec.decode_into(&mut pixels[i * image_bytes..(i + 1) * image_bytes])
-                .map_err(|e| TrainError::Data(e.to_string()))?;
+                .map_err(shard_err)?;
             labels.push(i64::from(rec.label));
         }
         let dims = [n as i64, side as i64, side as i64, 3];

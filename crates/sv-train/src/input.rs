@@ -1,7 +1,12 @@
 //! Turning a uint8 batch into the model's input on the device: HWC to CHW, horizontal
-//! flips, PCA lighting offsets, mean subtraction and division by the standard
-//! deviation. Only uint8 crosses to the device (a quarter of the float bytes); this
-//! work then runs there as a handful of element-wise kernels.
+//! flips, PCA lighting offsets, mean subtraction and, for [`InputScale::Std`], division
+//! by the standard deviation. Only uint8 crosses to the device (a quarter of the float
+//! bytes); this work then runs there as a handful of element-wise kernels.
+//!
+//! The paper (section 2) trains on centred raw RGB values: 0-255 minus the mean
+//! (image), nothing else ([`InputScale::Raw`]). Its N(0, 0.01^2) init and LRN's
+//! alpha = 1e-4 are tuned for that scale; divided by a std of about 58, conv1's outputs
+//! are about 58 times smaller and LRN's window sum vanishes next to k = 2.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -9,6 +14,45 @@ use tch::{Device, Kind, Tensor};
 use std::sync::Arc;
 
 use crate::error::{Result, TorchContext, TrainError};
+use crate::lrn::is_channels_last;
+
+/// What the input values are, after the mean is subtracted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputScale {
+    /// Centred raw values on the 0-255 scale, not divided by anything (the paper's).
+    Raw,
+    /// Also divided by the per-channel standard deviation (torchvision's recipe).
+    Std,
+}
+
+impl InputScale {
+    /// What checkpoints written before the choice existed used.
+    pub fn legacy() -> InputScale {
+        InputScale::Std
+    }
+
+    /// `raw` or `std`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputScale::Raw => "raw",
+            InputScale::Std => "std",
+        }
+    }
+}
+
+impl std::str::FromStr for InputScale {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(InputScale::Raw),
+            "std" => Ok(InputScale::Std),
+            _ => Err(TrainError::Config(format!(
+                "unknown input scale `{s}` (raw, std)"
+            ))),
+        }
+    }
+}
 
 /// Input statistics on the 0-255 scale: per-channel mean and std, and optionally the
 /// paper's per-pixel mean image.
@@ -16,7 +60,7 @@ use crate::error::{Result, TorchContext, TrainError};
 pub struct Normalization {
     /// Mean of R, G, B (subtracted when there is no mean image).
     pub mean: [f64; 3],
-    /// Standard deviation of R, G, B.
+    /// Standard deviation of R, G, B (used by [`InputScale::Std`] only).
     pub std: [f64; 3],
     /// The per-pixel mean image (paper section 2, Caffe's `compute_image_mean`),
     /// subtracted instead of `mean`, at each crop pixel's position in the stored
@@ -75,6 +119,7 @@ pub struct DeviceNorm {
     mean: Tensor,
     inv_std: Tensor,
     mean_image: Option<(Tensor, i64)>,
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for DeviceNorm {
@@ -84,9 +129,12 @@ impl std::fmt::Debug for DeviceNorm {
 }
 
 impl DeviceNorm {
-    /// Uploads `n` to `device`.
-    pub fn new(n: &Normalization, device: Device) -> Result<DeviceNorm> {
-        let inv: Vec<f32> = n.std.iter().map(|&s| (1.0 / s.max(1e-6)) as f32).collect();
+    /// Uploads `n` to `device`, for inputs of `scale`.
+    pub fn new(n: &Normalization, scale: InputScale, device: Device) -> Result<DeviceNorm> {
+        let inv: Vec<f32> = match scale {
+            InputScale::Raw => vec![1.0; 3],
+            InputScale::Std => n.std.iter().map(|&s| (1.0 / s.max(1e-6)) as f32).collect(),
+        };
         let mean: Vec<f32> = n.mean.iter().map(|&m| m as f32).collect();
         let make = |v: &[f32]| {
             Tensor::f_from_slice(v)
@@ -108,7 +156,16 @@ impl DeviceNorm {
             mean: make(&mean).ctx(|| "upload mean".into())?,
             inv_std: make(&inv).ctx(|| "upload std".into())?,
             mean_image,
+            channels_last: false,
         })
+    }
+
+    /// Makes [`DeviceNorm::apply`] return channels-last tensors (NHWC in memory, the
+    /// layout the uint8 batch already has, which cuDNN's fastest convolutions take)
+    /// instead of contiguous NCHW.
+    pub fn channels_last(mut self, on: bool) -> DeviceNorm {
+        self.channels_last = on;
+        self
     }
 
     /// The side of the per-pixel mean image, when one is subtracted (then
@@ -121,7 +178,9 @@ impl DeviceNorm {
     /// horizontally); `lighting`: optional float `[N, 3]` RGB offsets on the 0-255 scale;
     /// `windows`: int64 `[N, 3]`, each crop's left column and top row in the stored
     /// image and whether its pixels end up mirrored (already, or by `flips`), needed
-    /// only with a mean image. Returns float `[N, 3, H, W]`.
+    /// only with a mean image. Returns float `[N, 3, H, W]`, channels-last in memory
+    /// when [`DeviceNorm::channels_last`] is on (the NHWC bytes are read in place: no
+    /// round trip through NCHW), contiguous otherwise.
     pub fn apply(
         &self,
         images: &Tensor,
@@ -147,7 +206,17 @@ impl DeviceNorm {
                 (Some((m, side)), Some(w)) => x.f_sub(&crop_mean(m, *side, w, &x.size())?)?,
                 _ => x.f_sub(&self.mean)?,
             };
-            x.f_mul(&self.inv_std)?.f_contiguous()
+            let x = x.f_mul(&self.inv_std)?;
+            // Element-wise kernels keep the layout of their first input, the permuted
+            // NHWC batch, so this is normally no copy.
+            match (self.channels_last, is_channels_last(&x)) {
+                (true, true) => Ok(x),
+                (true, false) => x
+                    .f_permute([0, 2, 3, 1])?
+                    .f_contiguous()?
+                    .f_permute([0, 3, 1, 2]),
+                (false, _) => x.f_contiguous(),
+            }
         })()
         .ctx(|| "normalise input".into())
     }
@@ -201,7 +270,7 @@ mod tests {
             std: [1.0, 2.0, 4.0],
             mean_image: Some(PixelMean::new(side as u32, chw).unwrap()),
         };
-        let dn = DeviceNorm::new(&n, Device::Cpu).unwrap();
+        let dn = DeviceNorm::new(&n, InputScale::Std, Device::Cpu).unwrap();
         assert_eq!(dn.mean_image_side(), Some(4));
         // three 2x2 crops of zeros
         let images = Tensor::zeros([3, 2, 2, 3], (Kind::Uint8, Device::Cpu));
@@ -213,6 +282,18 @@ mod tests {
             .apply(&images, Some(&flips), None, Some(&windows))
             .unwrap();
         assert_eq!(out.size(), [3, 3, 2, 2]);
+        assert!(out.is_contiguous());
+        let dn_cl = DeviceNorm::new(&n, InputScale::Std, Device::Cpu)
+            .unwrap()
+            .channels_last(true);
+        let out_cl = dn_cl
+            .apply(&images, Some(&flips), None, Some(&windows))
+            .unwrap();
+        assert!(
+            is_channels_last(&out_cl),
+            "channels-last with the mean image too"
+        );
+        assert!(out_cl.allclose(&out, 0.0, 0.0, false));
         let cases = [(0, 1, 2, false), (1, 2, 0, true), (2, 0, 1, true)];
         for (s, x0, y0, mirrored) in cases {
             for c in 0..3i64 {
@@ -243,13 +324,17 @@ mod tests {
             std: [2.0, 4.0, 5.0],
             mean_image: None,
         };
-        let dn = DeviceNorm::new(&n, Device::Cpu).unwrap();
+        let dn = DeviceNorm::new(&n, InputScale::Std, Device::Cpu).unwrap();
+        let raw = DeviceNorm::new(&n, InputScale::Raw, Device::Cpu).unwrap();
         // Two 1x2 images, HWC: pixel values chosen per (sample, x, channel).
         let px: Vec<u8> = (0..2 * 2 * 3).map(|i| (i * 10) as u8).collect();
         let images = Tensor::from_slice(&px).reshape([2, 1, 2, 3]);
         let flips = Tensor::from_slice(&[false, true]);
         let light = Tensor::from_slice(&[1.0f32, 2.0, 3.0, -1.0, -2.0, -3.0]).reshape([2, 3]);
         let out = dn.apply(&images, Some(&flips), Some(&light), None).unwrap();
+        let out_raw = raw
+            .apply(&images, Some(&flips), Some(&light), None)
+            .unwrap();
         assert_eq!(out.size(), [2, 3, 1, 2]);
         for s in 0..2i64 {
             for c in 0..3i64 {
@@ -261,9 +346,13 @@ mod tests {
                     } else {
                         -((c + 1) as f64)
                     };
-                    let want = (raw + l - n.mean[c as usize]) / n.std[c as usize];
+                    let centred = raw + l - n.mean[c as usize];
+                    let want = centred / n.std[c as usize];
                     let got = out.double_value(&[s, c, 0, x]);
                     assert!((got - want).abs() < 1e-5, "s{s} c{c} x{x}: {got} vs {want}");
+                    // the paper's scale: centred, not divided
+                    let got = out_raw.double_value(&[s, c, 0, x]);
+                    assert!((got - centred).abs() < 1e-4, "raw s{s} c{c} x{x}: {got}");
                 }
             }
         }

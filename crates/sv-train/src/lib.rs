@@ -4,11 +4,16 @@
 //!   init), `alexnet-owt` (torchvision's single tower, its parameter names), and tiny
 //!   versions of both for CPU tests; summaries with parameter counts.
 //! - [`lrn`]: local response normalisation, exact, from `avg_pool3d` window sums.
-//! - [`optim`]: the paper's momentum and weight-decay rule, written out on tensors.
+//! - [`params`]: the parameters in flat buffers (fp32 master weights, gradients, a
+//!   bf16/fp16 compute copy) and the precision of the passes.
+//! - [`optim`]: the paper's momentum and weight-decay rule on the flat buffers, fp16
+//!   loss scaling.
 //! - [`schedule`]: divide-by-10-on-plateau, fixed steps, constant.
 //! - [`input`]: uint8 crops to normalised float on the device (flips, PCA lighting).
 //! - [`prefetch`]: the double-buffered prefetch thread and pinned staging.
-//! - [`trainer`]: the loop, metrics windows, data-wait measurement, checkpoints, resume.
+//! - [`trainer`]: the loop as named steps (train an epoch, validate, end the epoch:
+//!   schedule, record, checkpoints), data-wait measurement, resume.
+//! - [`window`]: metrics windows and totals; device values read a window later.
 //! - [`eval`]: top-1/top-5 error, centre crop and ten-crop.
 //! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
@@ -26,9 +31,11 @@ pub mod lrn;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod params;
 pub mod prefetch;
 pub mod schedule;
 pub mod trainer;
+pub mod window;
 
 pub use error::{Result, TrainError};
 /// The loader crate, re-exported so callers configure [`data::PipelineSource`] with

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TorchContext, TrainError};
+use crate::input::InputScale;
 use crate::lrn::{LrnParams, local_response_norm};
+use crate::params::{ParamStore, Precision};
 
 /// How the weights are initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +53,9 @@ impl std::str::FromStr for InitScheme {
         match s {
             "paper" => Ok(InitScheme::Paper),
             "torch" => Ok(InitScheme::Torch),
+            "kaiming" => Ok(InitScheme::Kaiming),
             _ => Err(TrainError::Config(format!(
-                "unknown init `{s}` (paper, torch)"
+                "unknown init `{s}` (paper, torch, kaiming)"
             ))),
         }
     }
@@ -81,8 +84,17 @@ pub enum LayerSpec {
     },
     /// Rectified linear unit.
     Relu,
-    /// Local response normalisation across channels.
-    Lrn(LrnParams),
+    /// Local response normalisation across channels, each window inside one of
+    /// `towers` channel groups (2 in the paper's net: each GPU normalised its own maps).
+    Lrn {
+        /// The constants.
+        #[serde(flatten)]
+        params: LrnParams,
+        /// Channel groups whose windows never meet (1 in checkpoints written before
+        /// towers existed, which is how those nets were trained).
+        #[serde(default = "one_tower")]
+        towers: i64,
+    },
     /// Max pooling.
     MaxPool {
         /// Window side.
@@ -113,6 +125,10 @@ pub enum LayerSpec {
     },
 }
 
+fn one_tower() -> i64 {
+    1
+}
+
 /// A whole model description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -124,9 +140,22 @@ pub struct ModelSpec {
     pub classes: i64,
     /// Initialisation used by [`Model::new`].
     pub init: InitScheme,
+    /// The scale of the input the model expects (checkpoints written before this
+    /// field existed divided by the std, so that is the default when it is absent).
+    #[serde(default = "InputScale::legacy")]
+    pub input_scale: InputScale,
     /// The layers, in order.
     pub layers: Vec<LayerSpec>,
 }
+
+/// Input scale of the tiny models: mean/std. They start from He et al.'s init, which
+/// assumes inputs of unit variance; their purpose is CPU tests that must learn in a few
+/// dozen steps. Tried on the 4-class test set of sv-train's tests (3 epochs of 16
+/// steps, lr 0.01, 3 seeds): He init on std-scaled input reached 0-25% top-1 error; on
+/// raw 0-255 input its logits start about 50 times larger and the loss was NaN by step
+/// 8; the paper's N(0, 0.01^2) init stayed at chance (75%) on either scale. The
+/// paper's scale belongs to the full-size `alexnet`.
+const TINY_INPUT_SCALE: InputScale = InputScale::Std;
 
 /// The names [`ModelSpec::by_name`] accepts.
 pub const MODEL_NAMES: [&str; 4] = ["alexnet", "alexnet-owt", "alexnet-tiny", "alexnet-owt-tiny"];
@@ -174,14 +203,24 @@ struct PaperDims {
     fc: i64,
 }
 
-fn paper_family(name: &str, d: PaperDims, classes: i64, init: InitScheme) -> ModelSpec {
-    let lrn = LayerSpec::Lrn(LrnParams::PAPER);
+fn paper_family(
+    name: &str,
+    d: PaperDims,
+    classes: i64,
+    init: InitScheme,
+    input_scale: InputScale,
+) -> ModelSpec {
+    let lrn = LayerSpec::Lrn {
+        params: LrnParams::PAPER,
+        towers: 2,
+    };
     let [w2, w3, w4, w5] = d.widths;
     ModelSpec {
         name: name.into(),
         input_side: d.input,
         classes,
         init,
+        input_scale,
         layers: vec![
             conv("conv1", d.conv1.0, d.conv1.1, d.conv1.2, 0, 1, 0.0),
             LayerSpec::Relu,
@@ -226,6 +265,8 @@ fn owt_family(name: &str, d: OwtDims, classes: i64, init: InitScheme) -> ModelSp
         input_side: d.input,
         classes,
         init,
+        // torchvision's recipe: mean/std normalisation
+        input_scale: InputScale::Std,
         layers: vec![
             conv(
                 "features.0",
@@ -280,6 +321,7 @@ impl ModelSpec {
                 },
                 classes,
                 InitScheme::Paper,
+                InputScale::Raw,
             ),
             "alexnet-tiny" => paper_family(
                 name,
@@ -291,6 +333,7 @@ impl ModelSpec {
                 },
                 classes,
                 InitScheme::Kaiming,
+                TINY_INPUT_SCALE,
             ),
             "alexnet-owt" => owt_family(
                 name,
@@ -368,10 +411,24 @@ impl ModelSpec {
                     )
                 }
                 LayerSpec::Relu => ("relu".to_string(), 0),
-                LayerSpec::Lrn(p) => (
-                    format!("lrn k={} n={} alpha={} beta={}", p.k, p.n, p.alpha, p.beta),
-                    0,
-                ),
+                LayerSpec::Lrn { params: p, towers } => {
+                    let [c, _, _] = chw(&shape).ok_or_else(|| bad("lrn needs C x H x W".into()))?;
+                    if *towers < 1 || c % towers != 0 {
+                        return Err(bad(format!("lrn: {c} channels in {towers} towers")));
+                    }
+                    let per = if *towers > 1 {
+                        format!(", per tower of {}", c / towers)
+                    } else {
+                        String::new()
+                    };
+                    (
+                        format!(
+                            "lrn k={} n={} alpha={} beta={}{per}",
+                            p.k, p.n, p.alpha, p.beta
+                        ),
+                        0,
+                    )
+                }
                 LayerSpec::MaxPool { kernel, stride } => {
                     let [c, h, w] =
                         chw(&shape).ok_or_else(|| bad("maxpool needs C x H x W".into()))?;
@@ -462,7 +519,7 @@ enum Op {
         groups: i64,
     },
     Relu,
-    Lrn(LrnParams),
+    Lrn(LrnParams, i64),
     MaxPool {
         kernel: i64,
         stride: i64,
@@ -480,7 +537,7 @@ enum Op {
 pub struct Model {
     spec: ModelSpec,
     names: Vec<String>,
-    params: Vec<Tensor>,
+    store: ParamStore,
     ops: Vec<Op>,
     device: Device,
 }
@@ -499,6 +556,12 @@ impl Model {
     /// reproducible init: [`tch::manual_seed`]). Weights are drawn on the CPU and then
     /// moved, so one seed gives the same initial weights on every device.
     pub fn new(spec: &ModelSpec, device: Device) -> Result<Model> {
+        Model::with_precision(spec, device, Precision::Fp32)
+    }
+
+    /// [`Model::new`] whose training passes run in `precision` (the master weights
+    /// stay fp32; see [`crate::params`]).
+    pub fn with_precision(spec: &ModelSpec, device: Device, precision: Precision) -> Result<Model> {
         let summary = spec.summary()?;
         let mut names = Vec::new();
         let mut params = Vec::new();
@@ -540,7 +603,7 @@ impl Model {
                     }
                 }
                 LayerSpec::Relu => Op::Relu,
-                LayerSpec::Lrn(p) => Op::Lrn(*p),
+                LayerSpec::Lrn { params, towers } => Op::Lrn(*params, *towers),
                 LayerSpec::MaxPool { kernel, stride } => Op::MaxPool {
                     kernel: *kernel,
                     stride: *stride,
@@ -568,19 +631,15 @@ impl Model {
             };
             ops.push(op);
         }
-        let params = params
-            .into_iter()
-            .zip(&names)
-            .map(|(p, n)| {
-                p.f_to_device(device)
-                    .map(|p| p.set_requires_grad(true))
-                    .ctx(|| format!("move {n} to {device:?}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let store = ParamStore::new(
+            names.iter().cloned().zip(params).collect(),
+            device,
+            precision,
+        )?;
         Ok(Model {
             spec: spec.clone(),
             names,
-            params,
+            store,
             ops,
             device,
         })
@@ -601,21 +660,63 @@ impl Model {
         &self.names
     }
 
-    /// The trainable parameters.
+    /// The trainable parameters (what the passes use: in bf16/fp16, the compute copy).
     pub fn params(&self) -> &[Tensor] {
-        &self.params
+        self.store.leaves()
+    }
+
+    /// The parameters' flat buffers (master weights, gradients).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
     }
 
     /// Total number of parameter elements.
     pub fn param_count(&self) -> i64 {
-        self.params.iter().map(|p| p.numel() as i64).sum()
+        self.store.numel()
     }
 
-    /// Logits `[N, classes]` for a normalised `[N, 3, side, side]` batch; dropout is
-    /// active only when `train`.
+    /// fp32 logits `[N, classes]` for a normalised float `[N, 3, side, side]` batch,
+    /// computed in the store's precision; dropout is active only when `train`. In
+    /// bf16/fp16 the input is cast down first, LRN runs in fp32 (its window sum of
+    /// squares and power want the range and mantissa) and the logits come back fp32,
+    /// so the softmax and the loss are fp32 too.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = x.shallow_clone();
-        for op in &self.ops {
+        self.forward_prefix(x, train, self.ops.len())
+    }
+
+    /// Logits in fp32 from the fp32 master weights, no dropout: evaluation, which
+    /// then gives the same numbers whatever precision the model trains in.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.run_ops(
+            x,
+            false,
+            self.ops.len(),
+            self.store.master_views(),
+            Kind::Float,
+        )
+    }
+
+    /// The output of the first `layers` layers of the spec (1: conv1 alone, before its
+    /// ReLU), for looking at activations.
+    pub fn forward_prefix(&self, x: &Tensor, train: bool, layers: usize) -> Result<Tensor> {
+        let kind = self.store.precision().kind();
+        self.run_ops(x, train, layers, self.store.leaves(), kind)
+    }
+
+    fn run_ops(
+        &self,
+        x: &Tensor,
+        train: bool,
+        layers: usize,
+        params: &[Tensor],
+        kind: Kind,
+    ) -> Result<Tensor> {
+        let mut x = if x.kind() == kind {
+            x.shallow_clone()
+        } else {
+            x.f_to_kind(kind).ctx(|| "cast the input".into())?
+        };
+        for op in self.ops.iter().take(layers) {
             x = match op {
                 Op::Conv {
                     w,
@@ -624,15 +725,19 @@ impl Model {
                     pad,
                     groups,
                 } => x.f_conv2d(
-                    &self.params[*w],
-                    Some(&self.params[*b]),
+                    &params[*w],
+                    Some(&params[*b]),
                     [*stride, *stride],
                     [*pad, *pad],
                     [1, 1],
                     *groups,
                 ),
                 Op::Relu => x.f_relu(),
-                Op::Lrn(p) => local_response_norm(&x, *p),
+                Op::Lrn(p, towers) if kind == Kind::Float => local_response_norm(&x, *p, *towers),
+                Op::Lrn(p, towers) => x
+                    .f_to_kind(Kind::Float)
+                    .and_then(|f| local_response_norm(&f, *p, *towers))
+                    .and_then(|y| y.f_to_kind(kind)),
                 Op::MaxPool { kernel, stride } => x.f_max_pool2d(
                     [*kernel, *kernel],
                     [*stride, *stride],
@@ -643,9 +748,12 @@ impl Model {
                 Op::AdaptiveAvgPool(side) => x.f_adaptive_avg_pool2d([*side, *side]),
                 Op::Flatten => x.f_flatten(1, -1),
                 Op::Dropout(p) => x.f_dropout(*p, train),
-                Op::Linear { w, b } => x.f_linear(&self.params[*w], Some(&self.params[*b])),
+                Op::Linear { w, b } => x.f_linear(&params[*w], Some(&params[*b])),
             }
             .ctx(|| format!("forward of {}", self.spec.name))?;
+        }
+        if layers == self.ops.len() && x.kind() != Kind::Float {
+            x = x.f_to_kind(Kind::Float).ctx(|| "fp32 logits".into())?;
         }
         Ok(x)
     }
@@ -657,27 +765,7 @@ impl Model {
         values: &[(String, Tensor)],
         origin: &std::path::Path,
     ) -> Result<()> {
-        let _guard = tch::no_grad_guard();
-        for (name, param) in self.names.iter().zip(self.params.iter_mut()) {
-            let Some((_, v)) = values.iter().find(|(n, _)| n == name) else {
-                return Err(TrainError::Checkpoint {
-                    path: origin.into(),
-                    what: format!("missing tensor `{name}`"),
-                });
-            };
-            if v.size() != param.size() {
-                return Err(TrainError::Checkpoint {
-                    path: origin.into(),
-                    what: format!(
-                        "tensor `{name}` has shape {:?}, the model wants {:?}",
-                        v.size(),
-                        param.size()
-                    ),
-                });
-            }
-            param.f_copy_(v).ctx(|| format!("load {name}"))?;
-        }
-        Ok(())
+        self.store.load(values, origin)
     }
 }
 
@@ -807,6 +895,143 @@ mod tests {
                 assert!((std - 0.01).abs() < 0.001, "{name}: std {std}");
             }
         }
+    }
+
+    /// Four "photographs": smooth colour fields (a few low-frequency waves per channel)
+    /// with fine texture, with ImageNet's channel means and standard deviations, as
+    /// uint8 NHWC crops of `side`.
+    fn photo_like(n: usize, side: usize) -> Tensor {
+        let mean = [124.0, 116.0, 104.0];
+        let mut px = vec![0u8; n * side * side * 3];
+        for img in 0..n {
+            for y in 0..side {
+                for x in 0..side {
+                    for c in 0..3 {
+                        let (fy, fx) = (y as f64 / side as f64, x as f64 / side as f64);
+                        let k = (img * 3 + c) as f64;
+                        let smooth = (6.3 * (fx * (1.0 + k % 3.0) + 0.3 * k)).sin()
+                            + (6.3 * (fy * (2.0 + k % 2.0) - 0.2 * k)).cos()
+                            + (6.3 * (fx + fy) * 3.0).sin() * 0.5;
+                        let texture = (((x * 7 + y * 13 + img * 5 + c) * 2654435761) % 97) as f64;
+                        let v = mean[c] + 38.0 * smooth + 0.4 * (texture - 48.0);
+                        px[((img * side + y) * side + x) * 3 + c] = v.clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+        }
+        Tensor::from_slice(&px).reshape([n as i64, side as i64, side as i64, 3])
+    }
+
+    /// The paper's scale reaches conv1 and LRN: at init, on centred raw values, conv1's
+    /// outputs have the size N(0, 0.01^2) weights give them (std about 0.01 *
+    /// sqrt(fan_in * E[x^2]), around 10) and LRN's window sum changes its denominator
+    /// by a measurable amount; divided by the std, conv1's outputs are about 50 times
+    /// smaller and LRN is a constant factor k^-beta.
+    #[test]
+    fn paper_scale_reaches_conv1_and_lrn() {
+        use crate::input::{DeviceNorm, Normalization};
+        let spec = ModelSpec::by_name("alexnet", 1000).unwrap();
+        assert_eq!(spec.input_scale, InputScale::Raw, "the paper's default");
+        assert_eq!(
+            ModelSpec::by_name("alexnet-owt", 1000).unwrap().input_scale,
+            InputScale::Std
+        );
+        tch::manual_seed(12);
+        let model = Model::new(&spec, Device::Cpu).unwrap();
+        let images = photo_like(4, 227);
+        let stats = Normalization::default();
+        let input = |scale| {
+            DeviceNorm::new(&stats, scale, Device::Cpu)
+                .unwrap()
+                .apply(&images, None, None, None)
+                .unwrap()
+        };
+        let (raw, std) = (input(InputScale::Raw), input(InputScale::Std));
+        let mean_sq = raw.square().mean(Kind::Float).double_value(&[]);
+        assert!(
+            mean_sq > 40.0 * 40.0,
+            "photo-like input: E[x^2] = {mean_sq}"
+        );
+        let conv1 = |x: &Tensor| model.forward_prefix(x, false, 1).unwrap();
+        let (c_raw, c_std) = (conv1(&raw), conv1(&std));
+        let fan_in = 3.0 * 11.0 * 11.0;
+        let predicted = 0.01 * (fan_in * mean_sq).sqrt();
+        let got = c_raw.std(true).double_value(&[]);
+        assert!(
+            (0.7 * predicted..1.3 * predicted).contains(&got),
+            "conv1 std {got}, predicted {predicted}"
+        );
+        assert!(got > 5.0, "conv1 outputs at the paper's scale: std {got}");
+        let ratio = got / c_std.std(true).double_value(&[]);
+        assert!(
+            (35.0..80.0).contains(&ratio),
+            "raw / std-scaled conv1: {ratio}"
+        );
+
+        // LRN's denominator (k + alpha * window sum)^beta against k^beta, over the
+        // positive outputs of ReLU(conv1) in two towers as the net has them.
+        let deviation = |c: &Tensor| {
+            let a = c.relu();
+            let b = local_response_norm(&a, LrnParams::PAPER, 2).unwrap();
+            let pos = a.gt(0.0);
+            let denom = a.masked_select(&pos) / b.masked_select(&pos);
+            (denom / 2f64.powf(0.75) - 1.0)
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        let (d_raw, d_std) = (deviation(&c_raw), deviation(&c_std));
+        assert!(
+            d_raw > 0.005,
+            "LRN at the paper's scale: mean deviation {d_raw}"
+        );
+        assert!(
+            d_std < d_raw / 100.0,
+            "std-scaled, LRN degenerates: {d_std} vs {d_raw}"
+        );
+    }
+
+    #[test]
+    fn lrn_layers_read_old_and_new_specs() {
+        let old = r#"{"type":"lrn","k":2.0,"n":5,"alpha":0.0001,"beta":0.75}"#;
+        let layer: LayerSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            layer,
+            LayerSpec::Lrn {
+                params: LrnParams::PAPER,
+                towers: 1
+            },
+            "checkpoints from before towers keep one window over all channels"
+        );
+        let spec = ModelSpec::by_name("alexnet", 10).unwrap();
+        let lrn: Vec<&LayerSpec> = spec
+            .layers
+            .iter()
+            .filter(|l| matches!(l, LayerSpec::Lrn { .. }))
+            .collect();
+        assert_eq!(lrn.len(), 2);
+        assert!(
+            lrn.iter()
+                .all(|l| matches!(l, LayerSpec::Lrn { towers: 2, .. }))
+        );
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<ModelSpec>(&json).unwrap(), spec);
+        let summary = spec.summary().unwrap();
+        assert!(
+            summary.rows[2].layer.contains("per tower of 48"),
+            "{}",
+            summary.rows[2].layer
+        );
+    }
+
+    /// Every scheme `--init` offers parses from its serialised name.
+    #[test]
+    fn every_init_scheme_parses_from_its_name() {
+        for scheme in [InitScheme::Paper, InitScheme::Torch, InitScheme::Kaiming] {
+            let name = serde_json::to_value(scheme).unwrap();
+            let name = name.as_str().unwrap();
+            assert_eq!(name.parse::<InitScheme>().unwrap(), scheme, "{name}");
+        }
+        assert!("xavier".parse::<InitScheme>().is_err());
     }
 
     #[test]

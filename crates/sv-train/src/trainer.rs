@@ -2,6 +2,13 @@
 //! schedule driven by validation error, metrics windows, and checkpoints that let a
 //! killed run continue exactly.
 //!
+//! [`Trainer::run`] reads as its steps: `train_epoch` (batches from the prefetch
+//! thread, one [`Trainer::train_step`] each, a metrics window every `log_every` steps,
+//! periodic checkpoints), `validate`, `end_epoch` (schedule, epoch record, `last` and
+//! `best` checkpoints), and after the last epoch `final_evaluation`. A step is
+//! `compute_gradients`, `reduce_gradients` (where data-parallel training averages
+//! them), `apply_update`.
+//!
 //! Determinism: the weights are initialised from torch's generator seeded with the
 //! run's seed, and before every step the generator is re-seeded from (seed, step), so
 //! the dropout masks of step s are the same whether or not the run was resumed. The
@@ -9,22 +16,26 @@
 //! gives the same batches from there.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sv_core::{ClassInfo, mix64};
 use sv_shard::Dataset;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointMeta};
+use crate::checkpoint::{
+    self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointMeta, CheckpointWriter, HostCheckpoint,
+};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
-use crate::input::{DeviceNorm, Normalization};
+use crate::input::{DeviceNorm, InputScale, Normalization};
 use crate::metrics::{MetricsRecord, MetricsWriter};
 use crate::model::{InitScheme, Model, ModelSpec};
-use crate::optim::{PaperSgd, SgdConfig};
-use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch};
+use crate::optim::{PaperSgd, ScalerState, SgdConfig};
+use crate::params::Precision;
+use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer, transfer_for};
 use crate::schedule::{Schedule, ScheduleConfig};
+use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
 
 /// Name of the latest checkpoint in the output directory.
 pub const LAST_CHECKPOINT: &str = "last.safetensors";
@@ -40,6 +51,10 @@ pub struct TrainConfig {
     pub model: String,
     /// Override of the model's default initialisation.
     pub init: Option<InitScheme>,
+    /// Override of the model's input scale (`alexnet`: the paper's centred raw values;
+    /// `alexnet-owt`: mean/std as torchvision).
+    #[serde(default)]
+    pub input_scale: Option<InputScale>,
     /// Images per step (128 in the paper).
     pub batch_size: usize,
     /// Epochs to train in total.
@@ -64,6 +79,19 @@ pub struct TrainConfig {
     pub final_ten_crop: bool,
     /// Batches staged ahead by the prefetch thread.
     pub prefetch_depth: usize,
+    /// Precision of the forward and backward passes (default: bf16 on CUDA, fp32 on
+    /// the CPU). A run-time choice: a resumed run takes this invocation's.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// Channels-last input and convolutions (default: on CUDA).
+    #[serde(default)]
+    pub channels_last: Option<bool>,
+    /// Initial fp16 loss scale (default 65536, PyTorch GradScaler's).
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    /// Copy batches to a CUDA device on a side stream (default: on).
+    #[serde(default)]
+    pub copy_stream: Option<bool>,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +99,7 @@ impl Default for TrainConfig {
         TrainConfig {
             model: "alexnet".into(),
             init: None,
+            input_scale: None,
             batch_size: 128,
             epochs: 90,
             max_steps: None,
@@ -83,7 +112,24 @@ impl Default for TrainConfig {
             val_limit: None,
             final_ten_crop: true,
             prefetch_depth: 1,
+            precision: None,
+            channels_last: None,
+            loss_scale: None,
+            copy_stream: None,
         }
+    }
+}
+
+impl TrainConfig {
+    /// The precision on `device`: the configured one, else bf16 on CUDA, fp32 on CPU.
+    pub fn precision_on(&self, device: Device) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(device))
+    }
+
+    /// Whether inputs are channels-last on `device`: as configured, else on CUDA.
+    pub fn channels_last_on(&self, device: Device) -> bool {
+        self.channels_last.unwrap_or(device.is_cuda())
     }
 }
 
@@ -146,6 +192,59 @@ pub struct TrainOutcome {
     pub checkpoint: PathBuf,
 }
 
+/// What one call of [`Trainer::run`] keeps between steps: the metrics file, the
+/// window whose sums are still on their way, the totals, the last validation.
+struct RunState<'e> {
+    metrics: MetricsWriter,
+    last: PathBuf,
+    pending: Option<ClosedWindow>,
+    epoch: Totals,
+    total: Totals,
+    last_val: Option<EvalResult>,
+    on_event: &'e mut dyn FnMut(Event<'_>),
+}
+
+impl<'e> RunState<'e> {
+    fn open(out_dir: &Path, on_event: &'e mut dyn FnMut(Event<'_>)) -> Result<RunState<'e>> {
+        Ok(RunState {
+            metrics: MetricsWriter::append(&out_dir.join(METRICS_FILE))?,
+            last: out_dir.join(LAST_CHECKPOINT),
+            pending: None,
+            epoch: Totals::default(),
+            total: Totals::default(),
+            last_val: None,
+            on_event,
+        })
+    }
+
+    fn record(&mut self, rec: &MetricsRecord) -> Result<()> {
+        self.metrics.write(rec)?;
+        (self.on_event)(Event::Record(rec));
+        Ok(())
+    }
+
+    /// Logs the window closed before `closed` (its sums have long landed) and keeps
+    /// `closed` for next time, or logs both now when `flush`.
+    fn close_window(&mut self, closed: ClosedWindow, flush: bool) -> Result<()> {
+        if let Some(previous) = self.pending.take() {
+            self.finish_window(previous)?;
+        }
+        if flush {
+            self.finish_window(closed)
+        } else {
+            self.pending = Some(closed);
+            Ok(())
+        }
+    }
+
+    fn finish_window(&mut self, w: ClosedWindow) -> Result<()> {
+        let (rec, stats) = w.finish()?;
+        self.record(&rec)?;
+        self.epoch.add(&stats);
+        Ok(())
+    }
+}
+
 /// A model with its optimiser, schedule and position.
 pub struct Trainer {
     config: TrainConfig,
@@ -160,6 +259,8 @@ pub struct Trainer {
     batch_in_epoch: u64,
     best_top1: Option<f64>,
     out_dir: PathBuf,
+    transfer: Box<dyn Transfer>,
+    writer: CheckpointWriter,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -194,12 +295,28 @@ impl Trainer {
         if let Some(init) = config.init {
             spec.init = init;
         }
+        if let Some(scale) = config.input_scale {
+            spec.input_scale = scale;
+        }
         tch::manual_seed(step_seed(config.seed, u64::MAX));
-        let model = Model::new(&spec, device)?;
-        let opt = PaperSgd::new(model.params(), config.sgd)?;
+        let model = Model::with_precision(&spec, device, config.precision_on(device))?;
+        let mut opt = PaperSgd::new(model.store(), config.sgd)?;
+        if let Some(scale) = config.loss_scale {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(TrainError::Config(format!(
+                    "the loss scale must be positive, got {scale}"
+                )));
+            }
+            opt.set_scaler_state(ScalerState {
+                scale,
+                ..ScalerState::default()
+            })?;
+        }
         let schedule = Schedule::new(config.schedule.clone(), config.lr)?;
-        let dnorm = DeviceNorm::new(&norm, device)?;
+        let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?
+            .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
+        let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
         Ok(Trainer {
             config,
             model,
@@ -213,6 +330,8 @@ impl Trainer {
             batch_in_epoch: 0,
             best_top1: None,
             out_dir: out_dir.into(),
+            transfer,
+            writer: CheckpointWriter::new(),
         })
     }
 
@@ -234,6 +353,7 @@ impl Trainer {
         let config = TrainConfig {
             model: saved.model,
             init: saved.init,
+            input_scale: saved.input_scale,
             batch_size: saved.batch_size,
             lr: saved.lr,
             schedule: saved.schedule,
@@ -241,13 +361,18 @@ impl Trainer {
             seed: saved.seed,
             ..config
         };
-        let mut model = Model::new(&ck.meta.model, device)?;
+        let mut model = Model::with_precision(&ck.meta.model, device, config.precision_on(device))?;
         model.load_params(&ck.params, path)?;
-        let mut opt = PaperSgd::new(model.params(), config.sgd)?;
+        let mut opt = PaperSgd::new(model.store(), config.sgd)?;
         let vel = ck.velocities_for(model.names(), path)?;
-        opt.load_velocities(vel)?;
-        let dnorm = DeviceNorm::new(&ck.meta.normalization, device)?;
+        opt.load_velocities(model.store(), vel)?;
+        if let Some(state) = ck.meta.loss_scale {
+            opt.set_scaler_state(state)?;
+        }
+        let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?
+            .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
+        let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
         Ok(Trainer {
             config,
             model,
@@ -261,6 +386,8 @@ impl Trainer {
             batch_in_epoch: ck.meta.batch_in_epoch,
             best_top1: ck.meta.best_top1,
             out_dir: out_dir.into(),
+            transfer,
+            writer: CheckpointWriter::new(),
         })
     }
 
@@ -306,39 +433,63 @@ impl Trainer {
                 source: e,
             })?,
             best_top1: self.best_top1,
+            loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
         })
     }
 
-    /// Writes the full state atomically to `path`.
-    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        checkpoint::save(
-            path,
-            &self.meta()?,
-            self.model.names(),
-            self.model.params(),
-            self.opt.velocities(),
-        )
+    /// Copies the full state to the host (waiting for the device) for a checkpoint.
+    fn capture(&self) -> Result<HostCheckpoint> {
+        HostCheckpoint::capture(self.meta()?, self.model.store(), self.opt.velocity())
     }
 
-    /// One optimiser step on a device batch; returns the detached loss and the number of
-    /// top-1 misses as device tensors (read them only at window ends: reading syncs).
+    /// Writes the full state atomically to `path` (after any checkpoint still being
+    /// written in the background).
+    pub fn save_checkpoint(&mut self, path: &Path) -> Result<()> {
+        self.writer.finish()?;
+        self.capture()?.write(path)
+    }
+
+    /// One optimiser step on a device batch: gradients, their reduction across
+    /// processes (a no-op for one), the update. Returns the step's detached mean loss
+    /// and its number of top-1 misses as device tensors (reading them would wait for
+    /// the device; the loop reads them a window later).
     pub fn train_step(&mut self, batch: &DeviceBatch) -> Result<(Tensor, Tensor)> {
         tch::manual_seed(step_seed(self.config.seed, self.step));
+        let out = self.compute_gradients(batch)?;
+        self.reduce_gradients()?;
+        self.apply_update()?;
+        self.step += 1;
+        Ok(out)
+    }
+
+    /// Forward, loss and backward: the gradients land in the parameters' gradients.
+    fn compute_gradients(&mut self, batch: &DeviceBatch) -> Result<(Tensor, Tensor)> {
         let logits = self.model.forward(&batch.input, true)?;
         let loss = logits
             .f_cross_entropy_loss::<Tensor>(&batch.labels, None, tch::Reduction::Mean, -100, 0.0)
             .ctx(|| "loss".into())?;
-        loss.f_backward()
+        self.opt
+            .scale_loss(&loss)?
+            .f_backward()
             .ctx(|| format!("backward at step {}", self.step))?;
-        self.opt.step(self.model.params(), self.schedule.lr)?;
         let misses = logits
             .f_detach()
             .and_then(|l| l.f_argmax(-1, false))
             .and_then(|a| a.f_ne_tensor(&batch.labels))
             .and_then(|m| m.f_sum(Kind::Float))
             .ctx(|| "train error".into())?;
-        self.step += 1;
         Ok((loss.f_detach().ctx(|| "loss".into())?, misses))
+    }
+
+    /// Where data-parallel training averages the gradients across processes before
+    /// the update. One process: nothing to do.
+    fn reduce_gradients(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The paper's update with the schedule's current rate.
+    fn apply_update(&mut self) -> Result<()> {
+        self.opt.step(self.model.store(), self.schedule.lr)
     }
 
     fn sync(&self) {
@@ -365,6 +516,10 @@ impl Trainer {
         )
     }
 
+    fn reached_max_steps(&self) -> bool {
+        self.config.max_steps.is_some_and(|m| self.step >= m)
+    }
+
     /// Trains until `config.epochs` epochs (or `max_steps` steps) are done, evaluating on
     /// `val` at each epoch end when given.
     pub fn run(
@@ -373,219 +528,218 @@ impl Trainer {
         val: Option<&Dataset>,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<TrainOutcome> {
-        let bpe = data.batches_per_epoch();
-        if bpe == 0 {
-            return Err(TrainError::Data(
-                "the training set has fewer images than one batch".into(),
-            ));
+        let batches = data.batches_per_epoch();
+        if batches == 0 {
+            return Err(TrainError::EmptyEpoch);
         }
-        let device = self.model.device();
-        let memory = HostMemory::for_device(device);
-        let mut metrics = MetricsWriter::append(&self.out_dir.join(METRICS_FILE))?;
-        let last = self.out_dir.join(LAST_CHECKPOINT);
-        let mut last_val = None;
-        let (mut total_wait, mut total_time, mut total_images) =
-            (Duration::ZERO, Duration::ZERO, 0u64);
-        let max_steps = self.config.max_steps;
-        let reached_max = move |s: u64| max_steps.is_some_and(|m| s >= m);
-
-        'epochs: while self.epoch < self.config.epochs {
-            if reached_max(self.step) {
+        let mut run = RunState::open(&self.out_dir, on_event)?;
+        while self.epoch < self.config.epochs && !self.reached_max_steps() {
+            let totals = self.train_epoch(data, batches, &mut run)?;
+            run.total.merge(&totals);
+            if self.batch_in_epoch < batches {
+                // --max-steps ended the run inside the epoch
+                let last = run.last.clone();
+                self.save(&last, &mut run)?;
                 break;
             }
-            let mut pf = Prefetcher::spawn(
-                data.epoch(self.epoch, self.batch_in_epoch, memory)?,
-                self.config.prefetch_depth,
-            )?;
-            let epoch_start = Instant::now();
-            let (mut ep_loss_sum, mut ep_loss_n, mut ep_wait, mut ep_images) =
-                (0.0, 0u64, Duration::ZERO, 0u64);
-            let mut window_start = Instant::now();
-            let (mut win_loss, mut win_miss): (Option<Tensor>, Option<Tensor>) = (None, None);
-            let (mut win_steps, mut win_images) = (0u64, 0u64);
-            let mut next = match pf.next_batch() {
-                Some(b) => Some(b?.upload(device, &self.dnorm)?),
-                None => None,
-            };
-            while let Some(cur) = next.take() {
-                if cur.epoch != self.epoch || cur.index != self.batch_in_epoch {
-                    return Err(TrainError::Data(format!(
-                        "expected batch {} of epoch {}, the source gave batch {} of epoch {}",
-                        self.batch_in_epoch, self.epoch, cur.index, cur.epoch
-                    )));
-                }
-                let n = cur.labels.size()[0] as u64;
-                let (loss, miss) = self.train_step(&cur)?;
-                self.batch_in_epoch += 1;
-                // Batch i+1: staged by the thread during step i; its copy is enqueued
-                // behind step i's kernels.
-                let stop_now = reached_max(self.step) || self.batch_in_epoch >= bpe;
-                if !stop_now {
-                    next = match pf.next_batch() {
-                        Some(b) => Some(b?.upload(device, &self.dnorm)?),
-                        None => None,
-                    };
-                }
-                win_loss = Some(match win_loss {
-                    None => loss,
-                    Some(s) => s + loss,
-                });
-                win_miss = Some(match win_miss {
-                    None => miss,
-                    Some(s) => s + miss,
-                });
-                win_steps += 1;
-                win_images += n;
-                on_event(Event::Step {
-                    step: self.step,
-                    epoch: self.epoch,
-                    index: self.batch_in_epoch - 1,
-                    of: bpe,
-                });
-                if win_steps == self.config.log_every || stop_now {
-                    self.sync();
-                    let elapsed = window_start.elapsed();
-                    let waited = pf.take_waited();
-                    let loss =
-                        win_loss.take().map_or(0.0, |t| t.double_value(&[])) / win_steps as f64;
-                    let miss = win_miss.take().map_or(0.0, |t| t.double_value(&[]));
-                    if !loss.is_finite() {
-                        return Err(TrainError::Diverged {
-                            step: self.step,
-                            loss,
-                        });
-                    }
-                    let secs = elapsed.as_secs_f64().max(1e-9);
-                    let rec = MetricsRecord::Train {
-                        step: self.step,
-                        epoch: self.epoch,
-                        loss,
-                        top1_err: miss / win_images as f64,
-                        lr: self.schedule.lr,
-                        images_per_s: win_images as f64 / secs,
-                        data_wait_share: (waited.as_secs_f64() / secs).min(1.0),
-                    };
-                    metrics.write(&rec)?;
-                    on_event(Event::Record(&rec));
-                    ep_loss_sum += loss * win_steps as f64;
-                    ep_loss_n += win_steps;
-                    ep_wait += waited;
-                    ep_images += win_images;
-                    win_steps = 0;
-                    win_images = 0;
-                    window_start = Instant::now();
-                }
-                if self.batch_in_epoch >= bpe {
-                    break;
-                }
-                if reached_max(self.step) {
-                    drop(pf);
-                    self.save_checkpoint(&last)?;
-                    on_event(Event::Checkpoint(&last));
-                    let t = epoch_start.elapsed();
-                    total_wait += ep_wait;
-                    total_time += t;
-                    total_images += ep_images;
-                    break 'epochs;
-                }
-                if self.config.checkpoint_every > 0
-                    && self.step.is_multiple_of(self.config.checkpoint_every)
-                {
-                    self.save_checkpoint(&last)?;
-                    on_event(Event::Checkpoint(&last));
-                }
-            }
-            drop(pf);
-            if self.batch_in_epoch < bpe {
-                return Err(TrainError::Data(format!(
-                    "epoch {} ended after {} of {bpe} batches",
-                    self.epoch, self.batch_in_epoch
-                )));
-            }
-            let ep_time = epoch_start.elapsed();
-            total_wait += ep_wait;
-            total_time += ep_time;
-            total_images += ep_images;
-            // End of epoch: validate, step the schedule, checkpoint.
-            let val_result = match val {
-                Some(v) => {
-                    on_event(Event::EvalStart {
-                        total: self.config.val_limit.map_or(v.len(), |l| l.min(v.len())) as u64,
-                    });
-                    Some(self.evaluate(v, EvalMode::Centre, self.config.val_limit)?)
-                }
-                None => None,
-            };
-            let ended = self.epoch;
-            self.schedule
-                .end_epoch(ended, val_result.map(|r| r.top1_err));
-            self.epoch += 1;
-            self.batch_in_epoch = 0;
-            let secs = ep_time.as_secs_f64().max(1e-9);
-            let rec = MetricsRecord::Epoch {
-                step: self.step,
-                epoch: ended,
-                train_loss: if ep_loss_n > 0 {
-                    ep_loss_sum / ep_loss_n as f64
-                } else {
-                    f64::NAN
-                },
-                val_top1_err: val_result.map(|r| r.top1_err),
-                val_top5_err: val_result.map(|r| r.top5_err),
-                lr: self.schedule.lr,
-                images_per_s: ep_images as f64 / secs,
-                data_wait_share: (ep_wait.as_secs_f64() / secs).min(1.0),
-            };
-            metrics.write(&rec)?;
-            on_event(Event::Record(&rec));
-            self.save_checkpoint(&last)?;
-            on_event(Event::Checkpoint(&last));
-            if let Some(r) = val_result {
-                if self.best_top1.is_none_or(|b| r.top1_err < b) {
-                    self.best_top1 = Some(r.top1_err);
-                    let best = self.out_dir.join(BEST_CHECKPOINT);
-                    self.save_checkpoint(&best)?;
-                    on_event(Event::Checkpoint(&best));
-                }
-                last_val = Some(r);
-            }
+            let result = self.validate(val, &mut run)?;
+            self.end_epoch(result, &totals, &mut run)?;
         }
-
-        let finished = self.epoch >= self.config.epochs;
-        let final_eval = match val {
-            Some(v) if finished => {
-                let mode = if self.config.final_ten_crop {
-                    EvalMode::TenCrop
-                } else {
-                    EvalMode::Centre
-                };
-                on_event(Event::EvalStart {
-                    total: v.len() as u64,
-                });
-                let r = self.evaluate(v, mode, None)?;
-                let rec = MetricsRecord::Eval {
-                    step: self.step,
-                    mode: mode.as_str().into(),
-                    images: r.images,
-                    top1_err: r.top1_err,
-                    top5_err: r.top5_err,
-                };
-                metrics.write(&rec)?;
-                on_event(Event::Record(&rec));
-                Some((mode, r))
-            }
-            _ => None,
-        };
-        let secs = total_time.as_secs_f64().max(1e-9);
+        let final_eval = self.final_evaluation(val, &mut run)?;
+        self.writer.finish()?;
         Ok(TrainOutcome {
             steps: self.step,
             epochs_done: self.epoch,
-            last_val,
+            last_val: run.last_val,
             final_eval,
-            images_per_s: total_images as f64 / secs,
-            data_wait_share: (total_wait.as_secs_f64() / secs).min(1.0),
-            checkpoint: last,
+            images_per_s: run.total.images_per_s(),
+            data_wait_share: run.total.wait_share(),
+            checkpoint: run.last,
         })
+    }
+
+    /// The steps of one epoch from the current position: batches from the prefetch
+    /// thread, a metrics window every `log_every` steps, a checkpoint every
+    /// `checkpoint_every` steps. Returns the epoch's totals.
+    fn train_epoch(
+        &mut self,
+        data: &mut dyn TrainData,
+        batches: u64,
+        run: &mut RunState<'_>,
+    ) -> Result<Totals> {
+        let memory = HostMemory::for_device(self.model.device());
+        let source = data.epoch(self.epoch, self.batch_in_epoch, memory)?;
+        let mut pf = Prefetcher::spawn(source, self.config.prefetch_depth)?;
+        let mut window = Window::new();
+        let mut first_window = true;
+        let mut next = self.fetch(&mut pf)?;
+        while let Some(batch) = next.take() {
+            self.check_position(&batch)?;
+            let images = batch.labels.size()[0] as u64;
+            let (loss, misses) = self.train_step(&batch)?;
+            self.batch_in_epoch += 1;
+            let last = self.reached_max_steps() || self.batch_in_epoch >= batches;
+            if !last {
+                // Batch i+1 was staged by the thread during step i. On CUDA its copy
+                // runs on the copy stream beside step i's kernels; its normalisation
+                // is queued behind them, waiting for the copy's event.
+                next = self.fetch(&mut pf)?;
+            }
+            window.add(loss, misses, images);
+            (run.on_event)(Event::Step {
+                step: self.step,
+                epoch: self.epoch,
+                index: self.batch_in_epoch - 1,
+                of: batches,
+            });
+            if window.steps() == self.config.log_every || last {
+                // The first window holds the warm-up, the last ends the epoch: waiting
+                // for the device there makes every window's wall time its own.
+                if first_window || last {
+                    self.sync();
+                }
+                first_window = false;
+                let closed = window.close(WindowEnd {
+                    step: self.step,
+                    epoch: self.epoch,
+                    lr: self.schedule.lr,
+                    waited: pf.take_waited(),
+                })?;
+                run.close_window(closed, last)?;
+            }
+            if !last
+                && self.config.checkpoint_every > 0
+                && self.step.is_multiple_of(self.config.checkpoint_every)
+            {
+                let last_path = run.last.clone();
+                self.save(&last_path, run)?;
+            }
+        }
+        drop(pf);
+        if self.batch_in_epoch < batches && !self.reached_max_steps() {
+            return Err(TrainError::ShortEpoch {
+                epoch: self.epoch,
+                got: self.batch_in_epoch,
+                want: batches,
+            });
+        }
+        Ok(std::mem::take(&mut run.epoch))
+    }
+
+    /// The next batch from the prefetch thread, its copy to the device queued.
+    fn fetch(&mut self, pf: &mut Prefetcher) -> Result<Option<DeviceBatch>> {
+        match pf.next_batch() {
+            Some(staged) => {
+                let device = self.model.device();
+                Ok(Some(staged?.upload(
+                    device,
+                    &self.dnorm,
+                    self.transfer.as_mut(),
+                )?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn check_position(&self, batch: &DeviceBatch) -> Result<()> {
+        if batch.epoch != self.epoch || batch.index != self.batch_in_epoch {
+            return Err(TrainError::OutOfOrder {
+                want_epoch: self.epoch,
+                want_index: self.batch_in_epoch,
+                epoch: batch.epoch,
+                index: batch.index,
+            });
+        }
+        Ok(())
+    }
+
+    /// The centre-crop validation at an epoch end (at most `val_limit` images).
+    fn validate(
+        &mut self,
+        val: Option<&Dataset>,
+        run: &mut RunState<'_>,
+    ) -> Result<Option<EvalResult>> {
+        let Some(v) = val else { return Ok(None) };
+        (run.on_event)(Event::EvalStart {
+            total: self.config.val_limit.map_or(v.len(), |l| l.min(v.len())) as u64,
+        });
+        Ok(Some(self.evaluate(
+            v,
+            EvalMode::Centre,
+            self.config.val_limit,
+        )?))
+    }
+
+    /// After an epoch's validation: the schedule, the epoch's record, `last` and (on a
+    /// new best validation error) `best` checkpoints.
+    fn end_epoch(
+        &mut self,
+        val: Option<EvalResult>,
+        totals: &Totals,
+        run: &mut RunState<'_>,
+    ) -> Result<()> {
+        let ended = self.epoch;
+        self.schedule.end_epoch(ended, val.map(|r| r.top1_err));
+        self.epoch += 1;
+        self.batch_in_epoch = 0;
+        run.record(&MetricsRecord::Epoch {
+            step: self.step,
+            epoch: ended,
+            train_loss: totals.mean_loss(),
+            val_top1_err: val.map(|r| r.top1_err),
+            val_top5_err: val.map(|r| r.top5_err),
+            lr: self.schedule.lr,
+            images_per_s: totals.images_per_s(),
+            data_wait_share: totals.wait_share(),
+        })?;
+        let last = run.last.clone();
+        self.save(&last, run)?;
+        if let Some(r) = val {
+            if self.best_top1.is_none_or(|b| r.top1_err < b) {
+                self.best_top1 = Some(r.top1_err);
+                let best = self.out_dir.join(BEST_CHECKPOINT);
+                self.save(&best, run)?;
+            }
+            run.last_val = Some(r);
+        }
+        Ok(())
+    }
+
+    /// After the last epoch: the validation set once more, ten-crop when configured.
+    fn final_evaluation(
+        &mut self,
+        val: Option<&Dataset>,
+        run: &mut RunState<'_>,
+    ) -> Result<Option<(EvalMode, EvalResult)>> {
+        let Some(v) = val.filter(|_| self.epoch >= self.config.epochs) else {
+            return Ok(None);
+        };
+        let mode = if self.config.final_ten_crop {
+            EvalMode::TenCrop
+        } else {
+            EvalMode::Centre
+        };
+        (run.on_event)(Event::EvalStart {
+            total: v.len() as u64,
+        });
+        let r = self.evaluate(v, mode, None)?;
+        run.record(&MetricsRecord::Eval {
+            step: self.step,
+            mode: mode.as_str().into(),
+            images: r.images,
+            top1_err: r.top1_err,
+            top5_err: r.top5_err,
+        })?;
+        Ok(Some((mode, r)))
+    }
+
+    /// A checkpoint of the current state: copied to the host here, written by the
+    /// background writer while training goes on.
+    fn save(&mut self, path: &Path, run: &mut RunState<'_>) -> Result<()> {
+        let ck = self.capture()?;
+        self.writer.write(path, ck)?;
+        (run.on_event)(Event::Checkpoint(path));
+        Ok(())
     }
 
     /// The compute-only ceiling: `steps` training steps on one synthetic uint8 batch
@@ -608,7 +762,7 @@ impl Trainer {
         // Windows at the origin (the mean image, if any, is at least the crop's size).
         let windows =
             Tensor::f_zeros([bs, 3], (Kind::Int64, device)).ctx(|| "synthetic windows".into())?;
-        let run = |n: u64, this: &mut Trainer| -> Result<()> {
+        let steps_of = |n: u64, this: &mut Trainer| -> Result<()> {
             for _ in 0..n {
                 // The same on-device normalisation as the real loop.
                 let input =
@@ -625,9 +779,9 @@ impl Trainer {
             this.sync();
             Ok(())
         };
-        run(warmup, self)?;
+        steps_of(warmup, self)?;
         let t = Instant::now();
-        run(steps, self)?;
+        steps_of(steps, self)?;
         Ok((steps as f64 * bs as f64) / t.elapsed().as_secs_f64().max(1e-9))
     }
 }

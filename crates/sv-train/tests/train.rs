@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, Dataset, DatasetWriter, WriterConfig};
-use sv_train::Device;
 use sv_train::checkpoint;
-use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
+use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
 use sv_train::eval::EvalMode;
 use sv_train::input::{Normalization, PixelMean};
 use sv_train::schedule::ScheduleConfig;
 use sv_train::trainer::TrainData;
 use sv_train::trainer::{LAST_CHECKPOINT, TrainConfig, Trainer};
+use sv_train::{Device, TrainError};
 
 const SIDE: u32 = 72;
 
@@ -92,6 +92,7 @@ fn config(max_steps: Option<u64>) -> TrainConfig {
             threshold: 0.0,
             factor: 0.1,
             min_lr: 1e-6,
+            max_drops: 3,
         },
         seed: 11,
         checkpoint_every: 2,
@@ -101,11 +102,22 @@ fn config(max_steps: Option<u64>) -> TrainConfig {
     }
 }
 
+/// [`config`] without a step limit, for `epochs` epochs.
+fn config_for_epochs(epochs: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        ..config(None)
+    }
+}
+
 fn source(data: &Arc<Dataset>, seed: u64) -> ShardSource {
-    let lighting = Lighting {
-        eigval: [30.0, 5.0, 1.0],
+    // [0, 1]-scale eigenvalues: with std 0.1, offsets of about 3, 0.5 and 0.1 grey
+    // levels along the three components
+    let lighting = sv_pipeline::Lighting {
+        eigval: [30.0 / 255.0, 5.0 / 255.0, 1.0 / 255.0],
         eigvec: [[0.58, -0.7, 0.4], [0.58, 0.0, -0.8], [0.58, 0.7, 0.4]],
-        sigma: 0.1,
+        convention: sv_pipeline::LightingConvention::Paper,
+        std: 0.1,
     };
     ShardSource::new(
         data.clone(),
@@ -224,10 +236,11 @@ fn tiny_model_learns_well_above_chance() {
         std: [50.0; 3],
         mean_image: None,
     };
+    // lr 0.005: at 0.01 the tiny model's loss sometimes jumps (seen in some seeds)
     let cfg = TrainConfig {
         epochs: 3,
         max_steps: None,
-        lr: 0.01,
+        lr: 0.005,
         schedule: ScheduleConfig::Constant,
         checkpoint_every: 0,
         log_every: 8,
@@ -366,7 +379,7 @@ fn lrn_matches_pytorch_local_response_norm() {
     };
     let (input, want) = (nums("input"), nums("output"));
     let x = tch::Tensor::from_slice(&input).reshape(&shape);
-    let y = sv_train::lrn::local_response_norm(&x, sv_train::lrn::LrnParams::PAPER).unwrap();
+    let y = sv_train::lrn::local_response_norm(&x, sv_train::lrn::LrnParams::PAPER, 1).unwrap();
     let got: Vec<f64> = Vec::try_from(y.flatten(0, -1)).unwrap();
     let mut changed = 0;
     for (i, ((g, w), a)) in got.iter().zip(&want).zip(&input).enumerate() {
@@ -386,12 +399,15 @@ fn lrn_matches_pytorch_local_response_norm() {
 
 /// CUDA only (skipped, with a note, where libtorch sees no GPU): the same seed gives
 /// the same weights on both devices; an eval-mode forward (no dropout) and one update
-/// of the paper's rule agree with the CPU to float tolerance; and the trainer runs on
-/// CUDA through the pipeline and pinned staging.
+/// of the paper's rule agree with the CPU (fp32; libtorch lets cuDNN use TF32 for
+/// convolutions, hence 5e-3); bf16 with channels-last agrees to bf16's precision; and
+/// the trainer runs on CUDA through the pipeline, pinned staging and the copy stream
+/// in every precision, channels-last on and off.
 #[test]
 fn cuda_matches_cpu() {
     use sv_train::model::{Model, ModelSpec};
     use sv_train::optim::{PaperSgd, SgdConfig};
+    use sv_train::params::Precision;
     use tch::{Kind, Tensor};
     if !sv_train::cuda_available() {
         eprintln!("cuda_matches_cpu: skipped, no CUDA device");
@@ -399,40 +415,59 @@ fn cuda_matches_cpu() {
     }
     let _g = lock();
     let spec = ModelSpec::by_name("alexnet-tiny", 4).unwrap();
+    let host = |t: &Tensor| {
+        Vec::<f32>::try_from(
+            t.detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .flatten(0, -1),
+        )
+        .unwrap()
+    };
     let mut results = Vec::new();
-    for device in [Device::Cpu, Device::Cuda(0)] {
+    let cases = [
+        (Device::Cpu, Precision::Fp32, false),
+        (Device::Cuda(0), Precision::Fp32, false),
+        (Device::Cuda(0), Precision::Bf16, true),
+    ];
+    for (device, precision, channels_last) in cases {
         tch::manual_seed(5);
-        let model = Model::new(&spec, device).unwrap();
+        let model = Model::with_precision(&spec, device, precision).unwrap();
         tch::manual_seed(6);
-        let x = Tensor::randn([8, 3, 63, 63], (Kind::Float, Device::Cpu)).to_device(device);
+        let mut x = Tensor::randn([8, 3, 63, 63], (Kind::Float, Device::Cpu)).to_device(device);
+        if channels_last {
+            x = x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 3, 2, 1, 0]).to_device(device);
         let logits = model.forward(&x, false).unwrap();
+        assert_eq!(logits.kind(), Kind::Float, "fp32 logits in every precision");
         logits.cross_entropy_for_logits(&y).backward();
-        let mut opt = PaperSgd::new(model.params(), SgdConfig::default()).unwrap();
-        opt.step(model.params(), 0.01).unwrap();
-        let w: Vec<Vec<f32>> = model
-            .params()
-            .iter()
-            .map(|p| {
-                Vec::<f32>::try_from(p.detach().to_device(Device::Cpu).flatten(0, -1)).unwrap()
-            })
-            .collect();
-        results.push((
-            Vec::<f32>::try_from(logits.detach().to_device(Device::Cpu).flatten(0, -1)).unwrap(),
-            w,
-        ));
+        let mut opt = PaperSgd::new(model.store(), SgdConfig::default()).unwrap();
+        opt.step(model.store(), 0.01).unwrap();
+        let w: Vec<Vec<f32>> = model.store().master_views().iter().map(host).collect();
+        results.push((host(&logits), w));
     }
-    let close = |a: &[f32], b: &[f32], what: &str| {
+    let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
         for (i, (p, q)) in a.iter().zip(b).enumerate() {
             assert!(
-                (p - q).abs() <= 1e-3 * p.abs().max(1.0),
+                (p - q).abs() <= tol * scale,
                 "{what}[{i}]: cpu {p} cuda {q}"
             );
         }
     };
-    close(&results[0].0, &results[1].0, "logits");
+    close(&results[0].0, &results[1].0, 5e-3, "fp32 logits");
     for (i, (a, b)) in results[0].1.iter().zip(&results[1].1).enumerate() {
-        close(a, b, &format!("param {i} after one step"));
+        close(a, b, 5e-3, &format!("fp32 param {i} after one step"));
+    }
+    close(
+        &results[0].0,
+        &results[2].0,
+        5e-2,
+        "bf16 channels-last logits",
+    );
+    for (i, (a, b)) in results[0].1.iter().zip(&results[2].1).enumerate() {
+        close(a, b, 5e-2, &format!("bf16 param {i} after one step"));
     }
 
     let tmp = tempfile::tempdir().unwrap();
@@ -442,13 +477,261 @@ fn cuda_matches_cpu() {
         std: [50.0; 3],
         mean_image: None,
     };
-    let dir = tmp.path().join("cuda");
-    let mut t = Trainer::new(config(Some(7)), classes(4), norm, Device::Cuda(0), &dir).unwrap();
-    let out = t.run(&mut pipeline(&train, 11), None, &mut |_| {}).unwrap();
-    assert_eq!(out.steps, 7);
+    for (precision, channels_last) in [
+        (None, None),
+        (Some(Precision::Fp16), Some(true)),
+        (Some(Precision::Fp32), Some(false)),
+    ] {
+        let dir = tmp
+            .path()
+            .join(format!("cuda-{precision:?}-{channels_last:?}"));
+        let cfg = TrainConfig {
+            precision,
+            channels_last,
+            ..config(Some(7))
+        };
+        let mut t = Trainer::new(cfg, classes(4), norm.clone(), Device::Cuda(0), &dir).unwrap();
+        let out = t.run(&mut pipeline(&train, 11), None, &mut |_| {}).unwrap();
+        assert_eq!(out.steps, 7);
+        assert!(
+            weights(&dir.join(LAST_CHECKPOINT))
+                .iter()
+                .all(|(_, w)| w.iter().all(|v| v.is_finite())),
+            "{precision:?} {channels_last:?}"
+        );
+    }
+}
+
+/// A damaged record reaches the caller as the pipeline's own error, with the shard
+/// and record it names kept as the source (not flattened into a string).
+#[test]
+fn a_damaged_record_is_a_typed_pipeline_error() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train");
+    let train = make_set(&dir, Split::Train, 4, 4, 1);
+    drop(train);
+    // one byte in the middle of the first shard: inside an image's payload
+    let shard = dir.join("train-00000.svs");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5A;
+    std::fs::write(&shard, bytes).unwrap();
+    let train = Arc::new(Dataset::open(&dir).unwrap());
+    let config = sv_pipeline::LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        seed: 1,
+        verify: true,
+        augment: sv_pipeline::Augment::train(63),
+        ..Default::default()
+    };
+    let mut source = PipelineSource::new(train, config).unwrap();
+    let mut t = Trainer::new(
+        config_for_epochs(2),
+        classes(4),
+        Normalization::default(),
+        Device::Cpu,
+        &tmp.path().join("out"),
+    )
+    .unwrap();
+    let err = t.run(&mut source, None, &mut |_| {}).unwrap_err();
+    let TrainError::Pipeline(inner) = &err else {
+        panic!("expected a pipeline error, got {err:?}")
+    };
     assert!(
-        weights(&dir.join(LAST_CHECKPOINT))
-            .iter()
-            .all(|(_, w)| w.iter().all(|v| v.is_finite()))
+        matches!(inner, sv_pipeline::Error::Record { .. }),
+        "{inner:?}"
     );
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("train-00000.svs") && chain.contains("checksum"),
+        "{chain}"
+    );
+}
+
+/// The per-step training losses of a run, from its metrics (log_every 1).
+fn step_losses(dir: &Path) -> Vec<f64> {
+    sv_train::metrics::read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            sv_train::metrics::MetricsRecord::Train { loss, .. } => Some(loss),
+            _ => None,
+        })
+        .collect()
+}
+
+/// On the CPU, the speed paths train the same net. Over 8 steps from the same init
+/// and batches (lr 0.001), compared with plain fp32:
+/// - channels-last fp32: losses within 1e-5, final weights within 1e-4 of the
+///   distance fp32's weights moved;
+/// - bf16 (channels-last) and fp16 (loss scale 256, no step skipped): the first
+///   step's loss (the forward pass alone) within 0.5%, every step's within 8%, and
+///   final weights within 35% (bf16) and 30% (fp16) of fp32's movement. Reduced
+///   precision compounds towards the input: at init, bf16's conv1 weight gradient
+///   here is some 20% off fp32's, as under torch.autocast. A missing or doubled
+///   update would be off by about 100%.
+#[test]
+fn precisions_and_layouts_track_fp32() {
+    use sv_train::params::Precision;
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 16, 1); // 8 batches
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+        mean_image: None,
+    };
+    let run = |name: &str, precision: Precision, channels_last: bool| {
+        let dir = tmp.path().join(name);
+        let cfg = TrainConfig {
+            precision: Some(precision),
+            channels_last: Some(channels_last),
+            // a scale at which no gradient overflows: no step is skipped
+            loss_scale: Some(256.0),
+            log_every: 1,
+            checkpoint_every: 0,
+            lr: 0.001,
+            ..config(Some(8))
+        };
+        let mut t = Trainer::new(cfg, classes(4), norm.clone(), Device::Cpu, &dir).unwrap();
+        t.save_checkpoint(&dir.join("init.safetensors")).unwrap();
+        t.run(&mut source(&train, 11), None, &mut |_| {}).unwrap();
+        let ck = checkpoint::load(&dir.join(LAST_CHECKPOINT)).unwrap();
+        if precision == Precision::Fp16 {
+            let scaler = ck
+                .meta
+                .loss_scale
+                .expect("fp16 checkpoints keep the scaler");
+            assert_eq!(scaler.skipped, 0, "no step skipped at scale 256");
+        }
+        (step_losses(&dir), dir)
+    };
+    let flat = |path: &Path| -> Vec<f32> {
+        checkpoint::load(path)
+            .unwrap()
+            .params
+            .iter()
+            .flat_map(|(_, t)| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap())
+            .collect()
+    };
+    let dist = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (reference, ref_dir) = run("fp32", Precision::Fp32, false);
+    assert_eq!(reference.len(), 8);
+    let init = flat(&ref_dir.join("init.safetensors"));
+    let ref_final = flat(&ref_dir.join(LAST_CHECKPOINT));
+    let moved = dist(&init, &ref_final);
+    assert!(moved > 0.0);
+    for (name, precision, channels_last, first_tol, tol, weight_tol) in [
+        ("fp32-cl", Precision::Fp32, true, 1e-5, 1e-5, 1e-4),
+        ("bf16-cl", Precision::Bf16, true, 0.005, 0.08, 0.35),
+        ("fp16", Precision::Fp16, false, 0.005, 0.08, 0.30),
+    ] {
+        let (got, dir) = run(name, precision, channels_last);
+        assert_eq!(
+            flat(&dir.join("init.safetensors")),
+            init,
+            "{name}: same init"
+        );
+        assert!(
+            (got[0] - reference[0]).abs() <= first_tol * reference[0],
+            "{name} first step: {} vs fp32 {}",
+            got[0],
+            reference[0]
+        );
+        for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+            assert!((g - r).abs() <= tol * r, "{name} step {i}: {g} vs fp32 {r}");
+        }
+        let off = dist(&flat(&dir.join(LAST_CHECKPOINT)), &ref_final) / moved;
+        assert!(
+            off <= weight_tol,
+            "{name}: final weights off by {off} of fp32's movement"
+        );
+    }
+}
+
+/// fp16 from a loss scale far too large: the first steps overflow and are skipped
+/// (the scale halves each time, nothing else changes), then training proceeds: the
+/// weights move, the loss stays finite, and the checkpoint keeps the scaler's state.
+#[test]
+fn fp16_skips_overflowing_steps_and_recovers() {
+    use sv_train::params::Precision;
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 16, 1);
+    let dir = tmp.path().join("fp16");
+    let cfg = TrainConfig {
+        precision: Some(Precision::Fp16),
+        loss_scale: Some(2f64.powi(30)),
+        log_every: 4,
+        checkpoint_every: 0,
+        lr: 0.001,
+        ..config(Some(16))
+    };
+    let norm = Normalization {
+        mean: [60.0; 3],
+        std: [50.0; 3],
+        mean_image: None,
+    };
+    let mut t = Trainer::new(cfg, classes(4), norm, Device::Cpu, &dir).unwrap();
+    t.save_checkpoint(&dir.join("init.safetensors")).unwrap();
+    t.run(&mut source(&train, 11), None, &mut |_| {}).unwrap();
+    let ck = checkpoint::load(&dir.join(LAST_CHECKPOINT)).unwrap();
+    let s = ck.meta.loss_scale.unwrap();
+    assert!(
+        s.skipped >= 1 && s.skipped < 16,
+        "{} steps skipped",
+        s.skipped
+    );
+    assert_eq!(
+        s.scale,
+        2f64.powi(30) / 2f64.powi(s.skipped as i32),
+        "halved per skip"
+    );
+    assert_eq!(u64::from(s.good_steps), 16 - s.skipped);
+    let init = weights(&dir.join("init.safetensors"));
+    let last = weights(&dir.join(LAST_CHECKPOINT));
+    assert_ne!(init[0].1, last[0].1, "the good steps moved the weights");
+    assert!(last.iter().all(|(_, w)| w.iter().all(|v| v.is_finite())));
+    assert!(step_losses(&dir).iter().all(|l| l.is_finite()));
+}
+
+/// Checkpoints are written in the background, but a failed write still fails the run,
+/// naming the file (here `last.safetensors` is a folder), and no temporary is left.
+#[test]
+fn a_failed_background_checkpoint_fails_the_run() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 4, 1);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join(LAST_CHECKPOINT)).unwrap();
+    let mut t = Trainer::new(
+        config(Some(3)),
+        classes(4),
+        Normalization::default(),
+        Device::Cpu,
+        &out,
+    )
+    .unwrap();
+    let err = t
+        .run(&mut source(&train, 1), None, &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, TrainError::File(_)), "{err:?}");
+    assert!(err.to_string().contains(LAST_CHECKPOINT), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -59,13 +59,13 @@ pub struct PipelineArgs {
     #[arg(long, value_name = "DIR")]
     shards: PathBuf,
     /// Samples per batch.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 128, value_parser = sv_cli::args::at_least_one::<u64>)]
     batch_size: u64,
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    workers: Option<u64>,
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
+    workers: Option<usize>,
     /// Batches to time (epochs repeat as needed).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = sv_cli::args::at_least_one::<u64>)]
     batches: u64,
     /// Batches to run before the clock starts (they still count in the digest).
     #[arg(long, default_value_t = 0)]
@@ -177,6 +177,8 @@ impl Memory {
 
 /// Run a `bench` command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // The loader reads shards through memory maps (see `shard::run`).
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Pipeline(args) => pipeline(args),
     }
@@ -242,11 +244,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             None => Normalize::imagenet(),
         }),
     };
-    let workers = args
-        .workers
-        .unwrap_or(num_cpus::get() as u64)
-        .try_into()
-        .context("--workers is too large")?;
+    let workers = args.workers.unwrap_or_else(num_cpus::get);
     let config = LoaderConfig {
         batch_size: usize::try_from(args.batch_size).context("--batch-size is too large")?,
         workers,

@@ -40,11 +40,11 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "FILE.npy")]
     mean_image: Option<PathBuf>,
     /// Use a seeded subset of N records for a quick estimate.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<u64>)]
     sample: Option<u64>,
     /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    workers: Option<u64>,
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
+    workers: Option<usize>,
     /// Seed of the --sample draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -56,12 +56,15 @@ pub struct ComputeArgs {
 
 /// Run a `pca` command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // The pass reads shards through memory maps (see `shard::run`).
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Compute(args) => compute(args),
     }
 }
 
 fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
+    check_outputs(&args)?;
     let dataset = Dataset::open(&args.shards)
         .with_context(|| format!("opening shard dataset {}", args.shards.display()))?;
     if dataset.is_empty() {
@@ -71,9 +74,7 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
         );
     }
     let config = ComputeConfig {
-        workers: args
-            .workers
-            .map_or_else(num_cpus::get, |w| usize::try_from(w).unwrap_or(usize::MAX)),
+        workers: args.workers.unwrap_or_else(num_cpus::get),
         sample: args.sample,
         seed: args.seed,
         verify: !args.no_verify,
@@ -89,8 +90,12 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
     bar.finish_and_clear();
 
     let mut stats = computed.stats;
+    // Unusable statistics (a channel without variance) are refused before either
+    // file is written.
+    stats
+        .validate(&args.output)
+        .context("the statistics cannot be used")?;
     if let Some(path) = &args.mean_image {
-        ensure_parent(path)?;
         computed
             .mean_image
             .save_npy(path)
@@ -100,7 +105,6 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
             computed.mean_image.side,
         ));
     }
-    ensure_parent(&args.output)?;
     stats.save(&args.output).context("writing the statistics")?;
 
     let bytes = stats.pixels as f64 * 3.0;
@@ -132,6 +136,27 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
         sv_cli::outln!("wrote {}", path.display());
     }
     Ok(0)
+}
+
+/// Refuse output paths that cannot be written before the pass, not after it: a
+/// folder or other non-file at either path, or one path given for both files.
+fn check_outputs(args: &ComputeArgs) -> anyhow::Result<()> {
+    let mut outputs = vec![("--output", &args.output)];
+    if let Some(npy) = &args.mean_image {
+        if npy == &args.output {
+            bail!(
+                "--output and --mean-image both name {}: give two files",
+                npy.display()
+            );
+        }
+        outputs.push(("--mean-image", npy));
+    }
+    for (flag, path) in outputs {
+        sv_core::fs::check_write_target(path)
+            .with_context(|| format!("{flag} {} cannot be written", path.display()))?;
+        ensure_parent(path)?;
+    }
+    Ok(())
 }
 
 fn fmt3(v: &[f64; 3]) -> String {

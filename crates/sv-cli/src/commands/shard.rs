@@ -129,7 +129,7 @@ pub struct VerifyArgs {
     /// The dataset folder.
     dir: PathBuf,
     /// Threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = sv_cli::args::at_least_one::<usize>)]
     workers: Option<usize>,
 }
 
@@ -144,8 +144,9 @@ pub struct InspectArgs {
     /// classes), its first records left to right.
     #[arg(long, value_name = "FILE.png")]
     sheet: Option<PathBuf>,
-    /// Records per row of the contact sheet.
-    #[arg(long, default_value_t = 8)]
+    /// Records per row of the contact sheet (at most what fits in a sheet 16,384
+    /// pixels wide).
+    #[arg(long, default_value_t = 8, value_parser = sv_cli::args::at_least_one::<usize>)]
     per_class: usize,
 }
 
@@ -166,6 +167,9 @@ pub struct ExportArgs {
 
 /// Run a shard command.
 pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    // inspect and export read shards through memory maps: a shard truncated under
+    // them by another program ends in a message naming it, not a bare bus error.
+    sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Build(a) => build(a),
         Cmd::Merge(a) => merge(a),
@@ -483,7 +487,7 @@ fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
         }
     }
     if let Some(sheet) = &a.sheet {
-        let (rows, cols) = contact_sheet(&ds, sheet, a.per_class.max(1))?;
+        let (rows, cols) = contact_sheet(&ds, sheet, a.per_class)?;
         if !a.json {
             sv_cli::outln!(
                 "contact sheet: {} ({rows} classes x up to {cols} records)",
@@ -494,9 +498,19 @@ fn inspect(a: InspectArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// A grid: one row per class (the first 16), its first `per_class` records.
+/// The widest (and tallest) contact sheet drawn, in pixels: a PNG viewers open, and
+/// a bounded allocation (16384 x 2082 RGB is about 100 MB).
+const MAX_SHEET_SIDE: u64 = 16384;
+/// Classes drawn on a contact sheet (a row each).
+const SHEET_CLASSES: usize = 16;
+
+/// A grid: one row per class (the first 16), its first `per_class` records. The
+/// sheet is as wide as the fullest row, and refused (before anything is drawn) when
+/// that row would not fit in [`MAX_SHEET_SIDE`] pixels.
 fn contact_sheet(ds: &Dataset, path: &Path, per_class: usize) -> anyhow::Result<(usize, usize)> {
-    let classes = ds.classes().len().min(16);
+    sv_core::fs::check_write_target(path)
+        .with_context(|| format!("--sheet {} cannot be written", path.display()))?;
+    let classes = ds.classes().len().min(SHEET_CLASSES);
     let mut picks: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for i in 0..ds.len() {
         let l = ds.label(i)? as usize;
@@ -504,13 +518,24 @@ fn contact_sheet(ds: &Dataset, path: &Path, per_class: usize) -> anyhow::Result<
             picks[l].push(i);
         }
     }
+    let cols = picks.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let side = ds.geometry().side;
     let tile = side.min(128);
-    let gap = 2;
-    let width = per_class as u32 * (tile + gap) + gap;
-    let height = classes as u32 * (tile + gap) + gap;
+    let gap = 2u32;
+    let cell = u64::from(tile + gap);
+    let extent = |n: usize| (n as u64).checked_mul(cell)?.checked_add(u64::from(gap));
+    let fits = |px: Option<u64>| px.filter(|&px| px <= MAX_SHEET_SIDE);
+    let (Some(width), Some(height)) = (fits(extent(cols)), fits(extent(classes.max(1)))) else {
+        bail!(
+            "--per-class {per_class}: a row of {cols} records of {tile} pixels would make \
+             the contact sheet wider than {MAX_SHEET_SIDE} pixels; at most {} records fit \
+             in a row",
+            (MAX_SHEET_SIDE - u64::from(gap)) / cell
+        );
+    };
+    // Both within MAX_SHEET_SIDE, so they fit in u32.
     let mut sheet =
-        image::RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([32, 32, 32]));
+        image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([32, 32, 32]));
     let mut scratch = Vec::new();
     for (row, ids) in picks.iter().enumerate() {
         for (col, &i) in ids.iter().enumerate() {
@@ -523,15 +548,21 @@ fn contact_sheet(ds: &Dataset, path: &Path, per_class: usize) -> anyhow::Result<
             } else {
                 image::imageops::resize(&img, tile, tile, image::imageops::FilterType::Triangle)
             };
-            let x = gap + col as u32 * (tile + gap);
-            let y = gap + row as u32 * (tile + gap);
-            image::imageops::replace(&mut sheet, &small, i64::from(x), i64::from(y));
+            let x = u64::from(gap) + col as u64 * cell;
+            let y = u64::from(gap) + row as u64 * cell;
+            image::imageops::replace(&mut sheet, &small, x as i64, y as i64);
         }
     }
-    sheet
-        .save(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok((classes, per_class))
+    write_png(path, &sheet)?;
+    Ok((classes, cols))
+}
+
+/// Encode `img` as PNG and write it atomically (nothing half-written is left behind).
+fn write_png(path: &Path, img: &image::RgbImage) -> anyhow::Result<()> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    sv_core::fs::write_atomic(path, &png).with_context(|| format!("writing {}", path.display()))
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<i32> {
@@ -566,10 +597,9 @@ fn export(a: ExportArgs) -> anyhow::Result<i32> {
             .map_or("unknown", |c| c.wnid.as_str());
         let name = format!("{i:08}_{}_{wnid}.png", rec.label);
         let path = a.output.join(&name);
-        image::RgbImage::from_raw(side, side, px)
-            .context("record has the wrong size for its geometry")?
-            .save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let img = image::RgbImage::from_raw(side, side, px)
+            .context("record has the wrong size for its geometry")?;
+        write_png(&path, &img)?;
         bar.inc(1);
     }
     bar.finish_and_clear();

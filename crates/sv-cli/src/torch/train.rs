@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use sv_shard::Dataset;
-use sv_stats::{Convention, MeanImage, PcaStats, PixelScale};
-use sv_train::data::{AugmentConfig, Lighting, PipelineSource, ShardSource};
-use sv_train::input::{Normalization, PixelMean};
+use sv_stats::{MeanImage, PcaStats};
+use sv_train::data::{AugmentConfig, PipelineSource, ShardSource};
+use sv_train::input::{InputScale, Normalization, PixelMean};
 use sv_train::metrics::MetricsRecord;
 use sv_train::model::{InitScheme, ModelSpec};
 use sv_train::optim::SgdConfig;
-use sv_train::schedule::ScheduleConfig;
+use sv_train::params::Precision;
+use sv_train::schedule::{PAPER_MAX_DROPS, ScheduleConfig};
 use sv_train::sv_pipeline;
+use sv_train::sv_pipeline::LightingConvention;
 use sv_train::trainer::{
     BEST_CHECKPOINT, Event, LAST_CHECKPOINT, METRICS_FILE, TrainConfig, TrainData, Trainer,
 };
@@ -46,9 +48,17 @@ pub struct Args {
     /// alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
     #[arg(long, default_value = "alexnet")]
     pub model: String,
-    /// Weight init: paper, torch, kaiming (default: the model's own).
-    #[arg(long)]
+    /// Weight init: paper (N(0, 0.01^2), the paper's biases), torch (PyTorch's
+    /// default), kaiming (He et al.). Default: the model's own (alexnet: paper;
+    /// alexnet-owt: torch; the tiny models: kaiming).
+    #[arg(long, value_name = "paper|torch|kaiming")]
     pub init: Option<String>,
+    /// Input values: `raw` = 0-255 minus the mean (image), nothing else (the paper,
+    /// section 2); `std` = also divided by the channel std of --stats (torchvision's
+    /// recipe). Default: the model's own (alexnet: raw; alexnet-owt and the tiny
+    /// models: std). Kept in the checkpoint for eval, predict and --resume.
+    #[arg(long, value_name = "raw|std")]
+    pub input_scale: Option<String>,
     /// Epochs in total (a resumed run counts the epochs already done).
     #[arg(long, default_value_t = 90)]
     pub epochs: u64,
@@ -67,15 +77,24 @@ pub struct Args {
     /// Weight decay.
     #[arg(long, default_value_t = 0.0005)]
     pub weight_decay: f64,
+    /// Apply weight decay to biases too. true: the paper's update rule decays every
+    /// parameter w; false: only weights, as Caffe's reference bvlc_alexnet
+    /// (decay_mult: 0 on biases).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub bias_decay: bool,
     /// plateau (divide when the val error stops improving), step, constant.
     #[arg(long, default_value = "plateau")]
     pub schedule: String,
-    /// Plateau: epochs without improvement before dividing.
-    #[arg(long, default_value_t = 1)]
+    /// Plateau: evaluations without improvement before dividing (4 keeps a noisy
+    /// --val-limit subset from cutting the rate early; see the README).
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_PATIENCE)]
     pub patience: u32,
     /// Plateau: decrease of the top-1 error (fraction) that counts as improvement.
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = ScheduleConfig::PAPER_THRESHOLD)]
     pub threshold: f64,
+    /// Plateau and step: divide at most this many times (the paper: 3).
+    #[arg(long, default_value_t = PAPER_MAX_DROPS)]
+    pub max_drops: u32,
     /// Step: divide every N epochs.
     #[arg(long, default_value_t = 30)]
     pub step_every: u32,
@@ -88,6 +107,23 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Number type of the forward and backward passes: bf16, fp16 (with dynamic loss
+    /// scaling) or fp32. Master weights, momentum, LRN, softmax and loss stay fp32.
+    /// Default: bf16 on CUDA, fp32 on the CPU.
+    #[arg(long, value_name = "bf16|fp16|fp32")]
+    pub precision: Option<String>,
+    /// Channels-last (NHWC) input and convolutions: the uint8 batch is already NHWC,
+    /// so it goes to the convolutions without a transpose. Default: true on CUDA,
+    /// false on the CPU.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub channels_last: Option<bool>,
+    /// Copy each batch to a CUDA device on a side stream that overlaps the previous
+    /// step (sv-c10); false copies on the compute stream, between steps.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub copy_stream: bool,
+    /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
+    #[arg(long, default_value_t = 65536.0)]
+    pub loss_scale: f64,
     /// Continue from OUT/last.safetensors (run-length flags apply; the rest is restored).
     #[arg(long)]
     pub resume: bool,
@@ -144,10 +180,12 @@ fn schedule(args: &Args) -> Result<ScheduleConfig> {
             threshold: args.threshold,
             factor,
             min_lr: 1e-7,
+            max_drops: args.max_drops,
         },
         "step" => ScheduleConfig::Step {
             every: args.step_every,
             factor,
+            max_drops: args.max_drops,
         },
         "constant" => ScheduleConfig::Constant,
         s => bail!("unknown --schedule {s} (plateau, step, constant)"),
@@ -162,6 +200,11 @@ fn config(args: &Args) -> Result<TrainConfig> {
             .as_deref()
             .map(str::parse::<InitScheme>)
             .transpose()?,
+        input_scale: args
+            .input_scale
+            .as_deref()
+            .map(str::parse::<InputScale>)
+            .transpose()?,
         batch_size: args.batch_size,
         epochs: args.epochs,
         max_steps: args.max_steps,
@@ -170,6 +213,7 @@ fn config(args: &Args) -> Result<TrainConfig> {
         sgd: SgdConfig {
             momentum: args.momentum,
             weight_decay: args.weight_decay,
+            decay_biases: args.bias_decay,
         },
         seed: args.seed,
         checkpoint_every: args.checkpoint_every,
@@ -177,19 +221,22 @@ fn config(args: &Args) -> Result<TrainConfig> {
         val_limit: args.val_limit,
         final_ten_crop: !args.no_ten_crop,
         prefetch_depth: 1,
+        precision: args
+            .precision
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()?,
+        channels_last: args.channels_last,
+        loss_scale: Some(args.loss_scale),
+        copy_stream: Some(args.copy_stream),
     })
 }
 
-type Stats = (
-    Normalization,
-    Option<Lighting>,
-    Option<sv_pipeline::Lighting>,
-);
-
-fn stats(args: &Args) -> Result<Stats> {
+/// Normalisation statistics and the PCA lighting (one type for both loaders).
+fn stats(args: &Args) -> Result<(Normalization, Option<sv_pipeline::Lighting>)> {
     let Some(path) = &args.stats else {
         tracing::warn!("no --stats: ImageNet's usual mean/std, no PCA lighting");
-        return Ok((Normalization::default(), None, None));
+        return Ok((Normalization::default(), None));
     };
     let s = PcaStats::load(path).with_context(|| format!("read statistics {}", path.display()))?;
     let norm = Normalization {
@@ -197,33 +244,13 @@ fn stats(args: &Args) -> Result<Stats> {
         std: s.scale_255.std,
         mean_image: None,
     };
-    let (convention, pipeline_convention) = match args.lighting.as_str() {
-        "none" => return Ok((norm, None, None)),
-        "paper" => (Convention::Paper, sv_pipeline::LightingConvention::Paper),
-        "cuda-convnet2" => (
-            Convention::CudaConvnet2,
-            sv_pipeline::LightingConvention::CudaConvnet2,
-        ),
+    let convention = match args.lighting.as_str() {
+        "none" => return Ok((norm, None)),
+        "paper" => LightingConvention::Paper,
+        "cuda-convnet2" => LightingConvention::CudaConvnet2,
         l => bail!("unknown --lighting {l} (paper, cuda-convnet2, none)"),
     };
-    let mut eigvec = [[0.0; 3]; 3];
-    for (i, v) in s.eigenvectors.iter().enumerate() {
-        for (c, x) in v.iter().enumerate() {
-            eigvec[c][i] = *x;
-        }
-    }
-    let lighting = Lighting {
-        eigval: s.magnitudes(convention, PixelScale::Byte),
-        eigvec,
-        sigma: s.lighting.alpha_std,
-    };
-    let pipeline = sv_pipeline::Lighting {
-        eigval: s.scale_unit.eigenvalues.map(|v| v as f32),
-        eigvec: eigvec.map(|row| row.map(|v| v as f32)),
-        convention: pipeline_convention,
-        std: s.lighting.alpha_std as f32,
-    };
-    Ok((norm, Some(lighting), Some(pipeline)))
+    Ok((norm, Some(s.lighting(convention))))
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -240,7 +267,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(v) => Some(Dataset::open(v).with_context(|| format!("open {}", v.display()))?),
         None => None,
     };
-    let (mut norm, lighting, pipeline_lighting) = stats(&args)?;
+    let (mut norm, lighting) = stats(&args)?;
     if let Some(path) = &args.mean_image {
         let m = MeanImage::load_npy(path)
             .with_context(|| format!("read the mean image {}", path.display()))?;
@@ -293,7 +320,7 @@ pub fn run(args: Args) -> Result<i32> {
                 augment: sv_pipeline::Augment::Train {
                     crop: spec.input_side as u32,
                     flip: !args.no_mirror,
-                    lighting: pipeline_lighting,
+                    lighting,
                 },
                 release_pages: args.release_pages,
                 ..Default::default()
@@ -318,9 +345,16 @@ pub fn run(args: Args) -> Result<i32> {
     let bpe = source.batches_per_epoch();
     let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(bpe * cfg.epochs);
     eprintln!(
-        "training {} ({} parameters) on {device:?}: {} images, {bpe} steps/epoch, batch {}, from step {}",
+        "training {} ({} parameters) on {device:?}, {}{}, input {}: {} images, {bpe} steps/epoch, batch {}, from step {}",
         spec.name,
         trainer.model().param_count(),
+        cfg.precision_on(device).as_str(),
+        if cfg.channels_last_on(device) {
+            ", channels-last"
+        } else {
+            ""
+        },
+        spec.input_scale.as_str(),
         train.len(),
         cfg.batch_size,
         trainer.step()
@@ -361,6 +395,10 @@ pub fn run(args: Args) -> Result<i32> {
         "best_checkpoint": Some(args.out.join(BEST_CHECKPOINT)).filter(|p| p.exists()),
         "metrics": args.out.join(METRICS_FILE),
         "device": format!("{device:?}"),
+        "precision": cfg.precision_on(device).as_str(),
+        "channels_last": cfg.channels_last_on(device),
+        "copy_stream": device.is_cuda() && args.copy_stream,
+        "input_scale": spec.input_scale.as_str(),
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
@@ -402,19 +440,24 @@ fn ceiling(args: &Args, cfg: TrainConfig, device: sv_train::Device, steps: u64) 
         .collect();
     let spec = ModelSpec::by_name(&cfg.model, classes.len() as i64)?;
     let batch = cfg.batch_size;
+    let precision = cfg.precision_on(device);
+    let channels_last = cfg.channels_last_on(device);
     let mut t = Trainer::new(cfg, classes, Normalization::default(), device, &args.out)?;
     let warmup = (steps / 10).clamp(1, 20);
     let ips = t.bench_compute(steps, warmup)?;
     let v = serde_json::json!({
         "mode": "synthetic-data", "model": spec.name, "batch_size": batch, "steps": steps,
         "warmup_steps": warmup, "images_per_s": ips, "device": format!("{device:?}"),
+        "precision": precision.as_str(), "channels_last": channels_last,
     });
     if args.json {
         sv_cli::outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         sv_cli::outln!(
-            "compute-only ceiling: {} batch {batch} on {device:?}: {ips:.1} images/s over {steps} steps",
-            spec.name
+            "compute-only ceiling: {} batch {batch} on {device:?} ({}{}): {ips:.1} images/s over {steps} steps",
+            spec.name,
+            precision.as_str(),
+            if channels_last { ", channels-last" } else { "" }
         );
     }
     Ok(0)
