@@ -1,6 +1,7 @@
 //! End-to-end tests: each module drives the real `supervision` binary on data it
 //! generates (synthetic images, generated shards) and checks behaviour, not speed.
 
+mod archives;
 mod bench;
 #[cfg(feature = "train")]
 mod dist;

@@ -480,3 +480,42 @@ fn a_second_build_process_fails_at_once_and_the_first_finishes_intact() {
     let v = ok(&["shard", "verify", s(&out)]);
     assert!(v.contains("ok: 120 records"), "{v}");
 }
+
+#[test]
+fn build_errors_say_what_where_and_why_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 2);
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let build_err = |input: &Path, output: &Path, extra: &[&str]| {
+        let mut a = vec!["shard", "build", "--input", s(input), "--output", s(output)];
+        a.extend_from_slice(extra);
+        fails(&a)
+    };
+    let cases = [
+        (
+            build_err(&t.path().join("nope"), &t.path().join("o1"), &[]),
+            "nope does not exist",
+        ),
+        (
+            build_err(&root.join("train"), &file, &[]),
+            "a-file is a regular file, not a folder",
+        ),
+        (
+            build_err(&root.join("train"), &root.join("train"), &[]),
+            "is the input folder",
+        ),
+        (
+            build_err(
+                &root.join("val"),
+                &t.path().join("o2"),
+                &["--labels", s(&t.path().join("none.txt"))],
+            ),
+            "none.txt: cannot open: no such file or directory",
+        ),
+    ];
+    for (err, want) in cases {
+        assert!(err.contains(want), "want {want:?} in {err}");
+        assert!(!err.contains("os error") && !err.contains("Os {"), "{err}");
+    }
+}

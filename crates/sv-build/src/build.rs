@@ -125,6 +125,15 @@ pub fn build(
 ) -> Result<BuildSummary, BuildError> {
     check_config(config)?;
     let out = &config.output;
+    if let Ok(m) = std::fs::metadata(out)
+        && !m.is_dir()
+    {
+        return Err(BuildError::Input(format!(
+            "the output {} is {}, not a folder",
+            out.display(),
+            crate::read::kind_of(m.file_type())
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
         path: out.clone(),
         op: "create the output folder",
@@ -278,7 +287,7 @@ impl<'a> Job<'a> {
             inputs,
             fingerprint: settings_fingerprint(inputs, &writer, &part_text),
             listing: listing_digest(inputs),
-            source: Source::Folder(config.input.input.clone()),
+            source: Source::new(inputs, &config.input.input)?,
             writer,
             range,
             pre_rejects,
@@ -333,15 +342,7 @@ impl<'a> Job<'a> {
             };
         }
         let ours = list_our_files(out)?;
-        let foreign = std::fs::read_dir(out)
-            .map_err(|source| BuildError::Io {
-                path: out.to_path_buf(),
-                op: "list",
-                source,
-            })?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name() != LOCK_FILE && !ours.contains(&e.path()))
-            .count();
+        let foreign = entries(out)?.iter().filter(|p| !ours.contains(p)).count();
         if !self.config.force {
             if !ours.is_empty() {
                 return Err(self.occupied(Occupant::OtherDataset));
@@ -451,18 +452,52 @@ impl<'a> Job<'a> {
         let end = self.range.end;
         let window = (config.workers * 8).max(16);
         let gate = Gate::new(start, window);
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let stop = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel::<Prepared>();
+        // An archive is read by one thread, in record order, for all the workers;
+        // the gate and the byte budget bound what it reads ahead.
+        let (feed_tx, feed_rx) = mpsc::channel::<(usize, Result<Vec<u8>, String>)>();
+        let feed_rx = Mutex::new(feed_rx);
+        let sequential = self.source.sequential();
         let hash = config.hash_inputs;
         let mut digest = SegmentDigest::new(hash);
         let mut pending: Vec<Reject> = Vec::new();
         let mut rejected = self.all_rejects(segments).len();
 
         std::thread::scope(|scope| -> Result<(), BuildError> {
+            if sequential {
+                let (gate, stop, budget) = (&gate, &stop, &budget);
+                scope.spawn(move || {
+                    while let Some(i) = gate.claim(end, stop) {
+                        let img = &images[i];
+                        if !budget.acquire(img.size, stop) {
+                            break;
+                        }
+                        if feed_tx.send((i, self.source.read(img))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            } else {
+                drop(feed_tx);
+            }
             for _ in 0..config.workers {
                 let tx = tx.clone();
-                let (gate, stop) = (&gate, &stop);
-                scope.spawn(move || self.worker(gate, stop, end, tx));
+                let (gate, stop, budget, feed_rx) = (&gate, &stop, &budget, &feed_rx);
+                scope.spawn(move || {
+                    let next = || {
+                        if sequential {
+                            let job = feed_rx.lock().ok()?.recv().ok()?;
+                            budget.release(images[job.0].size);
+                            Some(job)
+                        } else {
+                            let i = gate.claim(end, stop)?;
+                            Some((i, self.source.read(&images[i])))
+                        }
+                    };
+                    self.worker(&next, tx)
+                });
             }
             drop(tx);
             let outcome = (|| -> Result<(), BuildError> {
@@ -529,21 +564,25 @@ impl<'a> Job<'a> {
             })();
             stop.store(true, Ordering::Relaxed);
             gate.wake_all();
+            budget.wake_all();
             drop(rx);
             outcome
         })?;
         Ok((writer, (digest, pending)))
     }
 
-    /// One decoding thread: claim the next index, read, decode, encode, send.
-    fn worker(&self, gate: &Gate, stop: &AtomicBool, end: usize, tx: mpsc::Sender<Prepared>) {
+    /// One decoding thread: take the next input and its bytes, decode, encode, send.
+    #[allow(clippy::type_complexity)]
+    fn worker(
+        &self,
+        next: &dyn Fn() -> Option<(usize, Result<Vec<u8>, String>)>,
+        tx: mpsc::Sender<Prepared>,
+    ) {
         let side = self.config.side;
         let new_pre = || sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(side));
         let mut pre = new_pre();
         let mut pixels = vec![0u8; Geometry { side }.image_bytes()];
-        while let Some(i) = gate.claim(end, stop) {
-            let img = &self.inputs.images[i];
-            let bytes = self.source.read(img);
+        while let Some((i, bytes)) = next() {
             let crc = self
                 .config
                 .hash_inputs
@@ -644,6 +683,7 @@ impl<'a> Job<'a> {
                 images: self.range.len(),
                 total_images: self.inputs.images.len(),
                 inputs: inputs_digest(&self.inputs.images),
+                settings: settings_fingerprint(self.inputs, &self.writer, ""),
             }),
         };
         write_json_atomic(self.out(), BUILD_FILE, &record)?;
@@ -680,6 +720,52 @@ struct Prepared {
     /// With `hash_inputs`: the content's CRC-32, `None` when it could not be read.
     crc: Option<Option<u32>>,
     result: Result<Vec<u8>, String>,
+}
+
+/// Input bytes an archive's reader may hold ahead of the decoders.
+const IN_FLIGHT_BYTES: u64 = 512 << 20;
+
+/// Bytes read but not yet decoded: the reader waits while the budget is spent (one
+/// input larger than the budget still passes alone).
+struct Budget {
+    used: Mutex<u64>,
+    cv: Condvar,
+    cap: u64,
+}
+
+impl Budget {
+    fn new(cap: u64) -> Budget {
+        Budget {
+            used: Mutex::new(0),
+            cv: Condvar::new(),
+            cap,
+        }
+    }
+
+    /// Wait for room for `n` bytes; `false` when the build is stopping.
+    fn acquire(&self, n: u64, stop: &AtomicBool) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + n > self.cap {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            used = self.cv.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+        true
+    }
+
+    fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        drop(used);
+        self.cv.notify_all();
+    }
+
+    fn wake_all(&self) {
+        let _guard = self.used.lock();
+        self.cv.notify_all();
+    }
 }
 
 /// Hands out input indices, never more than `window` ahead of the writer.
@@ -731,6 +817,20 @@ fn remove(p: &Path) -> Result<(), BuildError> {
         op: "remove",
         source,
     })
+}
+
+/// Everything in the output folder but its lock file.
+pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    Ok(std::fs::read_dir(out)
+        .map_err(|source| BuildError::Io {
+            path: out.to_path_buf(),
+            op: "list",
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != LOCK_FILE)
+        .map(|e| e.path())
+        .collect())
 }
 
 /// Files a build writes (and may remove): nothing else is touched.
@@ -805,7 +905,7 @@ fn journal_append(file: &mut std::fs::File, out: &Path, entry: &Segment) -> Resu
         })
 }
 
-fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
+pub(crate) fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
     let mut body = String::new();
     for r in rejects {
         body.push_str(&line(r)?);

@@ -1,17 +1,19 @@
 //! Finding the images of a split and their labels.
 //!
-//! Two layouts are read:
+//! Two layouts are read, from a folder or from a tar archive (see the `archive`
+//! module):
 //! - a tree, `<wnid>/<file>` (ImageNet's train layout, and val once sorted into
 //!   class folders): the top-level folder names are the labels; files in folders
 //!   below a class folder belong to that class (as torchvision's `ImageFolder`);
 //! - a flat folder plus labels: Kaggle's `LOC_val_solution.csv`
 //!   (`ImageId,PredictionString`, the wnid first in the prediction string), plain
 //!   `filename wnid` lines (the file name with or without its extension), or the
-//!   ILSVRC2012 devkit.
+//!   ILSVRC2012 devkit (see [`crate::devkit`]).
 //!
 //! Class indices are the sorted wnids, or copied from an existing dataset's manifest
 //! (`classes`) so val labels agree with train. Class names come from
-//! `LOC_synset_mapping.txt` (`wnid name` lines) in or beside the input.
+//! the devkit's `meta.mat` (`words`), else `LOC_synset_mapping.txt` (`wnid name`
+//! lines) in or beside the input.
 //!
 //! Every entry found is accounted for: an image (with its label), a reject (a file
 //! that should have been an image but cannot be: a special file, a broken link, no
@@ -83,6 +85,10 @@ pub struct InputSpec {
     pub input: PathBuf,
     /// A labels file for a flat folder; looked for beside the folder when absent.
     pub labels: Option<PathBuf>,
+    /// The ILSVRC2012 devkit: its archive, its folder, or its `meta.mat` and
+    /// validation ground-truth file given separately. Names the classes (`words`) and
+    /// labels a flat val input.
+    pub devkit: Vec<PathBuf>,
     /// Class list to use instead of the sorted wnids found.
     pub classes: Option<Vec<ClassInfo>>,
 }
@@ -165,28 +171,50 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Build
 /// read as input, even when it lies inside the input folder.
 pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, BuildError> {
     let input = &spec.input;
-    let meta = std::fs::metadata(input).map_err(io_err(input, "read"))?;
+    let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            BuildError::Input(format!("the input {} does not exist", input.display()))
+        }
+        _ => BuildError::Io {
+            path: input.clone(),
+            op: "read",
+            source: e,
+        },
+    })?;
     let flat_wanted = spec.labels.is_some();
-    if !meta.is_dir() {
+    let (listing, archive) = if meta.is_dir() {
+        let exclude = output.and_then(|o| std::fs::metadata(o).ok());
+        (list_folder(input, exclude.as_ref(), flat_wanted)?, None)
+    } else if meta.is_file() {
+        (crate::archive::list(input)?, Some(input.clone()))
+    } else {
         return Err(BuildError::Input(format!(
-            "{} is {}, not a folder",
+            "the input {} is {}, not a folder or a tar archive",
             input.display(),
             kind_of(meta.file_type())
         )));
-    }
-    let exclude = output.and_then(|o| std::fs::metadata(o).ok());
-    let listing = list_folder(input, exclude.as_ref(), flat_wanted)?;
-    // Labels and class names are looked for in the input folder and beside it.
-    let near: Vec<&Path> = [Some(input.as_path()), input.parent()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let names = read_synset_mapping(&near)?;
-    if !listing.dirs.is_empty() && !flat_wanted {
-        Ok(tree(listing, spec, &names))
+    };
+    // Labels and class names are looked for in the input folder and beside it (beside
+    // an archive).
+    let near: Vec<&Path> = match archive {
+        Some(_) => input.parent().into_iter().collect(),
+        None => [Some(input.as_path()), input.parent()]
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
+    let devkit = crate::devkit::Devkit::load(&spec.devkit)?;
+    let names = match &devkit {
+        Some(d) => d.names(),
+        None => read_synset_mapping(&near)?,
+    };
+    let mut inputs = if !listing.dirs.is_empty() && !flat_wanted {
+        tree(listing, spec, &names)
     } else {
-        flat(listing, spec, &near, &names)
-    }
+        flat(listing, spec, &near, devkit.as_ref(), &names)?
+    };
+    inputs.archive = archive;
+    Ok(inputs)
 }
 
 /// Walk a folder: the top level, and below the top-level folders unless the input is
@@ -479,6 +507,7 @@ fn flat(
     listing: Listing,
     spec: &InputSpec,
     near: &[&Path],
+    devkit: Option<&crate::devkit::Devkit>,
     names: &HashMap<String, String>,
 ) -> Result<Inputs, BuildError> {
     let Listing {
@@ -487,9 +516,17 @@ fn flat(
         mut rejects,
         mut ignored,
     } = listing;
-    let (labels, source, labels_file) = match &spec.labels {
-        Some(p) => (read_labels(p)?, p.display().to_string(), Some(p.clone())),
-        None => {
+    let (labels, source, labels_file) = match (&spec.labels, devkit) {
+        (Some(p), _) => (read_labels(p)?, p.display().to_string(), Some(p.clone())),
+        (None, Some(d)) if d.has_ground_truth() => {
+            let stems = files
+                .iter()
+                .filter(|f| f.path.components().count() == 1)
+                .filter_map(|f| f.path.file_stem()?.to_str());
+            let (labels, source) = d.val_labels(stems)?;
+            (labels, source, None)
+        }
+        (None, _) => {
             let p = find_labels_file(near).ok_or_else(|| {
                 BuildError::Input(format!(
                     "{} holds no class folders, and no labels were given (--labels or \

@@ -12,10 +12,14 @@
 //!   whose inputs changed (see the `journal` module).
 #![warn(missing_docs)]
 
+mod archive;
 mod build;
+pub mod devkit;
 pub mod inputs;
 mod journal;
 pub mod lock;
+pub mod mat;
+mod merge;
 mod read;
 
 use std::path::PathBuf;
@@ -28,6 +32,7 @@ pub use build::{
 };
 pub use inputs::{Ignored, InputSpec, Inputs, discover};
 pub use lock::LOCK_FILE;
+pub use merge::{MergeConfig, MergeSummary, merge};
 pub use read::MAX_INPUT_BYTES;
 
 /// One input file that was skipped.
@@ -100,6 +105,8 @@ pub struct PartRecord {
     pub total_images: usize,
     /// Digest of the whole input list (paths, labels, sizes, times).
     pub inputs: String,
+    /// Fingerprint of the settings and class list, the same for every part.
+    pub settings: String,
 }
 
 /// Why a build could not be done.

@@ -1,11 +1,10 @@
 //! Reading one input's bytes without ever blocking on, or exhausting memory for, a
 //! file that is not what it claims: only regular files are read (the type is checked
-//! on the opened file, so a swap between listing and reading is caught), a FIFO is
-//! opened without waiting for a writer, and no input larger than [`MAX_INPUT_BYTES`]
-//! is read.
+//! on the opened file, so a swap between listing and reading is caught; sv-core's
+//! `fs` helpers), a FIFO is opened without waiting for a writer, and no input larger
+//! than [`MAX_INPUT_BYTES`] is read. Failures are reasons in words for the rejects.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 /// The largest input file read (ImageNet's largest JPEG is about 15 MB; a decoded
@@ -17,83 +16,66 @@ pub const MAX_INPUT_BYTES: u64 = 256 << 20;
 pub(crate) enum Source {
     /// Files under this folder.
     Folder(std::path::PathBuf),
+    /// Members of this archive, by offset.
+    Archive(crate::archive::Archive),
 }
 
 impl Source {
+    pub fn new(inputs: &crate::Inputs, input: &Path) -> Result<Source, crate::BuildError> {
+        Ok(match &inputs.archive {
+            Some(a) => Source::Archive(crate::archive::Archive::open(a)?),
+            None => Source::Folder(input.to_path_buf()),
+        })
+    }
+
     /// The bytes of one input image.
     pub fn read(&self, img: &crate::inputs::InputImage) -> Result<Vec<u8>, String> {
-        match self {
-            Source::Folder(root) => read_regular(&root.join(&img.path), MAX_INPUT_BYTES),
+        match (self, img.offset) {
+            (Source::Archive(a), Some(offset)) => a.read(offset, img.size, MAX_INPUT_BYTES),
+            (Source::Folder(root), _) => read_regular(&root.join(&img.path), MAX_INPUT_BYTES),
+            (Source::Archive(a), None) => Err(format!(
+                "internal error: no offset for a member of {}",
+                a.path.display()
+            )),
         }
+    }
+
+    /// Whether one thread should read for all workers (an archive, read in order).
+    pub fn sequential(&self) -> bool {
+        matches!(self, Source::Archive(_))
     }
 }
 
-/// What kind of file a non-regular file is, in words.
+/// What kind of file something is, in words.
 pub(crate) fn kind_of(ft: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "a FIFO (named pipe)";
-        }
-        if ft.is_socket() {
-            return "a socket";
-        }
-        if ft.is_char_device() {
-            return "a character device";
-        }
-        if ft.is_block_device() {
-            return "a block device";
-        }
-    }
-    if ft.is_dir() {
-        "a folder"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
+    sv_core::fs::describe_type(ft)
+}
+
+/// Why a file could not be read, in words, without its path (reports name it).
+fn reason(e: &sv_core::fs::FsError) -> String {
+    use sv_core::fs::FsError;
+    match e {
+        FsError::Io { op, source, .. } => format!("cannot {op}: {}", io_words(source)),
+        FsError::NotAFile { kind, .. } => format!("not a regular file: {kind}"),
+        FsError::TooLarge { size, limit, .. } => too_large(*size, *limit),
     }
 }
 
-/// Open `path` for reading if, once open, it is a regular file of at most `limit`
-/// bytes; returns the file and its length. `Err` is the reason, in words.
-pub(crate) fn open_regular(path: &Path, limit: u64) -> Result<(File, u64), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // A FIFO opened without O_NONBLOCK waits for a writer forever; a terminal
-        // would become ours. Neither flag changes how a regular file reads.
-        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-    }
-    let file = options
-        .open(path)
-        .map_err(|e| format!("cannot open: {}", io_words(&e)))?;
-    let meta = file
+/// Open `path` for reading if, once open, it is a regular file (see
+/// [`sv_core::fs::open_regular`]); returns the file and its length. `Err` is the
+/// reason, in words.
+pub(crate) fn open_regular(path: &Path) -> Result<(File, u64), String> {
+    let file = sv_core::fs::open_regular(path).map_err(|e| reason(&e))?;
+    let len = file
         .metadata()
-        .map_err(|e| format!("cannot read its attributes: {}", io_words(&e)))?;
-    if !meta.is_file() {
-        return Err(format!("not a regular file: {}", kind_of(meta.file_type())));
-    }
-    if meta.len() > limit {
-        return Err(too_large(meta.len(), limit));
-    }
-    Ok((file, meta.len()))
+        .map_err(|e| format!("cannot read its attributes: {}", io_words(&e)))?
+        .len();
+    Ok((file, len))
 }
 
-/// Read a whole regular file of at most `limit` bytes (see [`open_regular`]).
+/// Read a whole regular file of at most `limit` bytes.
 pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let (file, len) = open_regular(path, limit)?;
-    let mut bytes = Vec::with_capacity(len as usize);
-    // `take`: a file that grows while it is read still stops at the limit.
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {}", io_words(&e)))?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large(bytes.len() as u64, limit));
-    }
-    Ok(bytes)
+    sv_core::fs::read_regular(path, limit).map_err(|e| reason(&e))
 }
 
 /// A text file the build reads besides images (labels, class names, ground truth).
@@ -152,7 +134,7 @@ mod tests {
         let err = within(|| read_regular(Path::new("/dev/zero"), MAX_INPUT_BYTES)).unwrap_err();
         assert!(err.contains("character device"), "{err}");
         let err = read_regular(d.path(), MAX_INPUT_BYTES).unwrap_err();
-        assert!(err.contains("folder"), "{err}");
+        assert!(err.contains("directory"), "{err}");
     }
 
     #[test]
@@ -164,5 +146,6 @@ mod tests {
         assert!(read_regular(&p, 99).unwrap_err().contains("100 bytes"));
         let err = read_regular(&d.path().join("none"), 10).unwrap_err();
         assert_eq!(err, "cannot open: no such file or directory");
+        // Special files are refused by their opened type, never read.
     }
 }

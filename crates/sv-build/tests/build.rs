@@ -363,7 +363,7 @@ fn up_to_date_checks_every_shards_header_and_index() {
     let err = build(&config(&input, &out, 2, Codec::Raw), &|_| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("train-00001.svs is a folder"), "{err}");
+    assert!(err.contains("train-00001.svs is a directory"), "{err}");
 }
 
 /// Run `f` on another thread; fail (rather than hang) after `secs`.
@@ -519,4 +519,273 @@ fn shards_never_grow_past_the_bound() {
             sh.bytes
         );
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Archives (issue 13): ImageNet's tars read in place.
+
+/// Append `bytes` as a regular member `name` with the given mtime.
+fn append(b: &mut tar::Builder<impl std::io::Write>, name: &[u8], bytes: &[u8], mtime: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, std::ffi::OsStr::from_bytes(name), bytes)
+        .unwrap();
+}
+
+/// The tree at `root` as ImageNet ships train: a tar of one tar per class folder.
+/// `reverse` writes members in reverse order (the build must not depend on it).
+fn tar_of_tars(root: &Path, out: &Path, reverse: bool) {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    if reverse {
+        classes.reverse();
+    }
+    let mut outer = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for class in classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&class)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        if reverse {
+            files.reverse();
+        }
+        let mut inner = tar::Builder::new(Vec::new());
+        for f in files {
+            let mtime = std::fs::metadata(&f)
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let name = f.file_name().unwrap().as_encoded_bytes().to_vec();
+            append(&mut inner, &name, &std::fs::read(&f).unwrap(), mtime);
+        }
+        let bytes = inner.into_inner().unwrap();
+        let name = format!("{}.tar", class.file_name().unwrap().to_string_lossy());
+        append(&mut outer, name.as_bytes(), &bytes, 1_300_000_000);
+    }
+    outer.finish().unwrap();
+}
+
+#[test]
+fn a_tar_of_class_tars_builds_the_bytes_of_its_extracted_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 3, 5);
+    std::fs::write(input.join("n00000002/zz_bad.JPEG"), b"not an image").unwrap();
+    let archive = t.path().join("train.tar");
+    tar_of_tars(&input, &archive, true);
+    for codec in [Codec::Raw, Codec::Jpeg] {
+        let from_tree = t.path().join(format!("tree-{codec}"));
+        build(&config(&input, &from_tree, 2, codec), &|_| {}).unwrap();
+        for workers in [1, 3] {
+            let from_tar = t.path().join(format!("tar-{codec}-{workers}"));
+            let s = build(&config(&archive, &from_tar, workers, codec), &|_| {}).unwrap();
+            assert_eq!(s.manifest.records, 15);
+            assert_eq!(s.rejects.len(), 1, "{:?}", s.rejects);
+            let (a, b) = (files(&from_tree), files(&from_tar));
+            for name in ["manifest.json", "rejects.jsonl"] {
+                assert_eq!(a[name], b[name], "{codec} {name}");
+            }
+            let shards: Vec<_> = a.keys().filter(|k| k.ends_with(".svs")).collect();
+            assert_eq!(
+                shards,
+                b.keys().filter(|k| k.ends_with(".svs")).collect::<Vec<_>>()
+            );
+            for s in shards {
+                assert!(a[s] == b[s], "{codec}: {s} differs between tree and tar");
+            }
+            // Up to date on the second run, as from a folder.
+            assert!(
+                build(&config(&archive, &from_tar, 2, codec), &|_| {})
+                    .unwrap()
+                    .up_to_date
+            );
+        }
+    }
+}
+
+/// The MAT reader against files scipy.io.savemat wrote in the real meta.mat's layout
+/// (tools/make_devkit_fixture.py), plain and compressed.
+#[test]
+fn devkit_meta_written_by_scipy_reads_as_written() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let want: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixtures.join("meta_small.json")).unwrap()).unwrap();
+    for name in ["meta_small.mat", "meta_small_compressed.mat"] {
+        let bytes = std::fs::read(fixtures.join(name)).unwrap();
+        let vars = sv_build::mat::read(&bytes).unwrap();
+        let sv_build::mat::Value::Struct {
+            dims,
+            fields,
+            elems,
+        } = &vars[0].value
+        else {
+            panic!("{name}: {:?}", vars[0].value);
+        };
+        assert_eq!(vars[0].name, "synsets");
+        assert_eq!(dims, &[6, 1], "{name}");
+        assert_eq!(fields[..3], ["ILSVRC2012_ID", "WNID", "words"], "{name}");
+        for (e, w) in elems.iter().zip(&want) {
+            assert_eq!(e[0].scalar(), w["id"].as_f64(), "{name}");
+            assert_eq!(e[1].text(), w["wnid"].as_str(), "{name}");
+            assert_eq!(e[2].text(), w["words"].as_str(), "{name}");
+            let children: Vec<f64> = w["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_f64().unwrap())
+                .collect();
+            assert_eq!(e[5].numbers(), Some(&children[..]), "{name}");
+        }
+        // Through the devkit: the leaves (num_children 0) are the classes.
+        let kit = sv_build::devkit::Devkit::load(&[fixtures.join(name)])
+            .unwrap()
+            .unwrap();
+        let names = kit.names();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names["n02119789"], "kit fox, Vulpes macrotis");
+        assert!(
+            !names.contains_key("n00001740"),
+            "inner nodes are not classes"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Split builds (issue 13): --part K/N and merge.
+
+/// (label, payload) of every record, in order.
+fn records(dir: &Path) -> Vec<(u32, Vec<u8>)> {
+    let ds = Dataset::open(dir).unwrap();
+    (0..ds.len())
+        .map(|i| {
+            let r = ds.record(i).unwrap();
+            (r.label, r.payload.to_vec())
+        })
+        .collect()
+}
+
+fn part_config(input: &Path, out: &Path, k: usize, n: usize) -> BuildConfig {
+    let mut c = config(input, out, 2, Codec::Jpeg);
+    c.part = Some(sv_build::Part { index: k, count: n });
+    c
+}
+
+#[test]
+fn three_parts_merged_equal_one_build() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 3, 7);
+    std::fs::write(input.join("n00000001/img_003b.JPEG"), b"garbage").unwrap();
+    std::fs::write(input.join("README"), b"top-level file").unwrap();
+    let whole = t.path().join("whole");
+    build(&config(&input, &whole, 2, Codec::Jpeg), &|_| {}).unwrap();
+    let parts: Vec<PathBuf> = (0..3).map(|k| t.path().join(format!("part{k}"))).collect();
+    // Built in any order, each resumable and up to date on its own.
+    for k in [2, 0, 1] {
+        build(&part_config(&input, &parts[k], k, 3), &|_| {}).unwrap();
+        assert!(
+            build(&part_config(&input, &parts[k], k, 3), &|_| {})
+                .unwrap()
+                .up_to_date
+        );
+    }
+    let merged = t.path().join("merged");
+    let m = sv_build::merge(&sv_build::MergeConfig {
+        parts: vec![parts[1].clone(), parts[2].clone(), parts[0].clone()],
+        output: merged.clone(),
+        force: false,
+    })
+    .unwrap();
+    assert_eq!(m.manifest.records, 21);
+    assert_eq!(m.copied, 0, "same filesystem: linked, not copied");
+    assert_eq!(records(&merged), records(&whole));
+    let (a, b) = (files(&whole), files(&merged));
+    assert_eq!(a["rejects.jsonl"], b["rejects.jsonl"]);
+    let (ma, mb) = (
+        sv_shard::Manifest::load(&whole).unwrap(),
+        sv_shard::Manifest::load(&merged).unwrap(),
+    );
+    assert_eq!(ma.classes, mb.classes);
+    verify_ok(&merged);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let first = std::fs::metadata(merged.join("train-00000.svs")).unwrap();
+        let src = std::fs::metadata(parts[0].join("train-00000.svs")).unwrap();
+        assert_eq!(first.ino(), src.ino(), "no pixel copied");
+    }
+
+    let refuse = |given: Vec<PathBuf>, out: &str| {
+        sv_build::merge(&sv_build::MergeConfig {
+            parts: given,
+            output: t.path().join(out),
+            force: false,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let err = refuse(vec![parts[0].clone(), parts[2].clone()], "m1");
+    assert!(err.contains("part 1/3 is missing"), "{err}");
+    let err = refuse(
+        vec![
+            parts[0].clone(),
+            parts[1].clone(),
+            parts[1].clone(),
+            parts[2].clone(),
+        ],
+        "m2",
+    );
+    assert!(err.contains("part1 is given twice"), "{err}");
+    let copy = t.path().join("part1-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for (name, bytes) in files(&parts[1]) {
+        std::fs::write(copy.join(name), bytes).unwrap();
+    }
+    let err = refuse(
+        vec![parts[0].clone(), parts[1].clone(), copy, parts[2].clone()],
+        "m2b",
+    );
+    assert!(err.contains("part 1/3 is given twice"), "{err}");
+    // Other settings (JPEG quality), other inputs (one more image), another count.
+    let other = t.path().join("other-quality");
+    let mut c = part_config(&input, &other, 1, 3);
+    c.jpeg_quality = 80;
+    build(&c, &|_| {}).unwrap();
+    let err = refuse(
+        vec![parts[0].clone(), other.clone(), parts[2].clone()],
+        "m3",
+    );
+    assert!(
+        err.contains("other-quality") && err.contains("other inputs or settings"),
+        "{err}"
+    );
+    let four = t.path().join("of-four");
+    build(&part_config(&input, &four, 1, 4), &|_| {}).unwrap();
+    let err = refuse(vec![parts[0].clone(), four, parts[2].clone()], "m4");
+    assert!(err.contains("of-four"), "{err}");
+    std::fs::write(
+        input.join("n00000002/img_999.JPEG"),
+        std::fs::read(input.join("n00000002/img_000.JPEG")).unwrap(),
+    )
+    .unwrap();
+    let grown = t.path().join("grown");
+    build(&part_config(&input, &grown, 1, 3), &|_| {}).unwrap();
+    let err = refuse(vec![parts[0].clone(), grown, parts[2].clone()], "m5");
+    assert!(
+        err.contains("grown") && err.contains("other inputs"),
+        "{err}"
+    );
+    // A whole build is not a part; an unfinished part is named as such.
+    let err = refuse(vec![whole.clone()], "m6");
+    assert!(err.contains("not a part"), "{err}");
 }

@@ -8,6 +8,9 @@
 //! OUT/LOC_synset_mapping.txt              "<wnid> <name>" per line, in class order
 //! ```
 //!
+//! With `archives`, also the same images as ImageNet's three downloads (see
+//! [`archives`]).
+//!
 //! Each class has a learnable signature: a shape (10 kinds), a texture (5 kinds) and
 //! a palette (a hue from a golden-ratio sequence, with a complementary or dark second
 //! colour), drawn at a random position, scale, stretch and rotation over a random
@@ -22,6 +25,7 @@
 //! so the files are byte-identical for a seed whatever the thread count.
 #![warn(missing_docs)]
 
+pub mod archives;
 mod draw;
 
 use std::fs;
@@ -52,6 +56,8 @@ pub struct SynthConfig {
     pub max_side: u32,
     /// Worker threads; 0 uses every core. Never changes the output.
     pub threads: usize,
+    /// Also write the three ILSVRC2012 archives (see [`archives`]).
+    pub archives: bool,
 }
 
 impl Default for SynthConfig {
@@ -64,6 +70,7 @@ impl Default for SynthConfig {
             min_side: 150,
             max_side: 900,
             threads: 0,
+            archives: false,
         }
     }
 }
@@ -439,6 +446,16 @@ pub fn generate(
         map.push_str(&format!("{} {}\n", c.wnid, c.name));
     }
     write_file(&map_path, map.as_bytes())?;
+    if config.archives {
+        let val_classes: Vec<u32> = val.iter().map(|j| j.class).collect();
+        archives::write(
+            out_dir,
+            &classes,
+            config.per_class,
+            &val_classes,
+            config.seed,
+        )?;
+    }
 
     let of_kind = |k: Kind| -> Vec<PathBuf> {
         jobs.iter()
@@ -475,6 +492,7 @@ mod tests {
             min_side: 40,
             max_side: 120,
             threads: 0,
+            archives: false,
         }
     }
 

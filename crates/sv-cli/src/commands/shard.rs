@@ -1,4 +1,4 @@
-//! `supervision shard build | verify | inspect | export`.
+//! `supervision shard build | merge | verify | inspect | export`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,15 +18,22 @@ pub enum Cmd {
     /// Decode every image, resize its shorter side to --size, keep the centre square,
     /// and write checksummed, memory-mappable shards plus manifest.json.
     ///
-    /// Train: --input is the class-folder tree (train/<wnid>/*.JPEG). Val: either the same
-    /// tree, or a flat folder with a labels file (LOC_val_solution.csv or `filename wnid`
-    /// lines), found beside the folder when --labels is not given; pass --classes-from
-    /// with the train dataset so val labels use train's class indices.
+    /// Train: --input is the class-folder tree (train/<wnid>/*.JPEG), or ImageNet's
+    /// ILSVRC2012_img_train.tar (a tar of class tars) read in place. Val: the same tree,
+    /// or a flat folder or tar (ILSVRC2012_img_val.tar) labelled by the devkit
+    /// (--devkit ILSVRC2012_devkit_t12.tar.gz) or a labels file (LOC_val_solution.csv or
+    /// `filename wnid` lines, found beside the input when --labels is not given); pass
+    /// --classes-from with the train dataset so val labels use train's class indices.
     ///
     /// Files that cannot be used (unreadable, truncated, not an image, too large) are
     /// skipped and listed in OUTPUT/rejects.jsonl. Output is byte-identical for any
     /// --workers. A build that is killed resumes when the same command is run again.
     Build(BuildArgs),
+    /// Join the parts of a build split with --part K/N into one dataset: the same
+    /// records, labels and order as one build. Shards are hard-linked from the parts
+    /// (copied when a part is on another filesystem). Parts of other inputs or
+    /// settings, missing or repeated parts are refused by name.
+    Merge(MergeArgs),
     /// Check the manifest, every shard's checksum and every record's checksum.
     Verify(VerifyArgs),
     /// Print what a dataset holds (counts per class, codec, sizes); draw a contact sheet.
@@ -51,7 +58,8 @@ pub enum SplitArg {
 
 #[derive(ClapArgs, Debug)]
 pub struct BuildArgs {
-    /// The split's images: a class-folder tree, or a flat folder with a labels file.
+    /// The split's images: a class-folder tree or a flat folder, or a tar archive of
+    /// either (ILSVRC2012_img_train.tar, a tar of class tars, is read as its tree).
     #[arg(long)]
     input: PathBuf,
     /// The dataset folder to write (created if missing).
@@ -61,8 +69,17 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "train")]
     split: SplitArg,
     /// Labels for a flat folder: LOC_val_solution.csv or `filename wnid` lines.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devkit")]
     labels: Option<PathBuf>,
+    /// The ILSVRC2012 devkit: ILSVRC2012_devkit_t12.tar.gz, its extracted folder, or
+    /// (given twice) its data/meta.mat and data/ILSVRC2012_validation_ground_truth.txt.
+    /// Labels a flat val input through meta.mat; names the classes with its `words`.
+    #[arg(long, value_name = "DEVKIT")]
+    devkit: Vec<PathBuf>,
+    /// Build only part K of N contiguous slices of the record order (K counts from 0),
+    /// for a build split across machines; join the parts with `shard merge`.
+    #[arg(long, value_name = "K/N", value_parser = parse_part)]
+    part: Option<sv_build::Part>,
     /// Take the class list (wnids, names, indices) from this existing dataset.
     #[arg(long, value_name = "SHARDS")]
     classes_from: Option<PathBuf>,
@@ -92,6 +109,19 @@ pub struct BuildArgs {
     /// run against it reads every input again.
     #[arg(long)]
     hash_inputs: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct MergeArgs {
+    /// The part folders (each built with --part K/N), in any order.
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<PathBuf>,
+    /// The dataset folder to write (created if missing; must hold no other files).
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace a dataset in --output (only a build's own files are removed).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -142,6 +172,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
     sv_shard::report_truncated_shards();
     match cmd {
         Cmd::Build(a) => build(a),
+        Cmd::Merge(a) => merge(a),
         Cmd::Verify(a) => verify(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Export(a) => export(a),
@@ -164,6 +195,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         input: InputSpec {
             input: a.input.clone(),
             labels: a.labels.clone(),
+            devkit: a.devkit.clone(),
             classes,
         },
         output: a.output.clone(),
@@ -182,7 +214,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         strict: a.strict,
         force: a.force,
         hash_inputs: a.hash_inputs,
-        part: None,
+        part: a.part,
     };
     let started = Instant::now();
     let bar = progress::bar("shard build", 0, "images");
@@ -260,6 +292,43 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     }
     print_ignored(&summary, &a.output)?;
     Ok(0)
+}
+
+fn merge(a: MergeArgs) -> anyhow::Result<i32> {
+    let summary = sv_build::merge(&sv_build::MergeConfig {
+        parts: a.parts.clone(),
+        output: a.output.clone(),
+        force: a.force,
+    })
+    .map_err(|e| {
+        let advice = match &e {
+            sv_build::BuildError::Occupied { .. } => "; pass --force to replace it",
+            _ => "",
+        };
+        anyhow::anyhow!(
+            "merging into {}: {:#}{advice}",
+            a.output.display(),
+            anyhow::Error::new(e)
+        )
+    })?;
+    let m = &summary.manifest;
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    sv_cli::outln!(
+        "merged {} parts into {}: {} records in {} shards ({}; {} linked, {} copied), {} rejected",
+        summary.parts,
+        a.output.display(),
+        m.records,
+        m.shards.len(),
+        human_bytes(bytes),
+        summary.linked,
+        summary.copied,
+        summary.rejects
+    );
+    Ok(0)
+}
+
+fn parse_part(text: &str) -> Result<sv_build::Part, String> {
+    sv_build::Part::parse(text)
 }
 
 /// The library's error with the command's context, and advice in flag terms.

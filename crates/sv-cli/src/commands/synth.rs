@@ -42,18 +42,26 @@ pub struct Args {
     /// Worker threads (0: every core). The output does not depend on it.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
+    /// Also write the same images as ImageNet is downloaded: ILSVRC2012_img_train.tar
+    /// (a tar of one tar per class), ILSVRC2012_img_val.tar and
+    /// ILSVRC2012_devkit_t12.tar.gz (data/meta.mat and the validation ground truth).
+    #[arg(long)]
+    pub archives: bool,
     /// Write into a non-empty OUTPUT: first delete what synth writes there (train/,
-    /// val/, LOC_val_solution.csv, LOC_synset_mapping.txt); other files are kept.
+    /// val/, the label files and the archives); other files are kept.
     #[arg(long)]
     pub force: bool,
 }
 
 /// Names synth owns inside its output directory.
-const OWNED: [&str; 4] = [
+const OWNED: [&str; 7] = [
     "train",
     "val",
     "LOC_val_solution.csv",
     "LOC_synset_mapping.txt",
+    sv_synth::archives::TRAIN_TAR,
+    sv_synth::archives::VAL_TAR,
+    sv_synth::archives::DEVKIT,
 ];
 
 fn prepare_output(dir: &Path, force: bool) -> anyhow::Result<()> {
@@ -102,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         min_side: args.min_side,
         max_side: args.max_side,
         threads: args.threads,
+        archives: args.archives,
     };
     let total = u64::from(args.classes) * u64::from(args.per_class + args.val_per_class);
     let bar = sv_cli::progress::bar("synth", total, "images");
