@@ -48,7 +48,7 @@ def picture(rng, mode, w, h):
 
 
 def main():
-    toolenv.ensure("venv-tools", ["pillow"], probe="PIL")
+    toolenv.ensure("venv-tools", ["pillow", "numpy"], probe="PIL")
     import PIL
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,7 +21,9 @@ use std::sync::{Condvar, Mutex, mpsc};
 
 use serde::{Deserialize, Serialize};
 use sv_core::{Geometry, Split};
-use sv_shard::{Codec, DatasetWriter, MANIFEST_FILE, Manifest, ShardEntry, WriterConfig};
+use sv_shard::{
+    Codec, DatasetWriter, MANIFEST_FILE, Manifest, ShardEntry, Subsampling, WriterConfig,
+};
 
 use crate::BuildError;
 use crate::inputs::{InputSpec, Inputs, discover};
@@ -46,6 +48,8 @@ pub struct BuildConfig {
     pub codec: Codec,
     /// JPEG quality for the jpeg codec.
     pub jpeg_quality: u8,
+    /// JPEG chroma subsampling for the jpeg codec.
+    pub jpeg_subsampling: Subsampling,
     /// Stored image side (256 in the paper).
     pub side: u32,
     /// Decoding threads.
@@ -162,6 +166,7 @@ pub fn build(
         side: config.side,
         codec: config.codec,
         jpeg_quality: config.jpeg_quality,
+        jpeg_subsampling: config.jpeg_subsampling,
         classes: inputs.classes.clone(),
         max_shard_bytes: config.max_shard_bytes,
     };
@@ -207,6 +212,7 @@ pub fn build(
     let mut journal_file = journal.file;
 
     let mut writer = DatasetWriter::resume(out, writer_config.clone(), done_shards)?;
+    let writer_config = &writer_config;
     let mut pending_rejects: Vec<Reject> = Vec::new();
     progress(Progress::Start {
         total: inputs.images.len(),
@@ -233,7 +239,7 @@ pub fn build(
                     // A worker that died would leave its index unwritten and the writer
                     // waiting for it forever: any panic becomes this file's reject.
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare(&mut pre, &path, &mut pixels, config)
+                        prepare(&mut pre, &path, &mut pixels, writer_config)
                     }))
                     .unwrap_or_else(|_| {
                         pre = sv_image::Preprocessor::new(sv_image::PrepConfig::with_side(
@@ -344,19 +350,12 @@ fn prepare(
     pre: &mut sv_image::Preprocessor,
     path: &Path,
     pixels: &mut [u8],
-    config: &BuildConfig,
+    config: &WriterConfig,
 ) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     pre.process(&bytes, pixels).map_err(|e| e.to_string())?;
     let mut payload = Vec::new();
-    sv_shard::encode_payload(
-        config.codec,
-        config.side,
-        config.jpeg_quality,
-        pixels,
-        &mut payload,
-    )
-    .map_err(|e| e.to_string())?;
+    sv_shard::encode_payload(config, pixels, &mut payload).map_err(|e| e.to_string())?;
     Ok(payload)
 }
 
@@ -419,6 +418,9 @@ fn fingerprint(inputs: &Inputs, config: &WriterConfig) -> String {
         config.split, config.side, config.codec, config.jpeg_quality, config.max_shard_bytes
     )
     .as_bytes());
+    if config.codec == Codec::Jpeg {
+        eat(config.jpeg_subsampling.as_str().as_bytes());
+    }
     for c in &inputs.classes {
         eat(c.wnid.as_bytes());
         eat(c.name.as_bytes());
