@@ -11,6 +11,10 @@ Peers (batch 128, workers = cores, random 227 crop + horizontal flip):
   (c) NVIDIA DALI CPU pipeline on the same JPEG files: file reader, CPU decoder,
       crop_mirror_normalize with a uniform random crop position and a coin-flip
       mirror (float32 CHW). Skipped, with the reason, when DALI does not import.
+  (d) the same DALI pipeline on supervision's own JPEG records: each payload of the
+      jpeg shard set written out unchanged as a .jpg file, so (d) and supervision's
+      jpeg rows decode the same bytes and the ratio compares decoders and pipelines,
+      not encoders.
 supervision runs raw -> u8, raw -> f32, jpeg -> u8 and jpeg -> f32 (`--no-digest`,
 so the consumer does no extra work the peers do not do either).
 
@@ -19,7 +23,7 @@ warm), then --batches timed batches; images/s = timed images / timed seconds.
 
 Data: unless --shards/--jpeg-shards/--jpeg-dir are given, `supervision synth`
 writes --images training images, `supervision shard build` makes a raw and a jpeg
-(quality 90) shard set from them, and the raw records are written out as 256px
+(quality 90, --subsampling, default 4:2:0) shard set from them, and the raw records are written out as 256px
 JPEG files (PIL, quality 90) in class folders for (a) and (c). All of it is cached
 under ${SUPERVISION_CACHE:-~/.cache/supervision}/bench-peers-<images>.
 
@@ -86,29 +90,27 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def make_data(binary, images):
+def make_data(binary, images, subsampling):
     import numpy as np
     from PIL import Image
     base = os.path.join(CACHE, f"bench-peers-{images}")
-    tree, raw, jpeg, jdir = (os.path.join(base, n) for n in ("synth", "raw", "jpeg", "jpeg-files"))
+    tree, raw, jdir = (os.path.join(base, n) for n in ("synth", "raw", "jpeg-files"))
+    jpeg = os.path.join(base, "jpeg-" + subsampling.replace(":", ""))
     done = os.path.join(base, ".done")
     if os.path.exists(done):
+        if not os.path.exists(os.path.join(jpeg, "manifest.json")):
+            run([binary, "shard", "build", "--input", train_folder(tree), "--output", jpeg,
+                 "--codec", "jpeg", "--quality", "90", "--subsampling", subsampling, "--force"])
         return raw, jpeg, jdir
     os.makedirs(base, exist_ok=True)
     classes = 10
     per_class = max(1, images // classes)
     run([binary, "synth", "--output", tree, "--classes", str(classes),
          "--per-class", str(per_class), "--val-per-class", "1", "--force"])
-    train = os.path.join(tree, "train")
-    if not os.path.isdir(train):
-        # layouts differ between synth versions: find the folder of class folders
-        for dirpath, dirnames, _ in os.walk(tree):
-            if os.path.basename(dirpath) == "train" and dirnames:
-                train = dirpath
-                break
+    train = train_folder(tree)
     run([binary, "shard", "build", "--input", train, "--output", raw, "--codec", "raw", "--force"])
     run([binary, "shard", "build", "--input", train, "--output", jpeg, "--codec", "jpeg",
-         "--quality", "90", "--force"])
+         "--quality", "90", "--subsampling", subsampling, "--force"])
     # 256px JPEG files of exactly the raw records, in class folders
     with open(os.path.join(raw, "manifest.json")) as f:
         manifest = json.load(f)
@@ -125,6 +127,51 @@ def make_data(binary, images):
                 os.path.join(d, f"{shard['name']}-{i:06d}.jpg"), quality=90)
     open(done, "w").close()
     return raw, jpeg, jdir
+
+
+def train_folder(tree):
+    train = os.path.join(tree, "train")
+    if not os.path.isdir(train):
+        # layouts differ between synth versions: find the folder of class folders
+        for dirpath, dirnames, _ in os.walk(tree):
+            if os.path.basename(dirpath) == "train" and dirnames:
+                return dirpath
+    return train
+
+
+def payload_files(jpeg):
+    """Write every payload of a jpeg shard set unchanged as <jpeg>-files/<label>/*.jpg
+    (once); the folder."""
+    out = jpeg.rstrip("/") + "-files"
+    done = os.path.join(out, ".done")
+    if os.path.exists(done):
+        return out
+    with open(os.path.join(jpeg, "manifest.json")) as f:
+        manifest = json.load(f)
+    for shard in manifest["shards"]:
+        path = os.path.join(jpeg, shard["name"])
+        for i, (offset, length, label) in enumerate(read_index(path, shard["records"])):
+            d = os.path.join(out, f"{label:04d}")
+            os.makedirs(d, exist_ok=True)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+            with open(os.path.join(d, f"{shard['name']}-{i:06d}.jpg"), "wb") as f:
+                f.write(data)
+    open(done, "w").close()
+    return out
+
+
+def read_index(path, n):
+    """(offset, length, label) per record from a shard's index (header field at 40:
+    index offset; 24-byte entries: u64 offset, u32 length, u32 label, u32 crc)."""
+    import struct
+    with open(path, "rb") as f:
+        header = f.read(64)
+        (index_offset,) = struct.unpack_from("<Q", header, 40)
+        f.seek(index_offset)
+        index = f.read(24 * n)
+    return [struct.unpack_from("<QII", index, 24 * i) for i in range(n)]
 
 
 def read_labels(path, n):
@@ -261,7 +308,9 @@ def main():
     ap.add_argument("--shards", help="raw shard set (else generated)")
     ap.add_argument("--jpeg-shards", help="jpeg shard set of the same images")
     ap.add_argument("--jpeg-dir", help="the same images as 256px JPEG files in class folders")
-    ap.add_argument("--skip", default="", help="comma-separated peers to skip: a,b,c")
+    ap.add_argument("--subsampling", default="4:2:0", choices=["4:2:0", "4:4:4"],
+                    help="chroma subsampling of the generated jpeg shard set")
+    ap.add_argument("--skip", default="", help="comma-separated peers to skip: a,b,c,d")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     ensure_venv()
@@ -270,10 +319,11 @@ def main():
     if args.shards and args.jpeg_shards and args.jpeg_dir:
         raw, jpeg, jdir = args.shards, args.jpeg_shards, args.jpeg_dir
     else:
-        raw, jpeg, jdir = make_data(args.binary, args.images)
+        raw, jpeg, jdir = make_data(args.binary, args.images, args.subsampling)
     w, n, wu = args.workers, args.batches, args.warmup
     skip = set(args.skip.split(","))
-    res = {"workers": w, "batch_size": BATCH, "batches": n, "warmup": wu, "crop": CROP}
+    res = {"workers": w, "batch_size": BATCH, "batches": n, "warmup": wu, "crop": CROP,
+           "jpeg_shards": jpeg, "load_average": os.getloadavg()[0]}
     notes = []
     for form, shards in (("raw u8", raw), ("raw f32", raw), ("jpeg u8", jpeg), ("jpeg f32", jpeg)):
         codec, output = form.split()
@@ -289,12 +339,20 @@ def main():
             notes.append(why)
         else:
             res["peer c: DALI cpu jpeg files"] = c
+    if "d" not in skip:
+        d, why = peer_c(payload_files(jpeg), w, n, wu)
+        if d is None:
+            notes.append(why)
+        else:
+            res["peer d: DALI cpu our jpeg bytes"] = d
     print(f"\nimages/s, batch {BATCH}, {w} workers, crop {CROP}, {n} timed batches after {wu}")
     for k, v in res.items():
         if k.startswith(("supervision", "peer")):
             print(f"  {k:<34} {v:>10.0f}")
     pairs = [("supervision raw u8", "peer b: numpy memmap raw"),
              ("supervision raw u8", "peer a: torchvision jpeg files"),
+             ("supervision jpeg u8", "peer d: DALI cpu our jpeg bytes"),
+             ("supervision jpeg f32", "peer d: DALI cpu our jpeg bytes"),
              ("supervision jpeg u8", "peer c: DALI cpu jpeg files"),
              ("supervision jpeg f32", "peer c: DALI cpu jpeg files"),
              ("supervision jpeg f32", "peer a: torchvision jpeg files"),

@@ -29,6 +29,7 @@ fn dataset(dir: &std::path::Path, codec: Codec) -> Arc<Dataset> {
         side: SIDE,
         codec,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes,
         max_shard_bytes: 64 << 20,
     };

@@ -65,6 +65,7 @@ fn dataset_pass(c: &mut Criterion) {
         side: SIDE as u32,
         codec: Codec::Raw,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: vec![ClassInfo {
             wnid: "n00000000".into(),
             name: "bench".into(),

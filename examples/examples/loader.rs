@@ -64,6 +64,7 @@ fn generated_dataset() -> Result<std::path::PathBuf, Box<dyn std::error::Error>>
         side: 256,
         codec: Codec::Raw,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes,
         max_shard_bytes: 16 << 20,
     };

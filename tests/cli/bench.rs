@@ -20,6 +20,7 @@ fn dataset(dir: &Path, n: usize, codec: Codec) {
         side: 64,
         codec,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes,
         max_shard_bytes: 200_000,
     };

@@ -41,6 +41,7 @@ fn write(dir: &Path, codec: Codec, imgs: &[Vec<u8>], max_shard_bytes: u64) {
         side: SIDE,
         codec,
         jpeg_quality: 95,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: vec![ClassInfo {
             wnid: "n00000001".into(),
             name: "only".into(),

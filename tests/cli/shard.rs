@@ -198,11 +198,24 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
     std::fs::write(class_dir.join("zz_empty.JPEG"), b"").unwrap();
     std::fs::write(class_dir.join("zz_text.JPEG"), b"this is not an image").unwrap();
     std::fs::write(class_dir.join("zz_cut.JPEG"), &bytes[..bytes.len() / 3]).unwrap();
+    // Cut with an end-of-image marker after the cut; a frame header taller than the
+    // data: decoders grey-fill both, the build must refuse them.
+    let mut cut_eoi = bytes[..bytes.len() / 2].to_vec();
+    cut_eoi.extend_from_slice(&[0xFF, 0xD9]);
+    std::fs::write(class_dir.join("zz_cut_eoi.JPEG"), &cut_eoi).unwrap();
+    let mut tall = bytes.clone();
+    let sof = tall
+        .windows(2)
+        .position(|m| m[0] == 0xFF && matches!(m[1], 0xC0..=0xC2))
+        .unwrap();
+    let h = u16::from_be_bytes([tall[sof + 5], tall[sof + 6]]);
+    tall[sof + 5..sof + 7].copy_from_slice(&(h + 64).to_be_bytes());
+    std::fs::write(class_dir.join("zz_tall.JPEG"), &tall).unwrap();
     write_png_bomb(&class_dir.join("zz_bomb.JPEG"));
     let out_dir = t.path().join("shards");
     let out = build(&train, &out_dir, &[]);
     assert!(
-        out.contains("6 records") && out.contains("4 of 10 files rejected"),
+        out.contains("6 records") && out.contains("6 of 12 files rejected"),
         "{out}"
     );
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("rejects.jsonl"))
@@ -225,10 +238,15 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
         [
             "zz_bomb.JPEG",
             "zz_cut.JPEG",
+            "zz_cut_eoi.JPEG",
             "zz_empty.JPEG",
+            "zz_tall.JPEG",
             "zz_text.JPEG"
         ]
     );
+    for name in ["zz_cut.JPEG", "zz_cut_eoi.JPEG", "zz_tall.JPEG"] {
+        assert!(by_name[name].contains("truncated jpeg"), "{by_name:?}");
+    }
     assert!(by_name["zz_bomb.JPEG"].contains("limit"), "{by_name:?}");
     assert!(by_name["zz_empty.JPEG"].contains("empty"), "{by_name:?}");
     ok(&["shard", "verify", s(&out_dir)]);

@@ -47,6 +47,7 @@ pub(crate) fn make_set_of(
         side,
         codec: Codec::Raw,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: info,
         max_shard_bytes: 1 << 20,
     };
@@ -255,6 +256,43 @@ fn train_eval_predict_plot_and_resume() {
         .map(|t| t["probability"].as_f64().unwrap())
         .sum();
     assert!((total - 1.0).abs() < 1e-4);
+
+    // predict decodes through the same checks as the build: a JPEG cut short with an
+    // end-of-image marker after the cut is an error naming the file, in words.
+    let mut jpeg = Vec::new();
+    let jpeg_config = sv_shard::WriterConfig {
+        split: sv_core::Split::Train,
+        side: 72,
+        codec: Codec::Jpeg,
+        jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
+        classes: Vec::new(),
+        max_shard_bytes: 1 << 30,
+    };
+    sv_shard::encode_payload(
+        &jpeg_config,
+        &(0..72 * 72 * 3)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect::<Vec<u8>>(),
+        &mut jpeg,
+    )
+    .unwrap();
+    jpeg.truncate(jpeg.len() / 2);
+    jpeg.extend_from_slice(&[0xFF, 0xD9]);
+    let cut = t.path().join("cut.jpg");
+    std::fs::write(&cut, &jpeg).unwrap();
+    let err = fails(&[
+        "predict",
+        "--checkpoint",
+        s(&ck),
+        "--device",
+        "cpu",
+        s(&cut),
+    ]);
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated JPEG: scan 1 holds"),
+        "{err}"
+    );
 
     // plot
     let curves = t.path().join("curves.png");
@@ -493,6 +531,7 @@ fn mean_image_is_subtracted_and_kept_in_the_checkpoint() {
         side: 16,
         codec: Codec::Raw,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: vec![ClassInfo {
             wnid: "n00000000".into(),
             name: "one".into(),

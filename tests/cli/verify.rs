@@ -21,6 +21,7 @@ fn dataset(dir: &Path, n: u32, classes: u32, codec: Codec) -> Manifest {
         side: SIDE,
         codec,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: (0..classes)
             .map(|c| ClassInfo {
                 wnid: format!("n{c:08}"),

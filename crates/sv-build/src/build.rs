@@ -22,7 +22,7 @@ use std::sync::{Condvar, Mutex, mpsc};
 use sv_core::{Geometry, Split};
 use sv_shard::{
     Codec, DATA_OFFSET, DatasetWriter, INDEX_ENTRY_SIZE, MANIFEST_FILE, Manifest, ShardEntry,
-    WriterConfig,
+    Subsampling, WriterConfig,
 };
 
 use crate::inputs::{Ignored, InputSpec, Inputs, discover};
@@ -54,6 +54,8 @@ pub struct BuildConfig {
     pub codec: Codec,
     /// JPEG quality for the jpeg codec.
     pub jpeg_quality: u8,
+    /// JPEG chroma subsampling for the jpeg codec.
+    pub jpeg_subsampling: Subsampling,
     /// Stored image side (256 in the paper).
     pub side: u32,
     /// Decoding threads (at least 1).
@@ -265,6 +267,7 @@ impl<'a> Job<'a> {
             side: config.side,
             codec: config.codec,
             jpeg_quality: config.jpeg_quality,
+            jpeg_subsampling: config.jpeg_subsampling,
             classes: inputs.classes.clone(),
             max_shard_bytes: config.max_shard_bytes,
         };
@@ -621,14 +624,7 @@ impl<'a> Job<'a> {
         let config = self.config;
         pre.process(bytes, pixels).map_err(|e| e.to_string())?;
         let mut payload = Vec::new();
-        sv_shard::encode_payload(
-            config.codec,
-            config.side,
-            config.jpeg_quality,
-            pixels,
-            &mut payload,
-        )
-        .map_err(|e| e.to_string())?;
+        sv_shard::encode_payload(&self.writer, pixels, &mut payload).map_err(|e| e.to_string())?;
         let limit = max_payload(config.max_shard_bytes);
         if payload.len() as u64 > limit {
             return Err(format!(

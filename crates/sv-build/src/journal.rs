@@ -118,6 +118,9 @@ pub(crate) fn settings_fingerprint(inputs: &Inputs, config: &WriterConfig, part:
         )
         .as_bytes(),
     );
+    if config.codec == sv_shard::Codec::Jpeg {
+        d.eat(config.jpeg_subsampling.as_str().as_bytes());
+    }
     for c in &inputs.classes {
         d.eat(c.wnid.as_bytes());
         d.eat(c.name.as_bytes());

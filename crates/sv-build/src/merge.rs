@@ -108,6 +108,10 @@ pub fn merge(config: &MergeConfig) -> Result<MergeSummary, BuildError> {
         side: first.side,
         codec: first.codec,
         jpeg_quality: first.jpeg_quality.unwrap_or(90),
+        // a manifest without the field holds 4:4:4 records
+        jpeg_subsampling: first
+            .jpeg_subsampling
+            .unwrap_or(sv_shard::Subsampling::S444),
         classes: first.classes.clone(),
         max_shard_bytes: 0,
     };

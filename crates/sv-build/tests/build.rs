@@ -41,6 +41,7 @@ fn config(input: &Path, output: &Path, workers: usize, codec: Codec) -> BuildCon
         split: Split::Train,
         codec,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         side: 64,
         workers,
         // 64x64x3 = 12,288 bytes: five raw records per shard.

@@ -13,6 +13,7 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 use zune_jpeg::errors::DecodeErrors;
 
+use crate::entropy::JpegCheck;
 use crate::error::{Format, ImageError, Limit};
 
 const JPEG_MAGIC: [u8; 3] = [0xFF, 0xD8, 0xFF];
@@ -116,6 +117,12 @@ fn zune_error(e: DecodeErrors) -> ImageError {
             format: Format::Jpeg,
             reason: format!("{scheme:?}"),
         },
+        // zune's Display quotes these (it prints its Debug form).
+        DecodeErrors::Format(reason) => corrupt(Format::Jpeg, reason),
+        DecodeErrors::FormatStatic(reason) => corrupt(Format::Jpeg, reason),
+        DecodeErrors::ExhaustedData | DecodeErrors::IoErrors(_) => {
+            corrupt(Format::Jpeg, "the file ends inside a header or scan")
+        }
         other => corrupt(Format::Jpeg, other),
     }
 }
@@ -134,6 +141,7 @@ pub(crate) fn jpeg(
     bytes: &[u8],
     limits: &Limits,
     reduction: impl Fn(u32, u32) -> u32,
+    check: &mut JpegCheck,
     buf: &mut Vec<u8>,
 ) -> Result<Decoded, ImageError> {
     // zune's own size limit reports as a generic format error; ours is checked below
@@ -157,6 +165,8 @@ pub(crate) fn jpeg(
     let gray = input == ColorSpace::Luma;
     let channels = if gray { 1 } else { 3 };
     limits.check(Format::Jpeg, w.into(), h.into(), channels as u64)?;
+    // The decoder grey-fills data that is not there; refuse it first.
+    check.check(bytes)?;
 
     let k = reduction(w, h);
     if k > 1 && matches!(input, ColorSpace::YCbCr | ColorSpace::Luma) {

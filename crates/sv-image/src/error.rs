@@ -41,6 +41,43 @@ impl std::fmt::Display for Limit {
     }
 }
 
+/// Where a JPEG's data runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Truncation {
+    /// A scan's data (or one restart interval's) ends before its last MCU.
+    #[error(
+        "scan {scan} holds {mcus} of the {expected} MCUs of the {width}x{height} frame its \
+         header declares (the file was cut short, or the header claims more pixels than the \
+         data holds)"
+    )]
+    Scan {
+        /// 1-based scan number.
+        scan: usize,
+        /// Whole MCUs the scan's data holds.
+        mcus: usize,
+        /// MCUs the scan needs.
+        expected: usize,
+        /// Frame width declared by the header.
+        width: usize,
+        /// Frame height declared by the header.
+        height: usize,
+    },
+    /// Every scan is whole, but the file ends before some component has all its
+    /// coefficients at full precision (a progressive file cut between two scans).
+    #[error(
+        "the file ends after {scans} scan(s), before component {component} has coefficient \
+         {coefficient} (zig-zag order) at full precision (cut between two scans)"
+    )]
+    Incomplete {
+        /// 1-based component number.
+        component: usize,
+        /// First incomplete coefficient, zig-zag index.
+        coefficient: usize,
+        /// Scans the file holds.
+        scans: usize,
+    },
+}
+
 /// Why one image could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -61,6 +98,11 @@ pub enum ImageError {
         /// What the decoder reported.
         reason: String,
     },
+    /// A JPEG whose entropy-coded data ends before the image does: cut short (with or
+    /// without an end-of-image marker after the cut), or a frame header that declares
+    /// more pixels than the scans hold. A decoder would fill the rest with grey.
+    #[error("truncated JPEG: {0}")]
+    Truncated(Truncation),
     /// A valid file using a feature this decoder does not support (12-bit JPEG,
     /// arithmetic coding, ...).
     #[error("unsupported {format}: {reason}")]

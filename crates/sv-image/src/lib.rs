@@ -27,13 +27,15 @@
 #![warn(missing_docs)]
 
 mod decode;
+mod entropy;
 mod error;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 pub use decode::{Limits, sniff};
-pub use error::{Format, ImageError, Limit};
+pub use entropy::JpegCheck;
+pub use error::{Format, ImageError, Limit, Truncation};
 
 /// The antialiasing filter of the resize (convolution with a support that widens
 /// with the scale factor, as PIL's).
@@ -139,6 +141,8 @@ pub struct Preprocessor {
     raw: Vec<u8>,
     /// Resized gray square, replicated to RGB at the end.
     gray: Vec<u8>,
+    /// Entropy-data completeness check (tables and refinement state reused).
+    check: JpegCheck,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -160,6 +164,7 @@ impl Preprocessor {
             pixels: Vec::new(),
             raw: Vec::new(),
             gray: Vec::new(),
+            check: JpegCheck::new(),
         }
     }
 
@@ -192,12 +197,17 @@ impl Preprocessor {
         let config = self.config;
         let pixels = &mut self.pixels;
         let raw = &mut self.raw;
+        let check = &mut self.check;
         // Decoders are fuzzed but third-party; a panic on hostile bytes must not
         // take a worker down, so it becomes a corrupt-file error.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match format {
-            Format::Jpeg => {
-                decode::jpeg(bytes, &config.limits, |w, h| config.reduction(w, h), pixels)
-            }
+            Format::Jpeg => decode::jpeg(
+                bytes,
+                &config.limits,
+                |w, h| config.reduction(w, h),
+                check,
+                pixels,
+            ),
             Format::Png => decode::png(bytes, &config.limits, pixels, raw),
         }))
         .map_err(|_| ImageError::Corrupt {

@@ -76,7 +76,7 @@ fn truncated_jpeg_is_corrupt() {
                 ImageError::Corrupt {
                     format: Format::Jpeg,
                     ..
-                }
+                } | ImageError::Truncated(_)
             ),
             "cut {cut}: {err}"
         );

@@ -626,6 +626,7 @@ mod tests {
             side: 16,
             codec: Codec::Raw,
             jpeg_quality: 90,
+            jpeg_subsampling: sv_shard::Subsampling::default(),
             classes: vec![ClassInfo {
                 wnid: "n0".into(),
                 name: "zero".into(),

@@ -54,7 +54,10 @@
 //! (row-major, HWC), and its records are contiguous: record `i` starts at
 //! `4096 + i * side * side * 3`, so a raw shard can also be read as a plain array
 //! (`numpy.memmap(path, uint8, offset=4096, shape=(n, side, side, 3))`). `jpeg` is a
-//! baseline JPEG of the same image, decoded to RGB when read.
+//! baseline JPEG of the same image, decoded to RGB when read; the manifest's
+//! `jpeg_subsampling` (`"4:2:0"` or `"4:4:4"`, jpeg codec only) says how its chroma was
+//! stored, and a jpeg manifest without it (written before the field existed) holds
+//! 4:4:4 records.
 //!
 //! # Invariants the reader enforces before it touches a byte
 //!
@@ -94,7 +97,7 @@ mod writer;
 
 pub use error::ShardError;
 pub use format::{DATA_OFFSET, INDEX_ENTRY_SIZE, MAGIC, VERSION};
-pub use manifest::{Codec, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ShardEntry};
+pub use manifest::{Codec, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ShardEntry, Subsampling};
 pub use reader::{Dataset, Record, ShardReader};
 pub use sigbus::report_truncated_shards;
 pub use writer::{

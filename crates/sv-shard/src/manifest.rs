@@ -26,6 +26,34 @@ pub enum Codec {
     Jpeg,
 }
 
+/// Chroma subsampling of JPEG records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Subsampling {
+    /// Full-resolution chroma; what manifests without the field hold.
+    #[serde(rename = "4:4:4")]
+    S444,
+    /// Chroma at half resolution both ways (libjpeg's, PIL's and ImageNet's own files).
+    #[default]
+    #[serde(rename = "4:2:0")]
+    S420,
+}
+
+impl Subsampling {
+    /// As written in the manifest and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subsampling::S444 => "4:4:4",
+            Subsampling::S420 => "4:2:0",
+        }
+    }
+}
+
+impl std::fmt::Display for Subsampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Codec {
     pub(crate) fn code(self) -> u32 {
         match self {
@@ -88,6 +116,10 @@ pub struct Manifest {
     pub codec: Codec,
     /// JPEG quality used when writing (jpeg codec only).
     pub jpeg_quality: Option<u8>,
+    /// Chroma subsampling of JPEG records (jpeg codec only; absent in manifests written
+    /// before it existed, whose records are 4:4:4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jpeg_subsampling: Option<Subsampling>,
     /// Total records over all shards.
     pub records: u64,
     /// The classes; labels index this list.
@@ -300,6 +332,7 @@ mod tests {
             channels: 3,
             codec: Codec::Jpeg,
             jpeg_quality: Some(90),
+            jpeg_subsampling: None,
             records: 7,
             classes: vec![
                 class("n01440764", "tench, Tinca tinca"),

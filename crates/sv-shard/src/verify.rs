@@ -310,6 +310,7 @@ mod tests {
             side: 16,
             codec: Codec::Raw,
             jpeg_quality: 90,
+            jpeg_subsampling: crate::Subsampling::default(),
             classes: vec![ClassInfo {
                 wnid: "n1".into(),
                 name: "one".into(),

@@ -9,21 +9,16 @@ use sv_core::fs::AtomicFile;
 use sv_core::{ClassInfo, Geometry, Split};
 
 use crate::format::{DATA_OFFSET, Header, INDEX_ENTRY_SIZE, IndexEntry, VERSION};
-use crate::manifest::{Codec, FORMAT_NAME, MANIFEST_FILE, Manifest, ShardEntry};
+use crate::manifest::{Codec, FORMAT_NAME, MANIFEST_FILE, Manifest, ShardEntry, Subsampling};
 use crate::{Result, ShardError};
 
 /// Default bound on a shard file's size: 1 GiB.
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 1 << 30;
 
-/// Encode one image (`side x side x 3` HWC RGB) as a record payload into `out`
-/// (cleared first).
-pub fn encode_payload(
-    codec: Codec,
-    side: u32,
-    jpeg_quality: u8,
-    pixels: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<()> {
+/// Encode one image (`side x side x 3` HWC RGB) as a record payload of `config`'s
+/// codec into `out` (cleared first).
+pub fn encode_payload(config: &WriterConfig, pixels: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let side = config.side;
     let want = Geometry { side }.image_bytes();
     if pixels.len() != want {
         return Err(ShardError::Invalid(format!(
@@ -32,12 +27,21 @@ pub fn encode_payload(
         )));
     }
     out.clear();
-    match codec {
+    match config.codec {
         Codec::Raw => out.extend_from_slice(pixels),
         Codec::Jpeg => {
+            use jpeg_encoder::{ChromaSubsamplingMethod, SamplingFactor};
             let side16 = u16::try_from(side)
                 .map_err(|_| ShardError::Invalid(format!("side {side} is too large for JPEG")))?;
-            let encoder = jpeg_encoder::Encoder::new(&mut *out, jpeg_quality.clamp(1, 100));
+            let mut encoder =
+                jpeg_encoder::Encoder::new(&mut *out, config.jpeg_quality.clamp(1, 100));
+            encoder.set_sampling_factor(match config.jpeg_subsampling {
+                Subsampling::S444 => SamplingFactor::F_1_1,
+                Subsampling::S420 => SamplingFactor::F_2_2,
+            });
+            // Each chroma sample the mean of its 2x2 pixels, as libjpeg (the encoder's
+            // default takes the top-left pixel).
+            encoder.set_chroma_subsampling_method(ChromaSubsamplingMethod::Average);
             encoder
                 .encode(pixels, side16, side16, jpeg_encoder::ColorType::Rgb)
                 .map_err(|e| ShardError::Invalid(format!("JPEG encoding failed: {e}")))?;
@@ -169,6 +173,8 @@ pub struct WriterConfig {
     pub codec: Codec,
     /// JPEG quality (1-100), jpeg codec only.
     pub jpeg_quality: u8,
+    /// JPEG chroma subsampling, jpeg codec only.
+    pub jpeg_subsampling: Subsampling,
     /// The classes labels refer to.
     pub classes: Vec<ClassInfo>,
     /// A shard is closed before it would grow past this many bytes.
@@ -186,6 +192,7 @@ impl WriterConfig {
             channels: sv_core::CHANNELS as u32,
             codec: self.codec,
             jpeg_quality: (self.codec == Codec::Jpeg).then_some(self.jpeg_quality),
+            jpeg_subsampling: (self.codec == Codec::Jpeg).then_some(self.jpeg_subsampling),
             records: shards.iter().map(|s| s.records).sum(),
             classes: self.classes.clone(),
             shards,
@@ -252,14 +259,8 @@ impl DatasetWriter {
     /// Encode and append one image (`side x side x 3` HWC RGB).
     pub fn push(&mut self, label: u32, pixels: &[u8]) -> Result<Option<ShardEntry>> {
         let mut payload = std::mem::take(&mut self.scratch);
-        let r = encode_payload(
-            self.config.codec,
-            self.config.side,
-            self.config.jpeg_quality,
-            pixels,
-            &mut payload,
-        )
-        .and_then(|()| self.push_encoded(label, &payload));
+        let r = encode_payload(&self.config, pixels, &mut payload)
+            .and_then(|()| self.push_encoded(label, &payload));
         self.scratch = payload;
         r
     }
@@ -360,6 +361,7 @@ mod tests {
                 side: 16,
                 codec: Codec::Jpeg,
                 jpeg_quality: 90,
+                jpeg_subsampling: crate::Subsampling::default(),
                 classes,
                 max_shard_bytes: bound,
             },

@@ -22,6 +22,7 @@ fn config(codec: Codec, side: u32, max_shard_bytes: u64) -> WriterConfig {
         side,
         codec,
         jpeg_quality: 95,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: classes(5),
         max_shard_bytes,
     }
@@ -571,4 +572,52 @@ fn a_shard_truncated_under_a_reader_is_reported_by_name() {
         shard_path(dir.path(), &m, 0).display()
     );
     assert!(err.contains(&want), "{err}");
+}
+
+#[test]
+fn jpeg_subsampling_is_applied_and_recorded() {
+    use sv_shard::Subsampling;
+    for (sub, sampling, name) in [
+        (Subsampling::S420, 0x22, "4:2:0"),
+        (Subsampling::S444, 0x11, "4:4:4"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            jpeg_subsampling: sub,
+            ..config(Codec::Jpeg, 32, 1 << 20)
+        };
+        let m = write(dir.path(), cfg, &[(0, image(32, 1)), (1, image(32, 2))]);
+        assert_eq!(m.jpeg_subsampling, Some(sub));
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("\"jpeg_subsampling\":\"{name}\""))
+                || text.contains(&format!("\"jpeg_subsampling\": \"{name}\"")),
+            "{text}"
+        );
+        // The luma component's sampling factors in the frame header.
+        let ds = Dataset::open(dir.path()).unwrap();
+        let payload = ds.record(0).unwrap().payload.to_vec();
+        let sof = payload.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        assert_eq!(payload[sof + 11], sampling, "{name}");
+        let mut scratch = Vec::new();
+        let got = ds.record(0).unwrap().pixels(&mut scratch).unwrap().to_vec();
+        assert!(mean_abs_diff(&got, &image(32, 1)) < 4.0, "{name}");
+        // A manifest from before the field: still opens (its records are 4:4:4).
+        edit_manifest(dir.path(), true, |v| {
+            v.as_object_mut().unwrap().remove("jpeg_subsampling");
+        });
+        let old = Dataset::open(dir.path()).unwrap();
+        assert_eq!(old.manifest().jpeg_subsampling, None);
+        assert_eq!(old.len(), 2);
+    }
+    // Raw datasets do not mention it.
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(
+        dir.path(),
+        config(Codec::Raw, 8, 1 << 20),
+        &[(0, image(8, 1))],
+    );
+    assert_eq!(m.jpeg_subsampling, None);
+    let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+    assert!(!text.contains("jpeg_subsampling"), "{text}");
 }

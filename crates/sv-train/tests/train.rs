@@ -47,6 +47,7 @@ fn make_set(
         side: SIDE,
         codec: Codec::Raw,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: classes(n_classes),
         max_shard_bytes: 1 << 20,
     };

@@ -57,6 +57,7 @@ fn dataset(dir: &Path, split: Split, n: usize) -> Arc<Dataset> {
             side: SIDE,
             codec: Codec::Raw,
             jpeg_quality: 90,
+            jpeg_subsampling: Default::default(),
             classes: classes(),
             max_shard_bytes: 1 << 20,
         },

@@ -41,6 +41,7 @@ pub fn dataset(
         side,
         codec,
         jpeg_quality: 90,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes,
         max_shard_bytes,
     };

@@ -46,6 +46,7 @@ pub fn write_dataset(
         side,
         codec,
         jpeg_quality: 95,
+        jpeg_subsampling: sv_shard::Subsampling::default(),
         classes: vec![
             ClassInfo {
                 wnid: "n00000001".into(),

@@ -1,0 +1,296 @@
+//! Truncation: every layout (baseline and progressive, 4:4:4/4:2:0/4:2:2, gray, CMYK,
+//! restart markers, libjpeg's successive-approximation scans) decodes whole and is
+//! refused when cut anywhere in its scans (with or without an EOI after the cut), cut
+//! between two scans, or when its frame header claims more pixels than its data holds.
+
+use std::path::Path;
+
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
+use proptest::prelude::*;
+
+use crate::{ImageError, PrepConfig, Preprocessor, Truncation};
+
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    color: ColorType,
+    sampling: SamplingFactor,
+    progressive: bool,
+    restart: u16,
+    optimize: bool,
+}
+
+fn layout(color: ColorType) -> Layout {
+    Layout {
+        color,
+        sampling: SamplingFactor::F_1_1,
+        progressive: false,
+        restart: 0,
+        optimize: false,
+    }
+}
+
+/// A textured picture (every block has AC energy) encoded in `l`.
+fn encode(w: u16, h: u16, l: Layout, seed: u64) -> Vec<u8> {
+    let channels = match l.color {
+        ColorType::Luma => 1,
+        ColorType::Cmyk | ColorType::Ycck => 4,
+        _ => 3,
+    };
+    let mut state = seed | 1;
+    let px: Vec<u8> = (0..usize::from(w) * usize::from(h) * channels)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((i % 251) as u64 + (state % 64)) as u8
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut enc = Encoder::new(&mut out, 90);
+    enc.set_sampling_factor(l.sampling);
+    enc.set_progressive(l.progressive);
+    enc.set_restart_interval(l.restart);
+    enc.set_optimized_huffman_tables(l.optimize);
+    enc.encode(&px, w, h, l.color).expect("encode");
+    out
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::fs::read(dir.join(name)).expect("fixture (tools/make_jpeg_fixtures.py)")
+}
+
+const LIBJPEG: [&str; 5] = [
+    "libjpeg-progressive-420.jpg",
+    "libjpeg-progressive-444-rst.jpg",
+    "libjpeg-progressive-gray.jpg",
+    "libjpeg-progressive-cmyk.jpg",
+    "libjpeg-baseline-420-rst.jpg",
+];
+
+fn layouts() -> Vec<Layout> {
+    let mut all = Vec::new();
+    for color in [
+        ColorType::Rgb,
+        ColorType::Luma,
+        ColorType::Cmyk,
+        ColorType::Ycck,
+    ] {
+        for sampling in [
+            SamplingFactor::F_1_1,
+            SamplingFactor::F_2_2,
+            SamplingFactor::F_2_1,
+        ] {
+            // jpeg-encoder subsamples CMYK's K channel, which zune-jpeg cannot decode
+            // (Adobe's CMYK files are not subsampled; libjpeg's are in the fixtures).
+            if color != ColorType::Rgb && sampling != SamplingFactor::F_1_1 {
+                continue;
+            }
+            // jpeg-encoder's optimised tables panic on some small images; the libjpeg
+            // fixtures (always optimised when progressive) cover custom tables.
+            for (progressive, restart, optimize) in [
+                (false, 0, false),
+                (false, 2, false),
+                (true, 0, false),
+                (true, 3, false),
+            ] {
+                all.push(Layout {
+                    color,
+                    sampling,
+                    progressive,
+                    restart,
+                    optimize,
+                });
+            }
+        }
+    }
+    all
+}
+
+/// Offsets of every marker's first byte (`FF` followed by neither `00` nor `FF`).
+fn markers(bytes: &[u8], code: impl Fn(u8) -> bool) -> Vec<usize> {
+    (0..bytes.len() - 1)
+        .filter(|&i| bytes[i] == 0xFF && bytes[i + 1] != 0 && bytes[i + 1] != 0xFF)
+        .filter(|&i| code(bytes[i + 1]))
+        .collect()
+}
+
+/// Where the data of the scan whose SOS marker is at `sos` starts.
+fn scan_data(bytes: &[u8], sos: usize) -> usize {
+    sos + 2 + usize::from(u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]))
+}
+
+fn decode(bytes: &[u8]) -> Result<(), ImageError> {
+    let mut p = Preprocessor::new(PrepConfig::with_side(16));
+    let mut out = vec![0u8; p.output_len()];
+    p.process(bytes, &mut out)
+}
+
+fn with_eoi(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.extend_from_slice(&[0xFF, 0xD9]);
+    v
+}
+
+#[track_caller]
+fn assert_truncated(bytes: &[u8], what: &str) {
+    match decode(bytes) {
+        Err(ImageError::Truncated(_)) => {}
+        other => panic!("{what}: expected a truncation error, got {other:?}"),
+    }
+}
+
+/// Offsets at which a cut falls inside some scan's entropy-coded data (not inside a
+/// marker or a segment header, which the decoder refuses on its own).
+fn data_offsets(full: &[u8]) -> Vec<usize> {
+    let mut inside = Vec::new();
+    for sos in markers(full, |m| m == 0xDA) {
+        let data = scan_data(full, sos);
+        let end = data + markers(&full[data..], |m| !(0xD0..=0xD7).contains(&m))[0];
+        inside.extend((data..end).filter(|&c| full[c - 1] != 0xFF && full[c] != 0xFF));
+    }
+    inside
+}
+
+/// Cuts at several points of the scans' data, each with and without an EOI after it.
+fn assert_every_cut_refused(full: &[u8], name: &str) {
+    let inside = data_offsets(full);
+    let mut cuts: Vec<usize> = [0, 1, 10, 25, 50, 75, 90, 99]
+        .iter()
+        .map(|pct| inside[(inside.len() - 1) * pct / 100])
+        .collect();
+    cuts.push(*inside.last().expect("scan data")); // only the last data byte missing
+    for cut in cuts {
+        assert_truncated(&full[..cut], &format!("{name} cut at {cut}/{}", full.len()));
+        assert_truncated(
+            &with_eoi(&full[..cut]),
+            &format!("{name} cut at {cut}/{} + EOI", full.len()),
+        );
+    }
+}
+
+#[test]
+fn whole_files_of_every_layout_decode() {
+    for l in layouts() {
+        let full = encode(37, 29, l, 7);
+        decode(&full).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+    }
+    for name in LIBJPEG {
+        decode(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn cuts_anywhere_in_the_scans_are_refused() {
+    for l in layouts() {
+        assert_every_cut_refused(&encode(37, 29, l, 7), &format!("{l:?}"));
+    }
+    for name in LIBJPEG {
+        assert_every_cut_refused(&fixture(name), name);
+    }
+}
+
+#[test]
+fn cuts_between_progressive_scans_are_refused() {
+    let mut files: Vec<(String, Vec<u8>)> = LIBJPEG
+        .iter()
+        .filter(|n| n.contains("progressive"))
+        .map(|n| (n.to_string(), fixture(n)))
+        .collect();
+    for l in layouts().into_iter().filter(|l| l.progressive) {
+        files.push((format!("{l:?}"), encode(37, 29, l, 3)));
+    }
+    for (name, full) in files {
+        let scans = markers(&full, |m| m == 0xDA);
+        assert!(scans.len() > 1, "{name} has one scan");
+        for pair in scans.windows(2) {
+            // Cut where the earlier scan's data ends (before any tables of the next).
+            let data = scan_data(&full, pair[0]);
+            let cut = data + markers(&full[data..], |m| !(0xD0..=0xD7).contains(&m))[0];
+            match decode(&with_eoi(&full[..cut])) {
+                Err(ImageError::Truncated(Truncation::Incomplete { .. })) => {}
+                other => panic!("{name} cut before the scan at {}: {other:?}", pair[1]),
+            }
+        }
+    }
+}
+
+/// Rewrite the frame size in the SOF header (baseline or progressive).
+fn resize_frame(mut bytes: Vec<u8>, dw: u16, dh: u16) -> Vec<u8> {
+    let sof = markers(&bytes, |m| matches!(m, 0xC0..=0xC2))[0];
+    let h = u16::from_be_bytes([bytes[sof + 5], bytes[sof + 6]]) + dh;
+    let w = u16::from_be_bytes([bytes[sof + 7], bytes[sof + 8]]) + dw;
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn a_header_claiming_more_pixels_than_the_data_holds_is_refused() {
+    let mut files: Vec<(String, Vec<u8>)> = LIBJPEG
+        .iter()
+        .map(|n| (n.to_string(), fixture(n)))
+        .collect();
+    for l in layouts() {
+        files.push((format!("{l:?}"), encode(37, 29, l, 5)));
+    }
+    for (name, full) in files {
+        for (dw, dh) in [(0, 16), (0, 200), (16, 0), (300, 300)] {
+            let big = resize_frame(full.clone(), dw, dh);
+            match decode(&big) {
+                Err(ImageError::Truncated(Truncation::Scan { mcus, expected, .. })) => {
+                    assert!(mcus < expected, "{name}")
+                }
+                other => panic!("{name} grown by {dw}x{dh}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_message_says_what_is_wrong() {
+    let full = encode(40, 40, layout(ColorType::Rgb), 1);
+    let err = decode(&with_eoi(&full[..full.len() / 2])).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("truncated JPEG: scan 1 holds "), "{msg}");
+    assert!(msg.contains("of the 25 MCUs of the 40x40 frame"), "{msg}");
+    assert!(msg.contains("cut short"), "{msg}");
+}
+
+#[test]
+fn trailing_bytes_after_the_image_are_harmless() {
+    let mut full = encode(37, 29, layout(ColorType::Rgb), 2);
+    full.extend_from_slice(&[0u8; 100]);
+    decode(&full).expect("zeros after EOI");
+    let mut no_eoi = encode(37, 29, layout(ColorType::Rgb), 2);
+    no_eoi.truncate(no_eoi.len() - 2);
+    decode(&no_eoi).expect("a whole scan without EOI");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn any_layout_decodes_whole_and_refuses_any_cut(
+        w in 1u16..70,
+        h in 1u16..70,
+        which in 0usize..1000,
+        seed in any::<u64>(),
+        at in 0.0f64..1.0,
+        eoi in any::<bool>(),
+    ) {
+        let all = layouts();
+        let l = all[which % all.len()];
+        let full = encode(w, h, l, seed);
+        prop_assert!(decode(&full).is_ok(), "{:?} {}x{}", l, w, h);
+        let inside = data_offsets(&full);
+        let cut = inside[((inside.len() - 1) as f64 * at) as usize];
+        let mut cut_file = full[..cut].to_vec();
+        if eoi {
+            cut_file.extend_from_slice(&[0xFF, 0xD9]);
+        }
+        prop_assert!(
+            matches!(decode(&cut_file), Err(ImageError::Truncated(_))),
+            "{:?} {}x{} cut at {}/{}: {:?}", l, w, h, cut, full.len(), decode(&cut_file)
+        );
+    }
+}
