@@ -165,6 +165,29 @@ pub(crate) fn tensor_bytes(path: &Path) -> Vec<u8> {
     b[8 + n..].to_vec()
 }
 
+/// The paper-versus-option choices of issue 10 are visible in `train --help` with their
+/// defaults and sources (clap wraps lines, so whitespace is normalised first).
+#[test]
+fn help_names_the_training_choices_with_defaults_and_sources() {
+    let help = ok(&["train", "--help"]);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "--bias-decay <true|false>",
+        "the paper's update rule decays every parameter w",
+        "Caffe's reference bvlc_alexnet (decay_mult: 0 on biases) [default: true]",
+        "--init <paper|torch|kaiming>",
+        "--input-scale <raw|std>",
+        "(the paper, section 2)",
+        "--max-drops <MAX_DROPS> Plateau and step: divide at most this many times (the paper: 3) [default: 3]",
+        "--precision <bf16|fp16|fp32>",
+        "Default: bf16 on CUDA, fp32 on the CPU",
+        "--channels-last <true|false>",
+        "--copy-stream <true|false>",
+    ] {
+        assert!(help.contains(want), "`{want}` in train --help:\n{help}");
+    }
+}
+
 #[test]
 fn model_summary_counts_parameters() {
     let v = json(&ok(&["model", "summary", "alexnet", "--json"]));

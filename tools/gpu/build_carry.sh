@@ -31,5 +31,13 @@ strip -o target-gpu/carry/supervision target-gpu/release/supervision
 strip -o target-gpu/carry/supervision-torch target-gpu/release/supervision-torch
 strip -o target-gpu/carry/sv-train-tests "$test_bin"
 strip -o target-gpu/carry/sv-c10-tests "$c10_bin"
+# The NCCL stage needs ProcessGroupNCCL in the shim; sv-c10 leaves it out (with only a
+# cargo warning) when the CUDA/NCCL header wheels are missing. Its dynamic symbols
+# survive strip.
+if ! objdump -T target-gpu/carry/supervision-torch | grep -q ProcessGroupNCCL; then
+    echo "supervision-torch has no ProcessGroupNCCL: sv-c10 was built without NCCL" \
+        "(tools/setup-torch.sh installs the header wheels; SV_C10_NCCL must not be 0)" >&2
+    exit 1
+fi
 du -b target-gpu/carry/* | awk '{ t += $1; printf "%8.1f MiB  %s\n", $1 / 1048576, $2 }
     END { printf "%8.1f MiB  total (limit 64)\n", t / 1048576; exit (t >= 64 * 1048576) }'

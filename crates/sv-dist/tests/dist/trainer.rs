@@ -380,10 +380,16 @@ fn two_ranks_of_half_batches_train_like_one_rank_of_whole_batches() {
     // The job's loss is the whole batch's: the two runs log the same losses.
     let (a, b) = (want.outcome.as_ref().unwrap(), r0.outcome.as_ref().unwrap());
     assert_eq!(a.steps, b.steps);
-    // Rank 0 alone writes: rank 1's folder stays empty.
+    // Rank 0 alone writes (checkpoint, metrics and TensorBoard events): rank 1's
+    // folder stays empty.
     assert_eq!(
         files(&d.root.join("two/rank0")),
         [LAST_CHECKPOINT, METRICS_FILE, TENSORBOARD_DIR]
+    );
+    assert_eq!(
+        files(&d.root.join("two/rank0").join(TENSORBOARD_DIR)).len(),
+        1,
+        "one event file"
     );
     assert!(files(&d.root.join("two/rank1")).is_empty());
     let losses = |dir: &Path| -> Vec<(f64, f64)> {
