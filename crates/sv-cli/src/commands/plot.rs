@@ -62,7 +62,10 @@ struct Series {
 }
 
 fn read(path: &Path) -> Result<Series> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    // only a regular file: a FIFO in its place would be waited on forever
+    let bytes = sv_core::fs::read_regular(path, 1 << 30)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not a metrics file (not UTF-8 text)", path.display()))?;
     let mut s = Series::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
