@@ -450,13 +450,18 @@ pub fn run(args: Args) -> Result<i32> {
         format!("Training curves: {}", run.display())
     });
     let size = (args.width, args.height);
-    match format {
-        Format::Svg => draw(
-            SVGBackend::new(&args.output, size).into_drawing_area(),
-            &s,
-            &title,
-        )
-        .with_context(|| format!("write {}", args.output.display()))?,
+    // drawn in memory, then written atomically (sv_core::fs): a failed write keeps
+    // the old figure
+    let bytes = match format {
+        Format::Svg => {
+            let mut svg = String::new();
+            draw(
+                SVGBackend::with_string(&mut svg, size).into_drawing_area(),
+                &s,
+                &title,
+            )?;
+            svg.into_bytes()
+        }
         Format::Png => {
             let mut buf = vec![0u8; args.width as usize * args.height as usize * 3];
             draw(
@@ -464,12 +469,15 @@ pub fn run(args: Args) -> Result<i32> {
                 &s,
                 &title,
             )?;
+            let mut png = std::io::Cursor::new(Vec::new());
             image::RgbImage::from_raw(args.width, args.height, buf)
                 .context("plot buffer has the wrong size")?
-                .save(&args.output)
-                .with_context(|| format!("write {}", args.output.display()))?;
+                .write_to(&mut png, image::ImageFormat::Png)
+                .context("encode the figure as PNG")?;
+            png.into_inner()
         }
-    }
+    };
+    sv_core::fs::write_atomic(&args.output, &bytes)?;
     sv_cli::outln!(
         "wrote {} ({}x{} px): loss, error, learning rate, throughput over {} steps",
         args.output.display(),
