@@ -7,9 +7,11 @@ use std::sync::OnceLock;
 
 /// Path of the `supervision` binary of this build (target/<profile>/supervision).
 ///
-/// `cargo test --workspace` builds it (and `supervision-torch`, which it runs for the
-/// libtorch commands) already; when a single package is tested they are built here
-/// once, so the tests never run a stale binary from another profile.
+/// `cargo test` builds a package's binaries only for that package's own integration
+/// tests, and these live in another package: so the binaries (`supervision`, and
+/// `supervision-torch`, which it runs for the libtorch commands) are brought up to date
+/// here once per test process, in this build's profile. Up to date, that is cargo's
+/// quick no-op; never a stale binary from an earlier build.
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -20,16 +22,18 @@ pub fn binary() -> &'static Path {
             .and_then(Path::parent)
             .expect("target profile dir");
         let bin = profile_dir.join(format!("supervision{}", std::env::consts::EXE_SUFFIX));
-        let torch = profile_dir.join(format!("supervision-torch{}", std::env::consts::EXE_SUFFIX));
-        let need_torch = cfg!(feature = "train");
-        if !bin.exists() || (need_torch && !torch.exists()) {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "sv-cli", "--bins"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p sv-cli failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "sv-cli", "--bins"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
         }
+        if !cfg!(feature = "train") {
+            // without libtorch: `supervision` alone
+            build.arg("--no-default-features");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p sv-cli failed");
         bin
     })
 }

@@ -189,12 +189,22 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
         .map(|e| e.unwrap().path())
         .min()
         .unwrap();
-    let good = std::fs::read_dir(&class_dir)
+    // A real baseline/progressive JPEG to damage (synth also writes quirks: a PNG named
+    // .JPEG, CMYK and grayscale files).
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&class_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .min()
-        .unwrap();
-    let bytes = std::fs::read(&good).unwrap();
+        .collect();
+    files.sort();
+    let bytes = files
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .find(|b| {
+            b.starts_with(&[0xFF, 0xD8])
+                && b.windows(2)
+                    .any(|m| m[0] == 0xFF && matches!(m[1], 0xC0..=0xC2))
+        })
+        .expect("a JPEG among synth's files");
     std::fs::write(class_dir.join("zz_empty.JPEG"), b"").unwrap();
     std::fs::write(class_dir.join("zz_text.JPEG"), b"this is not an image").unwrap();
     std::fs::write(class_dir.join("zz_cut.JPEG"), &bytes[..bytes.len() / 3]).unwrap();
@@ -354,7 +364,7 @@ fn inspect_and_export_show_what_was_stored() {
     build(&root.join("train"), &out_dir, &["--codec", "jpeg"]);
     let text = ok(&["shard", "inspect", s(&out_dir)]);
     assert!(
-        text.contains("records   9") && text.contains("codec     jpeg (quality 90)"),
+        text.contains("records   9") && text.contains("codec     jpeg (quality 90, 4:2:0)"),
         "{text}"
     );
     let sheet = t.path().join("sheet.png");

@@ -27,9 +27,61 @@ fn run_with_rusage(cmd: &mut Command) -> (i32, i64) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
+/// The environment variable that turns [`rss_probe`] on: the binary to run, then its
+/// arguments, separated by newlines.
+const PROBE: &str = "SV_RSS_PROBE";
+
+/// Peak resident set of `supervision ARGS` in KiB, with its exit code.
+///
+/// Not measured from this process: Linux charges a process that exec'd after a vfork
+/// (how Rust spawns) with the high-water mark of the memory it was spawned from, so a
+/// test process that grew past 100 MB running other tests would be counted. This test
+/// binary is started again, fresh and small, and it runs the command and reports.
+fn peak_rss(args: &[&str]) -> (i32, i64) {
+    let mut spec = vec![s(binary()).to_string()];
+    spec.extend(args.iter().map(|a| a.to_string()));
+    let out = Command::new(std::env::current_exe().expect("test executable"))
+        .args([
+            "startup::rss_probe",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(PROBE, spec.join("\n"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spawn the probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        // the harness prints `test startup::rss_probe ... ` before the test's output
+        .find_map(|l| l.split_once("rss-probe ").map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no probe line: {out:?}"));
+    let mut f = line
+        .split_whitespace()
+        .map(|v| v.parse::<i64>().expect("probe number"));
+    let (code, kib) = (f.next().unwrap(), f.next().unwrap());
+    (code as i32, kib)
+}
+
+/// Not a test of its own: when [`PROBE`] is set this process is [`peak_rss`]'s fresh
+/// probe; otherwise it does nothing.
+#[test]
+fn rss_probe() {
+    let Ok(spec) = std::env::var(PROBE) else {
+        return;
+    };
+    let mut parts = spec.split('\n');
+    let mut cmd = Command::new(parts.next().expect("binary"));
+    cmd.args(parts);
+    let (code, kib) = run_with_rusage(&mut cmd);
+    println!("rss-probe {code} {kib}");
+}
+
 #[test]
 fn data_commands_do_not_load_libtorch() {
-    let (code, kib) = run_with_rusage(supervision().arg("--version"));
+    let (code, kib) = peak_rss(&["--version"]);
     assert_eq!(code, 0);
     assert!(
         kib < 100 * 1024,

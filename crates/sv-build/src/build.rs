@@ -173,7 +173,14 @@ pub fn build(
     let writer = DatasetWriter::resume(out, job.writer.clone(), done_shards)?;
     let mut segments = kept.clone();
     let (writer, tail) = job.run(writer, start, &mut segments, &mut journal, progress)?;
+    let before = writer.completed().len();
     let manifest = job.finish(writer, tail, &mut segments)?;
+    if manifest.shards.len() > before {
+        // the last shard, closed by finish
+        progress(Progress::Shard {
+            shards: manifest.shards.len(),
+        });
+    }
     drop(journal);
     let _ = std::fs::remove_file(out.join(JOURNAL_FILE));
     Ok(job.summary(Some(manifest), segments, plan.dropped, false)).map(|mut s| {

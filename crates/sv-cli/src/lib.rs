@@ -20,6 +20,15 @@ pub mod progress;
 /// written only when stderr is not a terminal (on a terminal the bar shows instead).
 pub const DEFAULT_LOG_FILTER: &str = "warn,sv_cli::progress=info";
 
+/// The logging flag both executables take (`-v`, `-vv`), for [`init_tracing`].
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Verbosity {
+    /// Log more (-v: debug, -vv: trace). Default: warnings, and progress lines when
+    /// stderr is not a terminal (a bar when it is). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
 /// Sets up `tracing` on stderr: [`DEFAULT_LOG_FILTER`] by default, `-v` debug, `-vv`
 /// trace; `RUST_LOG` overrides (`RUST_LOG=warn` silences the progress lines).
 pub fn init_tracing(verbose: u8) {

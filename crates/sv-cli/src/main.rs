@@ -16,10 +16,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "supervision", version, about, long_about = None)]
 struct Cli {
-    /// Log more (-v: debug, -vv: trace). Default: warnings, and progress lines when
-    /// stderr is not a terminal (a bar when it is). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: sv_cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,8 +75,8 @@ fn main() {
         sv_cli::exit_with(forward::run(&cmd, 0, vec!["--help".into()]));
     }
     let cli = Cli::parse();
-    sv_cli::init_tracing(cli.verbose);
-    let v = cli.verbose;
+    sv_cli::init_tracing(cli.log.verbose);
+    let v = cli.log.verbose;
     let result = match cli.command {
         Command::Synth(args) => commands::synth::run(args),
         Command::Shard(cmd) => commands::shard::run(cmd),

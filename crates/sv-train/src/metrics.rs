@@ -76,7 +76,10 @@ pub enum MetricsRecord {
 impl std::fmt::Display for MetricsRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // The step is the window's own: the line may be written a window later
+            // (the trainer reads a window's sums once they have landed).
             MetricsRecord::Train {
+                step,
                 epoch,
                 loss,
                 lr,
@@ -85,7 +88,7 @@ impl std::fmt::Display for MetricsRecord {
                 ..
             } => write!(
                 f,
-                "epoch {}: loss {loss:.4}, lr {lr:.2e}, {images_per_s:.1} images/s, data wait {:.1}%",
+                "epoch {}, step {step}: loss {loss:.4}, lr {lr:.2e}, {images_per_s:.1} images/s, data wait {:.1}%",
                 epoch + 1,
                 100.0 * data_wait_share
             ),

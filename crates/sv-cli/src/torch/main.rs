@@ -16,10 +16,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "supervision", version, about, long_about = None)]
 struct Cli {
-    /// Log more (-v: debug, -vv: trace). Default: warnings, and progress lines when
-    /// stderr is not a terminal (a bar when it is). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: sv_cli::Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +39,7 @@ fn main() {
     // the matches say which flags were typed (train --resume compares only those)
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    sv_cli::init_tracing(cli.verbose);
+    sv_cli::init_tracing(cli.log.verbose);
     // a shard truncated under a memory map: a message naming it, not "Bus error"
     sv_shard::report_truncated_shards();
     let result = match cli.command {

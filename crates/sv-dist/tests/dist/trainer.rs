@@ -19,7 +19,7 @@ use sv_shard::{Codec, Dataset, DatasetWriter, WriterConfig};
 use sv_train::data::PipelineSource;
 use sv_train::eval::EvalMode;
 use sv_train::input::Normalization;
-use sv_train::metrics::{MetricsRecord, read_metrics};
+use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR, read_metrics};
 use sv_train::prefetch::{HostMemory, StagedBatch};
 use sv_train::schedule::ScheduleConfig;
 use sv_train::sv_pipeline::{self, Lighting, LightingConvention, LoaderConfig};
@@ -383,7 +383,7 @@ fn two_ranks_of_half_batches_train_like_one_rank_of_whole_batches() {
     // Rank 0 alone writes: rank 1's folder stays empty.
     assert_eq!(
         files(&d.root.join("two/rank0")),
-        [LAST_CHECKPOINT, METRICS_FILE]
+        [LAST_CHECKPOINT, METRICS_FILE, TENSORBOARD_DIR]
     );
     assert!(files(&d.root.join("two/rank1")).is_empty());
     let losses = |dir: &Path| -> Vec<(f64, f64)> {
