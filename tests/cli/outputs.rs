@@ -244,6 +244,25 @@ fn plot_draws_a_titled_labelled_figure_as_svg_or_png() {
 
     let err = fails(&["plot", s(&metrics), "--output", s(&t.path().join("c.pdf"))]);
     assert!(err.contains(".png or .svg"), "{err}");
+    // The figure is written atomically (issue 15, item 16): a write that fails (a
+    // file-size limit standing in for a full disk) leaves the old figure whole and no
+    // temporary file; the error names the file.
+    for out in [&svg, &png] {
+        let before = std::fs::read(out).unwrap();
+        let mut cmd = supervision();
+        cmd.args(["plot", s(&metrics), "--output", s(out)]);
+        sv_tests::limit_file_size(&mut cmd, 4096);
+        let o = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "plot passed the file-size limit");
+        assert!(
+            err.contains(s(out)) && err.contains("File too large"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(out).unwrap(), before);
+        let names = sv_tests::names(t.path());
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
 }
 
 #[cfg(feature = "train")]

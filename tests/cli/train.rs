@@ -317,6 +317,38 @@ fn train_eval_predict_plot_and_resume() {
         "{err}"
     );
 
+    // a FIFO named as an image is refused at once, not waited on (issue 15, item 9)
+    let fifo = t.path().join("pipe.jpg");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    let mut child = sv_tests::supervision()
+        .args([
+            "predict",
+            "--checkpoint",
+            s(&ck),
+            "--device",
+            "cpu",
+            s(&fifo),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("predict waited on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let waited = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        !waited.status.success() && err.contains("pipe.jpg") && err.contains("FIFO"),
+        "{err}"
+    );
+
     // plot
     let curves = t.path().join("curves.png");
     ok(&[

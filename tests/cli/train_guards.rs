@@ -238,10 +238,17 @@ fn write_safetensors(path: &Path, header: &serde_json::Value, data: &[u8]) {
 fn a_new_run_never_overwrites_an_old_one() {
     let d = sets(2);
     let out = d.path("run");
-    ok(&d.train(&out, &["--epochs", "1"])); // 1 step, validated: last, best, metrics
+    // 1 step, validated: last, best, metrics, epoch-0001 (--keep), a TensorBoard file
+    ok(&d.train(&out, &["--epochs", "1", "--keep", "1"]));
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let leftover = out.join(".last.safetensors.999999.0.tmp");
     std::fs::write(&leftover, "killed writer").unwrap();
+    let history = out.join("epoch-0001.safetensors");
+    let history_leftover = out.join(".epoch-0002.safetensors.999999.link.tmp");
+    std::fs::write(&history_leftover, "killed writer").unwrap();
+    let events = || sv_tests::names(&out.join("tensorboard"));
+    assert_eq!(events().len(), 1);
+    assert!(history.exists());
     let files = ["last.safetensors", "best.safetensors", "metrics.jsonl"];
     let before: Vec<Vec<u8>> = files
         .iter()
@@ -251,7 +258,7 @@ fn a_new_run_never_overwrites_an_old_one() {
     let err = fails(&d.train(&out, &["--epochs", "2"]));
     assert!(
         err.contains("already holds a training run")
-            && err.contains("last.safetensors, best.safetensors, metrics.jsonl")
+            && err.contains("last.safetensors, best.safetensors, metrics.jsonl, epoch-0001")
             && err.contains("--resume")
             && err.contains("--force"),
         "{err}"
@@ -268,6 +275,10 @@ fn a_new_run_never_overwrites_an_old_one() {
     )));
     assert_eq!(v["steps"], 1);
     assert!(!leftover.exists());
+    // the old run's history, its leftovers and its TensorBoard events went too: a
+    // new run's curves are not drawn over the old run's (issue 15, item 5)
+    assert!(!history.exists() && !history_leftover.exists());
+    assert_eq!(events().len(), 1, "{:?}", events());
     assert_ne!(
         std::fs::read(out.join("best.safetensors")).unwrap(),
         before[1]

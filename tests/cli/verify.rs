@@ -393,3 +393,84 @@ fn verify_workers_zero_is_refused() {
     );
     assert!(ok(&["shard", "verify", s(&d), "--workers", "1"]).contains("ok: 4 records"));
 }
+
+/// A build's own records (`build.json`, the journal), a part's record read by `shard
+/// merge`, and the metrics file read by `plot`: a FIFO in place of any of them is an
+/// error naming it at once, never a wait (issue 15, item 9).
+#[test]
+fn special_files_in_place_of_build_records_or_metrics_fail_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let syn = t.path().join("syn");
+    ok(&[
+        "synth",
+        "--output",
+        s(&syn),
+        "--classes",
+        "2",
+        "--per-class",
+        "2",
+        "--val-per-class",
+        "1",
+        "--min-side",
+        "40",
+        "--max-side",
+        "60",
+    ]);
+    let input = syn.join("train");
+    let build = |out: &Path, part: &str| -> Vec<String> {
+        [
+            "shard",
+            "build",
+            "--input",
+            s(&input),
+            "--output",
+            s(out),
+            "--size",
+            "16",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(["--part".to_string(), part.to_string()])
+        .collect()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&args);
+    };
+    let fail = |args: &[String]| -> String {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_bounded(&args)
+    };
+    let (p0, p1) = (t.path().join("p0"), t.path().join("p1"));
+    run(&build(&p0, "0/2"));
+    run(&build(&p1, "1/2"));
+    for name in ["build.json", ".build-journal.jsonl"] {
+        std::fs::remove_file(p1.join("build.json")).unwrap();
+        let _ = std::fs::remove_file(p1.join(".build-journal.jsonl"));
+        mkfifo(&p1.join(name));
+        // the same build again (it would be "up to date" or resume)
+        let err = fail(&build(&p1, "1/2"));
+        assert!(err.contains(name) && err.contains("FIFO"), "{name}:\n{err}");
+        if name == "build.json" {
+            let merged = t.path().join("merged");
+            let err = fail(&[
+                "shard".into(),
+                "merge".into(),
+                "--output".into(),
+                s(&merged).into(),
+                s(&p0).into(),
+                s(&p1).into(),
+            ]);
+            assert!(err.contains(name) && err.contains("FIFO"), "merge:\n{err}");
+        }
+        std::fs::remove_file(p1.join(name)).unwrap();
+        run(&[build(&p1, "1/2"), vec!["--force".into()]].concat());
+    }
+    let metrics = t.path().join("metrics.jsonl");
+    mkfifo(&metrics);
+    let err = fails_bounded(&["plot", s(&metrics), "--output", s(&t.path().join("m.svg"))]);
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("FIFO"),
+        "{err}"
+    );
+}

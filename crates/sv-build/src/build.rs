@@ -324,8 +324,9 @@ impl<'a> Job<'a> {
     /// build's record, and keep what still holds.
     fn plan(&self) -> Result<Plan, BuildError> {
         let out = self.out();
-        let journal = std::fs::read_to_string(out.join(JOURNAL_FILE)).ok();
-        let record = std::fs::read(out.join(BUILD_FILE)).ok();
+        let journal = read_own_file(&out.join(JOURNAL_FILE))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let record = read_own_file(&out.join(BUILD_FILE))?;
         let fresh = |clear_first| Plan {
             kept: Vec::new(),
             dropped: None,
@@ -883,6 +884,20 @@ fn not_ours_in_the_way(out: &Path) -> Result<Option<(PathBuf, &'static str)>, Bu
         }
     }
     Ok(None)
+}
+
+/// The largest journal or build record read (a whole ImageNet build's is a few MiB).
+const MAX_RECORD_BYTES: u64 = 256 << 20;
+
+/// The bytes of one of the build's own files in the output folder, `None` if it does
+/// not exist. Only a regular file is read: a FIFO or device in its place is an error
+/// naming it, never a wait.
+pub(crate) fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+    match sv_core::fs::read_regular(path, MAX_RECORD_BYTES) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(sv_shard::ShardError::from(e).into()),
+    }
 }
 
 fn write_journal(out: &Path, body: &[u8]) -> Result<std::fs::File, BuildError> {

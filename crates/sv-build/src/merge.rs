@@ -22,6 +22,7 @@ use crate::build::{
 use crate::journal::{BuildRecord, LAYOUT, parse_record};
 use crate::lock::OutputLock;
 use crate::{BuildError, Occupant, PartRecord, Reject, read_rejects};
+use sv_core::fs::AtomicFile;
 
 /// What to merge.
 #[derive(Clone, Debug)]
@@ -178,8 +179,7 @@ fn open_part(dir: &Path) -> Result<PartIn, BuildError> {
             "an unfinished build (run its command again to finish it, then merge)".into(),
         ));
     }
-    let record = std::fs::read(dir.join(BUILD_FILE))
-        .ok()
+    let record = crate::build::read_own_file(&dir.join(BUILD_FILE))?
         .and_then(|b| parse_record(&b))
         .ok_or_else(|| bad(format!("no {BUILD_FILE} of a finished build")))?;
     let part = record
@@ -291,24 +291,53 @@ fn clear_output(out: &Path, force: bool) -> Result<(), BuildError> {
 }
 
 /// Hard-link `src` as `dst`, or copy it where a link cannot be made (another
-/// filesystem). Returns whether it was linked.
+/// filesystem). Returns whether it was linked. `src` must be a regular file (a link
+/// would otherwise carry a FIFO or a symbolic link into the merged dataset); a copy is
+/// written through [`AtomicFile`], so a failure leaves no partial shard or temporary
+/// file. The folder is synced when the manifest is written after the last shard.
 fn place(src: &Path, dst: &Path) -> Result<bool, BuildError> {
+    let mut from = sv_core::fs::open_regular(src).map_err(sv_shard::ShardError::from)?;
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(true);
     }
-    let tmp = dst.with_extension("svs.tmp");
-    let io = |p: &Path, op: &'static str| {
-        let p = p.to_path_buf();
-        move |source| BuildError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    std::fs::copy(src, &tmp).map_err(io(src, "copy"))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp, "sync"))?;
-    std::fs::rename(&tmp, dst).map_err(io(dst, "rename"))?;
+    let mut to = AtomicFile::create(dst).map_err(sv_shard::ShardError::from)?;
+    std::io::copy(&mut from, &mut to).map_err(|source| BuildError::Io {
+        path: dst.to_path_buf(),
+        op: "copy",
+        source,
+    })?;
+    to.commit().map_err(sv_shard::ShardError::from)?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    }
+
+    /// A part's shard replaced by a FIFO or a symbolic link to one after the part was
+    /// opened is refused, never linked into the merged dataset (issue 15, item 9).
+    #[test]
+    fn only_regular_files_are_placed() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("a.svs");
+        mkfifo(&fifo);
+        let link = d.path().join("b.svs");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for src in [&fifo, &link] {
+            let dst = d.path().join("out.svs");
+            let err = place(src, &dst).unwrap_err().to_string();
+            assert!(err.contains("FIFO"), "{err}");
+            assert!(std::fs::symlink_metadata(&dst).is_err(), "{err}");
+        }
+        let file = d.path().join("c.svs");
+        std::fs::write(&file, b"shard").unwrap();
+        assert!(place(&file, &d.path().join("out.svs")).unwrap());
+        assert_eq!(std::fs::read(d.path().join("out.svs")).unwrap(), b"shard");
+    }
 }

@@ -264,7 +264,7 @@ impl AtomicFile {
     pub fn commit(mut self) -> Result<(), FsError> {
         let file = self.file.take();
         if let Some(f) = file {
-            f.sync_all().map_err(FsError::io(&self.temp, "sync"))?;
+            f.sync_all().map_err(FsError::io(&self.path, "sync"))?;
         }
         std::fs::rename(&self.temp, &self.path).map_err(FsError::io(&self.path, "rename"))?;
         // The temporary name is gone; nothing is left to clean up.
@@ -304,8 +304,9 @@ impl Drop for AtomicFile {
 /// Write `bytes` to `path` atomically (see the module header).
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<(), FsError> {
     let mut file = AtomicFile::create(path)?;
+    // the error names the file being written, not its temporary name
     file.write_all(bytes)
-        .map_err(FsError::io(file.temp_path(), "write"))?;
+        .map_err(FsError::io(file.path(), "write"))?;
     file.commit()
 }
 

@@ -15,9 +15,9 @@
 //! inner nodes. The members hold the same bytes as the files of the tree; headers carry
 //! a fixed time, so the archives are byte-identical for a seed.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use sv_core::fs::AtomicFile;
 
 use rand::seq::SliceRandom as _;
 use sv_build::mat::{Field, write_struct_column};
@@ -80,7 +80,7 @@ pub(crate) fn write(
 
 fn write_train(out_dir: &Path, classes: &[ClassInfo], per_class: u32) -> Result<(), SynthError> {
     let path = out_dir.join(TRAIN_TAR);
-    let file = File::create(&path).map_err(io(&path))?;
+    let file = AtomicFile::create(&path)?;
     let mut outer = tar::Builder::new(BufWriter::new(file));
     for class in classes {
         // One class at a time in memory (its images), as a tar of its own.
@@ -99,7 +99,7 @@ fn write_train(out_dir: &Path, classes: &[ClassInfo], per_class: u32) -> Result<
 
 fn write_val(out_dir: &Path, images: usize) -> Result<(), SynthError> {
     let path = out_dir.join(VAL_TAR);
-    let file = File::create(&path).map_err(io(&path))?;
+    let file = AtomicFile::create(&path)?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     for j in 1..=images {
         let name = format!("{}.JPEG", crate::val_name(j as u64));
@@ -110,10 +110,14 @@ fn write_val(out_dir: &Path, images: usize) -> Result<(), SynthError> {
     finish(tar, &path)
 }
 
-fn finish(b: tar::Builder<BufWriter<File>>, path: &Path) -> Result<(), SynthError> {
-    let mut w = b.into_inner().map_err(io(path))?;
-    w.flush().map_err(io(path))?;
-    Ok(())
+/// Flush an archive's writer and put the file in place (synced, renamed, folder synced).
+fn commit(w: BufWriter<AtomicFile>, path: &Path) -> Result<(), SynthError> {
+    let file = w.into_inner().map_err(|e| io(path)(e.into_error()))?;
+    Ok(file.commit()?)
+}
+
+fn finish(b: tar::Builder<BufWriter<AtomicFile>>, path: &Path) -> Result<(), SynthError> {
+    commit(b.into_inner().map_err(io(path))?, path)
 }
 
 /// The ILSVRC2012_IDs of the classes: a seeded shuffle of 1..=C.
@@ -194,7 +198,7 @@ fn write_devkit(
     for &c in val_classes {
         truth.push_str(&format!("{}\n", ids[c as usize]));
     }
-    let file = File::create(&path).map_err(io(&path))?;
+    let file = AtomicFile::create(&path)?;
     let gz = flate2::GzBuilder::new()
         .mtime(MTIME as u32)
         .write(BufWriter::new(file), flate2::Compression::default());
@@ -215,7 +219,5 @@ fn write_devkit(
         &path,
     )?;
     let gz = tar.into_inner().map_err(io(&path))?;
-    let mut w = gz.finish().map_err(io(&path))?;
-    w.flush().map_err(io(&path))?;
-    Ok(())
+    commit(gz.finish().map_err(io(&path))?, &path)
 }

@@ -29,7 +29,6 @@ pub mod archives;
 mod draw;
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -109,6 +108,9 @@ pub enum SynthError {
         #[source]
         source: std::io::Error,
     },
+    /// A file written atomically (`sv_core::fs`) could not be written.
+    #[error(transparent)]
+    Fs(#[from] sv_core::fs::FsError),
     /// An encoder refused an image (should not happen for generated pixels).
     #[error("cannot encode {path}: {reason}")]
     Encode {
@@ -474,9 +476,9 @@ pub fn generate(
     })
 }
 
+/// The label files are written atomically: whole or not at all.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let mut f = fs::File::create(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))
+    Ok(sv_core::fs::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -613,8 +613,8 @@ pub fn epoch_checkpoint_name(done: u64) -> String {
     format!("epoch-{done:04}.safetensors")
 }
 
-/// The number of epochs in a history checkpoint's file name.
-fn epoch_of(name: &str) -> Option<u64> {
+/// The number of epochs in a history checkpoint's file name (`None`: not one).
+pub fn epoch_of(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("epoch-")?.strip_suffix(".safetensors")?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -62,7 +62,10 @@ struct Series {
 }
 
 fn read(path: &Path) -> Result<Series> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    // only a regular file: a FIFO in its place would be waited on forever
+    let bytes = sv_core::fs::read_regular(path, 1 << 30)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not a metrics file (not UTF-8 text)", path.display()))?;
     let mut s = Series::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -447,13 +450,18 @@ pub fn run(args: Args) -> Result<i32> {
         format!("Training curves: {}", run.display())
     });
     let size = (args.width, args.height);
-    match format {
-        Format::Svg => draw(
-            SVGBackend::new(&args.output, size).into_drawing_area(),
-            &s,
-            &title,
-        )
-        .with_context(|| format!("write {}", args.output.display()))?,
+    // drawn in memory, then written atomically (sv_core::fs): a failed write keeps
+    // the old figure
+    let bytes = match format {
+        Format::Svg => {
+            let mut svg = String::new();
+            draw(
+                SVGBackend::with_string(&mut svg, size).into_drawing_area(),
+                &s,
+                &title,
+            )?;
+            svg.into_bytes()
+        }
         Format::Png => {
             let mut buf = vec![0u8; args.width as usize * args.height as usize * 3];
             draw(
@@ -461,12 +469,15 @@ pub fn run(args: Args) -> Result<i32> {
                 &s,
                 &title,
             )?;
+            let mut png = std::io::Cursor::new(Vec::new());
             image::RgbImage::from_raw(args.width, args.height, buf)
                 .context("plot buffer has the wrong size")?
-                .save(&args.output)
-                .with_context(|| format!("write {}", args.output.display()))?;
+                .write_to(&mut png, image::ImageFormat::Png)
+                .context("encode the figure as PNG")?;
+            png.into_inner()
         }
-    }
+    };
+    sv_core::fs::write_atomic(&args.output, &bytes)?;
     sv_cli::outln!(
         "wrote {} ({}x{} px): loss, error, learning rate, throughput over {} steps",
         args.output.display(),

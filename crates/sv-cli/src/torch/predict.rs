@@ -66,7 +66,9 @@ pub fn run(args: Args) -> Result<i32> {
     };
     let mut results = Vec::new();
     for path in &args.images {
-        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        // only a regular file, of at most the size `shard build` reads: a FIFO or a
+        // device named here is an error at once, never a wait or an endless read
+        let bytes = sv_core::fs::read_regular(path, sv_build::MAX_INPUT_BYTES)?;
         prep.process(&bytes, &mut pixels)
             .with_context(|| format!("decode {}", path.display()))?;
         let probs = predict_host(&model, &norm, &pixels, side, mode)?;

@@ -346,29 +346,49 @@ pub fn device_name(device: sv_train::Device) -> String {
 /// The files a run writes in its output folder.
 const RUN_FILES: [&str; 3] = [LAST_CHECKPOINT, BEST_CHECKPOINT, METRICS_FILE];
 
-/// The run files present in `out`, and the temporary files their writers left when
-/// killed (`.last.safetensors.<pid>.<n>.tmp`).
+/// The run files present in `out` (with the history checkpoints `epoch-NNNN.safetensors`
+/// of `--keep` and the event files in `tensorboard/`), and the temporary files their
+/// writers left when killed (`.last.safetensors.<pid>.<n>.tmp`,
+/// `.epoch-NNNN.safetensors.<pid>.link.tmp`).
 fn run_files(out: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-    let present = RUN_FILES
+    let mut present: Vec<PathBuf> = RUN_FILES
         .iter()
         .map(|f| out.join(f))
         .filter(|p| p.symlink_metadata().is_ok())
         .collect();
     let mut leftovers = Vec::new();
-    let entries = match std::fs::read_dir(out) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((present, leftovers)),
-        Err(e) => return Err(e).with_context(|| format!("list {}", out.display())),
+    let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("list {}", dir.display())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("list {}", dir.display()))?;
+            names.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+        names.sort();
+        Ok(names)
     };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("list {}", out.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (name, path) in list(out)? {
         if sv_core::fs::is_temp_name(&name)
-            && RUN_FILES
+            && (RUN_FILES
                 .iter()
                 .any(|f| name.starts_with(&format!(".{f}.")))
+                || name.starts_with(".epoch-"))
         {
-            leftovers.push(entry.path());
+            leftovers.push(path);
+        } else if sv_train::checkpoint::epoch_of(&name).is_some() {
+            present.push(path);
+        }
+    }
+    for (name, path) in list(&out.join(sv_train::metrics::TENSORBOARD_DIR))? {
+        if name.starts_with("events.out.tfevents.") {
+            present.push(path);
         }
     }
     Ok((present, leftovers))
