@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on a small synthetic ImageNet look-alike:
-#   synth -> shard build (train, val) -> verify -> inspect -> pca compute
+#   synth (ImageNet's three archives) -> shard build (train, val) -> verify -> inspect -> pca compute
 #   -> bench pipeline -> train -> eval (centre and ten-crop) -> plot -> predict
 # On a machine without a GPU it trains a width-scaled AlexNet (alexnet-tiny, 63 px
 # input) on the CPU for a few minutes; with CUDA it trains the paper's full model
@@ -54,15 +54,23 @@ INPUT="$("$BIN" model summary "$MODEL" --json \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["input"][2])')"
 SIDE=$(( (INPUT * 256 + 113) / 227 ))
 
-# The dataset: a synthetic ImageNet in ImageNet's own folder layout, sharded from its
-# folders. (Building from ImageNet's tar archives instead, `shard build --input
-# TRAIN.tar`, belongs here: the rest of the script only needs $OUT/shards/{train,val}
-# and $OUT/imagenet/val for predict.)
+# The dataset: a synthetic ImageNet written the way ImageNet is downloaded, the three
+# ILSVRC2012 archives (synth also writes the same images as folders, in Kaggle's layout):
+#   ILSVRC2012_img_train.tar        a tar of one tar per class (<wnid>.tar)
+#   ILSVRC2012_img_val.tar          the validation images, flat, unlabelled
+#   ILSVRC2012_devkit_t12.tar.gz    data/meta.mat (classes) and the validation ground truth
+# With a real download, point the same commands at your archives: shard build reads
+# them in place (nothing is extracted). The devkit names the classes; val takes train's
+# class indices (--classes-from) and its labels from the devkit's ground truth.
+IMAGENET="$OUT/imagenet"
 make_shards() {
-  run synth --output "$OUT/imagenet" --classes 10 --per-class 160 --val-per-class 30 --seed 1
-  run shard build --input "$OUT/imagenet/train" --output "$OUT/shards/train" --size "$SIDE"
-  run shard build --input "$OUT/imagenet/val" --split val \
-      --classes-from "$OUT/shards/train" --output "$OUT/shards/val" --size "$SIDE"
+  run synth --output "$IMAGENET" --classes 10 --per-class 160 --val-per-class 30 --seed 1 \
+      --archives
+  run shard build --input "$IMAGENET/ILSVRC2012_img_train.tar" \
+      --devkit "$IMAGENET/ILSVRC2012_devkit_t12.tar.gz" --output "$OUT/shards/train" --size "$SIDE"
+  run shard build --input "$IMAGENET/ILSVRC2012_img_val.tar" --split val \
+      --devkit "$IMAGENET/ILSVRC2012_devkit_t12.tar.gz" --classes-from "$OUT/shards/train" \
+      --output "$OUT/shards/val" --size "$SIDE"
 }
 make_shards
 
@@ -80,13 +88,15 @@ run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val"
 run eval --checkpoint "$OUT/run/last.safetensors" --val "$OUT/shards/val" --ten-crop
 run plot "$OUT/run/metrics.jsonl" --output "$OUT/curves.png"
 run plot "$OUT/run/metrics.jsonl" --output "$OUT/curves.svg"
-val_images=("$OUT"/imagenet/val/*)   # (not `ls | head`: SIGPIPE under pipefail)
-run predict --checkpoint "$OUT/run/last.safetensors" --size "$SIDE" "${val_images[0]}"
+# One validation image, taken out of the val archive, classified with the class names.
+tar -xf "$IMAGENET/ILSVRC2012_img_val.tar" -C "$OUT" ILSVRC2012_val_00000001.JPEG
+run predict --checkpoint "$OUT/run/last.safetensors" --size "$SIDE" "$OUT/ILSVRC2012_val_00000001.JPEG"
 
 cat <<MSG
 
 Done. What went where:
-  $OUT/imagenet/           synthetic ImageNet (train/<wnid>/, val/, LOC_*.{csv,txt})
+  $OUT/imagenet/           synthetic ImageNet: the three ILSVRC2012 archives, and the
+                           same images as folders (train/<wnid>/, val/, LOC_*.{csv,txt})
   $OUT/shards/train, val   shard datasets at ${SIDE}x${SIDE} (manifest.json, *.svs, rejects.jsonl)
   $OUT/contact-sheet.png   a row of stored records per class
   $OUT/stats.json          mean/std, RGB covariance, PCA (pca compute)
