@@ -2,15 +2,18 @@
 //! deterministic generated JPEGs of ImageNet-like and larger sizes, for each DCT
 //! reduction setting: `gap0` always decodes at full size (the default), `gap2` reduces while at
 //! least 2x the target resolution remains, `gap1` reduces as far as
-//! the target allows. One iteration = one image; compare with
+//! the target allows. Inputs are 4:2:0 (as libjpeg, PIL and ImageNet's files) and, for
+//! the ImageNet-like size, 4:4:4. `check/...` times sv-image's entropy-data completeness
+//! check alone, which `prep` includes. One iteration = one image; compare with
 //! `tools/bench_prep_pil.py` for PIL on the same job.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sv_image::{PrepConfig, Preprocessor};
+use jpeg_encoder::SamplingFactor;
+use sv_image::{JpegCheck, PrepConfig, Preprocessor};
 
 /// A photo-like test card: gradients, a few discs, fine stripes and noise, so the
 /// entropy coder has realistic work (flat images decode unrealistically fast).
-fn photo_jpeg(w: u16, h: u16) -> Vec<u8> {
+fn photo_jpeg(w: u16, h: u16, sampling: SamplingFactor) -> Vec<u8> {
     let (wu, hu) = (u32::from(w), u32::from(h));
     let mut px = Vec::with_capacity(wu as usize * hu as usize * 3);
     let mut s = 0x2545_F491_u32;
@@ -41,25 +44,52 @@ fn photo_jpeg(w: u16, h: u16) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90)
-        .encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+    enc.set_sampling_factor(sampling);
+    enc.encode(&px, w, h, jpeg_encoder::ColorType::Rgb)
         .expect("encode bench jpeg");
     out
 }
 
 fn prep(c: &mut Criterion) {
-    let sizes: [(u16, u16); 4] = [(200, 150), (500, 375), (900, 600), (1600, 1200)];
+    let inputs: [(u16, u16, SamplingFactor); 5] = [
+        (200, 150, SamplingFactor::F_2_2),
+        (500, 375, SamplingFactor::F_2_2),
+        (500, 375, SamplingFactor::F_1_1),
+        (900, 600, SamplingFactor::F_2_2),
+        (1600, 1200, SamplingFactor::F_2_2),
+    ];
+    let name = |w: u16, h: u16, s: SamplingFactor| {
+        let sub = if s == SamplingFactor::F_1_1 {
+            "444"
+        } else {
+            "420"
+        };
+        format!("{w}x{h}-{sub}")
+    };
+    let mut group = c.benchmark_group("check");
+    group.throughput(Throughput::Elements(1));
+    for (w, h, s) in inputs {
+        let bytes = photo_jpeg(w, h, s);
+        let mut check = JpegCheck::new();
+        group.bench_with_input(
+            BenchmarkId::from_parameter(name(w, h, s)),
+            &bytes,
+            |b, bytes| b.iter(|| check.check(bytes).expect("complete")),
+        );
+    }
+    group.finish();
     let mut group = c.benchmark_group("prep");
     group.throughput(Throughput::Elements(1));
-    for (w, h) in sizes {
-        let bytes = photo_jpeg(w, h);
+    for (w, h, s) in inputs {
+        let bytes = photo_jpeg(w, h, s);
         for gap in [0.0f32, 2.0, 1.0] {
             let mut p = Preprocessor::new(PrepConfig {
                 reduce_gap: gap,
                 ..PrepConfig::default()
             });
             let mut out = vec![0u8; p.output_len()];
-            let id = BenchmarkId::new(format!("gap{gap}"), format!("{w}x{h}"));
+            let id = BenchmarkId::new(format!("gap{gap}"), name(w, h, s));
             group.bench_with_input(id, &bytes, |b, bytes| {
                 b.iter(|| p.process(bytes, &mut out).expect("prepare"))
             });

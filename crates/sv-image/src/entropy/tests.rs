@@ -190,6 +190,33 @@ fn cuts_anywhere_in_the_scans_are_refused() {
     }
 }
 
+/// A cut that removes only the last few bytes of a scan's data (a few bits of the last
+/// block), with and without an EOI after it: a decoder that fills what is missing
+/// with any fixed bit pattern can complete the last block from it, so this is where
+/// a cheaper completeness proof than the walk would fail first.
+#[test]
+fn cuts_in_the_last_bytes_of_the_data_are_refused() {
+    let mut files: Vec<(String, Vec<u8>)> = LIBJPEG
+        .iter()
+        .map(|n| (n.to_string(), fixture(n)))
+        .collect();
+    for l in layouts() {
+        for seed in 0..24 {
+            files.push((format!("{l:?} seed {seed}"), encode(37, 29, l, seed)));
+        }
+    }
+    for (name, full) in files {
+        let inside = data_offsets(&full);
+        for &cut in inside.iter().rev().take(6) {
+            assert_truncated(&full[..cut], &format!("{name} cut at {cut}/{}", full.len()));
+            assert_truncated(
+                &with_eoi(&full[..cut]),
+                &format!("{name} cut at {cut}/{} + EOI", full.len()),
+            );
+        }
+    }
+}
+
 #[test]
 fn cuts_between_progressive_scans_are_refused() {
     let mut files: Vec<(String, Vec<u8>)> = LIBJPEG
