@@ -73,6 +73,40 @@ pub fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&run(args, false).stderr).into_owned()
 }
 
+/// `supervision synth` into `dir/imagenet`: `classes` classes of `per_class` train and
+/// `val` val images each, from `seed`, with `extra` flags (`--archives`). Returns the
+/// folder.
+pub fn synth_imagenet(
+    dir: &Path,
+    (classes, per_class, val): (u32, u32, u32),
+    seed: u64,
+    extra: &[&str],
+) -> PathBuf {
+    let root = dir.join("imagenet");
+    let (classes, per_class, val, seed) = (
+        classes.to_string(),
+        per_class.to_string(),
+        val.to_string(),
+        seed.to_string(),
+    );
+    let mut args = vec![
+        "synth",
+        "--output",
+        s(&root),
+        "--classes",
+        &classes,
+        "--per-class",
+        &per_class,
+        "--val-per-class",
+        &val,
+        "--seed",
+        &seed,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    root
+}
+
 /// A path as &str (the tests create their paths; they are UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

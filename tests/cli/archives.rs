@@ -14,22 +14,7 @@ const VAL_TAR: &str = "ILSVRC2012_img_val.tar";
 const DEVKIT: &str = "ILSVRC2012_devkit_t12.tar.gz";
 
 fn synth(dir: &Path, classes: u32, per_class: u32, val: u32) -> PathBuf {
-    let root = dir.join("imagenet");
-    ok(&[
-        "synth",
-        "--output",
-        s(&root),
-        "--classes",
-        &classes.to_string(),
-        "--per-class",
-        &per_class.to_string(),
-        "--val-per-class",
-        &val.to_string(),
-        "--seed",
-        "11",
-        "--archives",
-    ]);
-    root
+    sv_tests::synth_imagenet(dir, (classes, per_class, val), 11, &["--archives"])
 }
 
 fn build(input: &Path, output: &Path, extra: &[&str]) -> String {

@@ -9,21 +9,7 @@ use sv_tests::{fails, ok, png_dims, s, supervision};
 
 /// synth output in a temp dir: `classes` x `per_class` train, 2 val per class.
 fn synth(dir: &Path, classes: u32, per_class: u32) -> PathBuf {
-    let root = dir.join("imagenet");
-    ok(&[
-        "synth",
-        "--output",
-        s(&root),
-        "--classes",
-        &classes.to_string(),
-        "--per-class",
-        &per_class.to_string(),
-        "--val-per-class",
-        "2",
-        "--seed",
-        "7",
-    ]);
-    root
+    sv_tests::synth_imagenet(dir, (classes, per_class, 2), 7, &[])
 }
 
 /// Every file of a folder, by name, with its bytes.
