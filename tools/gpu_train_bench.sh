@@ -64,39 +64,9 @@ SKIPPED=0
 # what did run always prints. nccl_world1.sh reads the same DEADLINE.
 export DEADLINE="${DEADLINE:-$((T_START + ${BUDGET_S:-540}))}"
 
-# left NAME LIMIT: prints the timeout a stage may use now, or fails (with a skip line)
-# when fewer than 20 s of the budget are left.
-left() {
-    local rest=$((DEADLINE - $(date +%s)))
-    if [ "$rest" -lt 20 ]; then
-        echo "skipped $1: the time budget is spent (BUDGET_S, DEADLINE)" >&2
-        return 1
-    fi
-    [ "$rest" -lt "$2" ] && echo "$rest" || echo "$2"
-}
-
-# stage NAME TIMEOUT_S CMD...: stdout to NAME.out, stderr to NAME.log, one line here.
-stage() {
-    local name=$1 limit
-    limit=$(left "$1" "$2" 2>&1) || { echo "$limit"; SKIPPED=$((SKIPPED + 1)); return 1; }
-    shift 2
-    local t0 rc
-    t0=$(date +%s.%N)
-    timeout --kill-after=10 "$limit" "$@" >"$RESULTS/$name.out" 2>"$RESULTS/$name.log"
-    rc=$?
-    local dt
-    dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    if [ $rc -eq 0 ]; then
-        echo "ok     $name (${dt} s)"
-    else
-        FAILED=$((FAILED + 1))
-        local why="exit $rc"
-        [ $rc -eq 124 ] && why="timed out after ${limit} s"
-        echo "FAILED $name ($why, ${dt} s; $RESULTS/$name.log ends:)"
-        tail -n 4 "$RESULTS/$name.log" | sed 's/^/         | /'
-    fi
-    return $rc
-}
+# stage NAME TIMEOUT_S CMD... (tools/gpu/stage.sh)
+# shellcheck source=gpu/stage.sh
+source tools/gpu/stage.sh
 
 echo "== 0 preflight ($(date -u +%Y-%m-%dT%H:%MZ))"
 TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)"

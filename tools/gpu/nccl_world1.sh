@@ -49,35 +49,9 @@ if [ -z "${LD_LIBRARY_PATH:-}" ] || ! echo "$LD_LIBRARY_PATH" | grep -q torch; t
     export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-# part NAME TIMEOUT_S CMD...: stdout to NAME.out, stderr to NAME.log, one line here.
-part() {
-    local name=$1 limit=$2
-    shift 2
-    # the deadline of tools/gpu_train_bench.sh, when it runs this script
-    if [ -n "${DEADLINE:-}" ]; then
-        local rest=$((DEADLINE - $(date +%s)))
-        if [ "$rest" -lt 20 ]; then
-            echo "skipped $name: the time budget is spent (DEADLINE)"
-            return 1
-        fi
-        [ "$rest" -lt "$limit" ] && limit=$rest
-    fi
-    local t0 rc dt
-    t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" >"$RESULTS/$name.out" 2>"$RESULTS/$name.log"
-    rc=$?
-    dt=$(( $(date +%s) - t0 ))
-    if [ $rc -eq 0 ]; then
-        echo "ok     $name (${dt} s)"
-    else
-        FAILED=$((FAILED + 1))
-        local why="exit $rc"
-        [ $rc -eq 124 ] && why="timed out after ${limit} s"
-        echo "FAILED $name ($why, ${dt} s; $RESULTS/$name.log ends:)"
-        tail -n 4 "$RESULTS/$name.log" | sed 's/^/         | /'
-    fi
-    return $rc
-}
+# stage NAME TIMEOUT_S CMD... (tools/gpu/stage.sh), with gpu_train_bench.sh's DEADLINE
+# shellcheck source=stage.sh
+source tools/gpu/stage.sh
 
 # ran NAME N: the test binary's stdout ($RESULTS/NAME.out) says N tests passed (a
 # filter that matches nothing passes with 0, which must not count as a pass).
@@ -92,7 +66,7 @@ ran() {
 
 echo "-- a. sv-c10 GPU tests"
 if [ -x "$BIN_DIR/sv-c10-tests" ]; then
-    part nccl-c10-tests 180 "$BIN_DIR/sv-c10-tests" --exact copy_stream_round_trip_on_a_gpu \
+    stage nccl-c10-tests 180 "$BIN_DIR/sv-c10-tests" --exact copy_stream_round_trip_on_a_gpu \
         nccl_world_of_one_on_a_gpu --test-threads 1 --nocapture \
         && grep -h "test result" "$RESULTS/nccl-c10-tests.out" | sed 's/^/       /' \
         && ran nccl-c10-tests 2
@@ -116,8 +90,8 @@ echo "-- b. compute-only ceiling, single process vs NCCL at world size 1 ($STEPS
 CEILING=("$SV" train --synthetic-data "$STEPS" --model "$MODEL" --batch-size "$BATCH"
     --device "$DEVICE" --synthetic-classes "$CLASSES" --out "$WORK/nccl-ceiling" --json)
 for round in 1 2; do
-    part "nccl-ceiling-solo-$round" 240 "${CEILING[@]}"
-    part "nccl-ceiling-nccl-$round" 240 "${CEILING[@]}" --collective nccl
+    stage "nccl-ceiling-solo-$round" 240 "${CEILING[@]}"
+    stage "nccl-ceiling-nccl-$round" 240 "${CEILING[@]}" --collective nccl
 done
 "$PY" - "$RESULTS" <<'PY' | tee "$RESULTS/nccl-ceiling-ratio.txt"
 import json, sys, pathlib
@@ -149,10 +123,10 @@ SHORT=("$SV" train --train "$TRAIN" --model "$MODEL" --batch-size "$BATCH" --dev
     --precision fp32 --max-steps 5 --epochs 1000 --checkpoint-every 0 --log-every 1 --seed 5
     --json)
 rm -rf "$WORK/nccl-short-solo" "$WORK/nccl-short-nccl"
-part nccl-short-solo 300 "${SHORT[@]}" --out "$WORK/nccl-short-solo"
-part nccl-short-nccl 300 "${SHORT[@]}" --out "$WORK/nccl-short-nccl" --collective nccl \
+stage nccl-short-solo 300 "${SHORT[@]}" --out "$WORK/nccl-short-solo"
+stage nccl-short-nccl 300 "${SHORT[@]}" --out "$WORK/nccl-short-nccl" --collective nccl \
     --check-replicas-every 1
-part nccl-short-compare 120 "$PY" - "$WORK/nccl-short-solo/last.safetensors" \
+stage nccl-short-compare 120 "$PY" - "$WORK/nccl-short-solo/last.safetensors" \
     "$WORK/nccl-short-nccl/last.safetensors" <<'PY'
 import json, struct, sys, torch
 def load(path):
@@ -179,7 +153,7 @@ cat "$RESULTS/nccl-short-compare.out" 2>/dev/null | sed 's/^/       /'
 
 echo "-- d. one epoch end to end with NCCL, validation, checkpoints"
 rm -rf "$WORK/nccl-epoch"
-part nccl-epoch 420 "$SV" train --train "$TRAIN" --val "$TRAIN" --val-limit 1024 --no-ten-crop \
+stage nccl-epoch 420 "$SV" train --train "$TRAIN" --val "$TRAIN" --val-limit 1024 --no-ten-crop \
     --out "$WORK/nccl-epoch" --model "$MODEL" --batch-size "$BATCH" --device "$DEVICE" \
     --epochs 1 --checkpoint-every 20 --log-every 20 --collective nccl --json \
     && "$PY" - "$RESULTS/nccl-epoch.out" <<'PY'
