@@ -30,7 +30,16 @@ enum Fail {
 }
 
 /// Bits resolved by one table look-up; longer codes take the canonical slow path.
-const LOOKAHEAD: u32 = 9;
+const LOOKAHEAD: u32 = 11;
+
+/// Which coefficients a table's symbols describe (what a symbol means for the walk).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// The symbol is the size of the DC difference that follows.
+    Dc,
+    /// The symbol is (zero run << 4) | size of the AC coefficient that follows.
+    Ac,
+}
 
 /// One Huffman table, decoded as libjpeg's `jpeg_make_d_derived_tbl` (JPEG Annex C).
 #[derive(Clone)]
@@ -39,6 +48,14 @@ struct Huffman {
     /// `(length << 8) | symbol` for every `LOOKAHEAD`-bit prefix that starts with a
     /// code of at most `LOOKAHEAD` bits; 0 otherwise.
     fast: [u16; 1 << LOOKAHEAD],
+    /// The sequential walk's whole step for the same prefixes: `(advance << 8) | bits`,
+    /// where `bits` counts the code and the coefficient bits after it (at most 32) and
+    /// `advance` is how far the coefficient index moves (AC: run + 1, 16 for a run of
+    /// sixteen zeros, 0 for end of block; DC: 1). One look-up and one shift per
+    /// coefficient, where the symbol and its bits would take two (libjpeg-turbo's and
+    /// stb_image's "fast AC" idea; nothing is decoded, so the value bits need not be in
+    /// the look-ahead). 0: not resolved here, take [`Bits::symbol`].
+    step: [u16; 1 << LOOKAHEAD],
     /// Largest code of each length (-1: none), index 1..=16.
     maxcode: [i32; 17],
     /// `values` index of a code of each length: `code + offset[length]`.
@@ -51,6 +68,7 @@ impl Huffman {
         Huffman {
             defined: false,
             fast: [0; 1 << LOOKAHEAD],
+            step: [0; 1 << LOOKAHEAD],
             maxcode: [-1; 17],
             offset: [0; 17],
             values: [0; 256],
@@ -58,8 +76,9 @@ impl Huffman {
     }
 
     /// Build from the DHT counts per code length and the symbols.
-    fn set(&mut self, counts: &[u8], symbols: &[u8]) -> Result<(), Fail> {
+    fn set(&mut self, class: Class, counts: &[u8], symbols: &[u8]) -> Result<(), Fail> {
         self.fast.fill(0);
+        self.step.fill(0);
         self.maxcode = [-1; 17];
         self.values[..symbols.len()].copy_from_slice(symbols);
         let (mut code, mut k) = (0u32, 0usize);
@@ -73,7 +92,19 @@ impl Huffman {
                 if len <= LOOKAHEAD {
                     let shift = LOOKAHEAD - len;
                     let entry = (len as u16) << 8 | u16::from(symbols[k]);
-                    self.fast[(code << shift) as usize..((code + 1) << shift) as usize].fill(entry);
+                    let prefixes = (code << shift) as usize..((code + 1) << shift) as usize;
+                    self.fast[prefixes.clone()].fill(entry);
+                    let (advance, extra) = match class {
+                        Class::Dc => (1, u32::from(symbols[k] & 31)),
+                        Class::Ac => match (symbols[k] >> 4, u32::from(symbols[k] & 15)) {
+                            (15, 0) => (16, 0),
+                            (_, 0) => (0, 0),
+                            (run, size) => (u16::from(run) + 1, size),
+                        },
+                    };
+                    if len + extra <= 32 {
+                        self.step[prefixes].fill(advance << 8 | (len + extra) as u16);
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -190,6 +221,36 @@ impl<'a> Bits<'a> {
         let v = (self.acc >> (64 - k)) as u32;
         self.consume(k);
         v
+    }
+
+    /// One step of a sequential scan's walk through `t`: past one code and the
+    /// coefficient bits after it; the coefficient index's advance (0: end of block).
+    #[inline(always)]
+    fn step(&mut self, t: &Huffman, class: Class) -> Result<usize, Fail> {
+        if self.n < 32 {
+            self.fill();
+        }
+        let e = t.step[(self.acc >> (64 - LOOKAHEAD)) as usize];
+        if e != 0 {
+            self.consume(u32::from(e & 0x3F));
+            return Ok(usize::from(e >> 8));
+        }
+        // a code longer than the look-ahead, or a DC size no table of 8-bit samples has
+        let rs = self.symbol(t)?;
+        Ok(match class {
+            Class::Dc => {
+                self.skip(u32::from(rs) & 31);
+                1
+            }
+            Class::Ac => match (rs >> 4, u32::from(rs & 15)) {
+                (15, 0) => 16,
+                (_, 0) => 0,
+                (run, size) => {
+                    self.skip(size);
+                    usize::from(run) + 1
+                }
+            },
+        })
     }
 
     /// Decode one Huffman symbol.
@@ -406,13 +467,12 @@ impl JpegCheck {
                 .filter(|_| total <= 256)
                 .ok_or(BAD)?;
             let id = usize::from(class_id & 0x0F);
-            let table = match class_id >> 4 {
-                0 => self.dc.get_mut(id),
-                1 => self.ac.get_mut(id),
-                _ => None,
-            }
-            .ok_or(BAD)?;
-            table.set(counts, symbols)?;
+            let (table, class) = match class_id >> 4 {
+                0 => (self.dc.get_mut(id), Class::Dc),
+                1 => (self.ac.get_mut(id), Class::Ac),
+                _ => (None, Class::Dc),
+            };
+            table.ok_or(BAD)?.set(class, counts, symbols)?;
             seg = &rest[16 + total..];
         }
         Ok(())
@@ -606,20 +666,12 @@ impl JpegCheck {
 /// One block of a sequential scan.
 #[inline]
 fn sequential(bits: &mut Bits<'_>, dc: &Huffman, ac: &Huffman) -> Result<(), Fail> {
-    let s = bits.symbol(dc)?;
-    bits.skip(u32::from(s) & 31);
+    bits.step(dc, Class::Dc)?;
     let mut k = 1;
     while k < 64 {
-        let rs = bits.symbol(ac)?;
-        let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
-        if s == 0 {
-            if r != 15 {
-                break;
-            }
-            k += 16;
-        } else {
-            bits.skip(s);
-            k += r + 1;
+        match bits.step(ac, Class::Ac)? {
+            0 => break,
+            advance => k += advance,
         }
     }
     Ok(())
