@@ -2,7 +2,7 @@
 """Start-up cost of the two executables: wall time and peak resident memory of
 commands that do almost nothing, so what is measured is loading and starting.
 
-`supervision` never links libtorch; `supervision-torch` (train, eval, predict, model)
+`supervision` never links libtorch; `supervision-torch` (train, eval, predict)
 does, and `supervision train ...` execs it. Each command runs --repeat times after one
 warm-up; the median wall time and the largest peak RSS are printed (the RSS from GNU
 time's %M where /usr/bin/time is GNU time: see `measure`).
@@ -85,7 +85,8 @@ def main():
         *([("supervision shard inspect SHARDS", [sv, "shard", "inspect", a.shards])]
           if a.shards else []),
         ("supervision-torch --version", [svt, "--version"]),
-        ("supervision model list (execs supervision-torch)", [sv, "model", "list"]),
+        ("supervision model summary alexnet", [sv, "model", "summary", "alexnet"]),
+        ("supervision eval --help (execs supervision-torch)", [sv, "eval", "--help"]),
     ]
     gnu_time = find_gnu_time()
     if gnu_time is None:

@@ -1,12 +1,13 @@
-//! The two executables: `supervision` starts without libtorch and hands the libtorch
-//! commands to `supervision-torch`; a closed standard output is a quiet exit.
+//! The two executables: `supervision` starts without libtorch (`model` included) and
+//! hands the libtorch commands to `supervision-torch`; a closed standard output is a
+//! quiet exit.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sv_tests::{binary, s, supervision};
+use sv_tests::{binary, fails, ok, s, supervision};
 
 /// Runs `cmd` to its end and returns (exit code, peak resident set in KiB), from
 /// `wait4` on that one child (other tests' children do not count).
@@ -81,25 +82,44 @@ fn rss_probe() {
 
 #[test]
 fn data_commands_do_not_load_libtorch() {
-    let (code, kib) = peak_rss(&["--version"]);
-    assert_eq!(code, 0);
-    assert!(
-        kib < 100 * 1024,
-        "`supervision --version` peaked at {} MiB; libtorch loaded?",
-        kib / 1024
-    );
+    for args in [&["--version"][..], &["model", "summary", "alexnet"][..]] {
+        let (code, kib) = peak_rss(args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(
+            kib < 100 * 1024,
+            "`supervision {args:?}` peaked at {} MiB; libtorch loaded?",
+            kib / 1024
+        );
+    }
     // The dynamic loader's own account of what it opened (glibc).
-    let out = supervision()
-        .args(["shard", "--help"])
-        .env("LD_DEBUG", "files")
-        .output()
-        .expect("spawn");
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !log.contains("libtorch") && !log.contains("libc10"),
-        "supervision opened libtorch:\n{log}"
-    );
+    for args in [&["shard", "--help"][..], &["model", "list"][..]] {
+        let out = supervision()
+            .args(args)
+            .env("LD_DEBUG", "files")
+            .output()
+            .expect("spawn");
+        assert!(out.status.success(), "{args:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !log.contains("libtorch") && !log.contains("libc10"),
+            "supervision {args:?} opened libtorch:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn model_summary_counts_parameters() {
+    let json = |text: String| -> serde_json::Value { serde_json::from_str(&text).expect("JSON") };
+    let v = json(ok(&["model", "summary", "alexnet", "--json"]));
+    assert_eq!(v["total_params"], 60_965_224);
+    assert_eq!(v["rows"][0]["output"], serde_json::json!([96, 55, 55]));
+    let v = json(ok(&["model", "summary", "alexnet-owt", "--json"]));
+    assert_eq!(v["total_params"], 61_100_840);
+    let table = ok(&["model", "summary", "alexnet"]);
+    assert!(table.contains("60,965,224"), "{table}");
+    assert!(table.contains("groups 2"), "{table}");
+    let err = fails(&["model", "summary", "vgg16"]);
+    assert!(err.contains("unknown model"), "{err}");
 }
 
 #[cfg(feature = "train")]
@@ -115,11 +135,11 @@ fn torch_commands_run_through_supervision_torch() {
         assert!(text.contains("supervision train"), "{args:?}:\n{text}");
     }
     let out = supervision()
-        .args(["model", "list"])
+        .args(["predict", "--help"])
         .output()
         .expect("spawn");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("alexnet"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--checkpoint"));
     // Exit codes pass through: a bad flag is clap's usage error (2).
     let out = supervision()
         .args(["eval", "--no-such-flag"])
@@ -142,6 +162,17 @@ fn supervision_alone_names_the_missing_torch_binary() {
             .expect("spawn")
     };
     assert!(run(&["shard", "--help"]).status.success());
+    // `model` describes the models without libtorch: no supervision-torch needed.
+    let out = run(&["model", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        ["alexnet", "alexnet-owt", "alexnet-tiny", "alexnet-owt-tiny"]
+    );
+    let out = run(&["model", "summary", "alexnet"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("total parameters: 60,965,224"));
     let out = run(&["train", "--help"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -151,7 +182,7 @@ fn supervision_alone_names_the_missing_torch_binary() {
     );
     // A wrong SUPERVISION_TORCH is named, not ignored.
     let out = Command::new(&lone)
-        .args(["model", "list"])
+        .args(["eval", "--help"])
         .env("SUPERVISION_TORCH", dir.path().join("nowhere"))
         .output()
         .expect("spawn");
@@ -203,7 +234,8 @@ fn closed_stdout_is_a_quiet_exit() {
     ];
     assert_quiet_exit(supervision().args(args), "synth");
     assert!(Path::new(&out).join("train").is_dir(), "synth still ran");
+    assert_quiet_exit(supervision().args(["model", "list"]), "model list");
     if cfg!(feature = "train") {
-        assert_quiet_exit(supervision().args(["model", "list"]), "model list");
+        assert_quiet_exit(supervision().args(["train", "--help"]), "train --help");
     }
 }

@@ -189,20 +189,6 @@ fn help_names_the_training_choices_with_defaults_and_sources() {
 }
 
 #[test]
-fn model_summary_counts_parameters() {
-    let v = json(&ok(&["model", "summary", "alexnet", "--json"]));
-    assert_eq!(v["total_params"], 60_965_224);
-    assert_eq!(v["rows"][0]["output"], serde_json::json!([96, 55, 55]));
-    let v = json(&ok(&["model", "summary", "alexnet-owt", "--json"]));
-    assert_eq!(v["total_params"], 61_100_840);
-    let table = ok(&["model", "summary", "alexnet"]);
-    assert!(table.contains("60,965,224"), "{table}");
-    assert!(table.contains("groups 2"), "{table}");
-    let err = fails(&["model", "summary", "vgg16"]);
-    assert!(err.contains("unknown model"), "{err}");
-}
-
-#[test]
 fn train_eval_predict_plot_and_resume() {
     let t = tempfile::tempdir().unwrap();
     let train = make_set(&t.path().join("train"), Split::Train, 4, 32, 1); // 128 images

@@ -2,7 +2,7 @@
 //!
 //! Linking libtorch costs every command its load time (the dynamic loader maps
 //! libtorch and its CUDA libraries, about 0.9 s and 470 MB, before `main`), although
-//! data preparation never needs it. So `train`, `eval`, `predict` and `model` live in a
+//! data preparation never needs it. So `train`, `eval` and `predict` live in a
 //! second executable, `supervision-torch`, built and installed beside this one by the
 //! same `cargo build -p sv-cli`; this binary replaces itself with it (exec on Unix),
 //! so exit codes, signals and the terminal are the child's own.
@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 /// The libtorch half's file name.
 pub const TORCH_BINARY: &str = "supervision-torch";
 
-const TORCH_COMMANDS: [&str; 4] = ["train", "eval", "predict", "model"];
+const TORCH_COMMANDS: [&str; 3] = ["train", "eval", "predict"];
 
 /// Whether `supervision-torch` runs this command.
 pub fn is_torch_command(name: &OsStr) -> bool {

@@ -1,9 +1,9 @@
 //! What the two executables of SuperVision share.
 //!
 //! SuperVision installs two binaries side by side, built by one `cargo build -p sv-cli`:
-//! - `supervision`: synth, shard, pca, bench, plot. It never links libtorch, so it starts
-//!   at once and needs nothing but itself on a data-preparation machine.
-//! - `supervision-torch`: train, eval, predict, model. It links libtorch (and its CUDA
+//! - `supervision`: synth, shard, pca, bench, plot, model. It never links libtorch, so it
+//!   starts at once and needs nothing but itself on a data-preparation machine.
+//! - `supervision-torch`: train, eval, predict. It links libtorch (and its CUDA
 //!   libraries, about 0.9 s and 470 MB of mapping at start-up). `supervision train ...`
 //!   runs it in its own place (exec), the way `git foo` runs `git-foo`, so users keep
 //!   typing `supervision train`.

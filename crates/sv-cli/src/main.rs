@@ -1,7 +1,7 @@
 //! `supervision`: the command line of SuperVision. Clap types live here; each
 //! command turns its flags into a plain library config and draws progress.
 //!
-//! This binary never links libtorch. `train`, `eval`, `predict` and `model` are run by
+//! This binary never links libtorch. `train`, `eval` and `predict` are run by
 //! `supervision-torch`, installed beside it by the same build: see [`forward`].
 
 mod commands;
@@ -42,9 +42,9 @@ enum Command {
     /// Top-5 classes of image files under a checkpoint (libtorch).
     #[command(disable_help_flag = true)]
     Predict(Forwarded),
-    /// Describe the models: layers, output shapes, parameter counts (libtorch).
-    #[command(disable_help_flag = true)]
-    Model(Forwarded),
+    /// Describe the models: layers, output shapes, parameter counts.
+    #[command(subcommand)]
+    Model(commands::model::Cmd),
     /// Draw a training run's curves (loss, error, learning rate, throughput) from its
     /// metrics.jsonl to a PNG or SVG figure.
     #[command(long_about = commands::plot::LONG_ABOUT)]
@@ -84,7 +84,7 @@ fn main() {
         Command::Train(f) => forward::run("train", v, f.args),
         Command::Eval(f) => forward::run("eval", v, f.args),
         Command::Predict(f) => forward::run("predict", v, f.args),
-        Command::Model(f) => forward::run("model", v, f.args),
+        Command::Model(cmd) => commands::model::run(cmd),
         Command::Plot(args) => commands::plot::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
     };

@@ -23,14 +23,9 @@ pub enum TrainError {
         #[source]
         source: sv_c10::C10Error,
     },
-    /// The model name is not one this crate knows.
-    #[error("unknown model `{name}` (known: {known})")]
-    UnknownModel {
-        /// The name asked for.
-        name: String,
-        /// The known names, comma separated.
-        known: String,
-    },
+    /// The model name is unknown or its layers do not fit (the cause says which).
+    #[error(transparent)]
+    Model(#[from] sv_model::ModelError),
     /// A configuration value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -16,43 +16,7 @@ use std::sync::Arc;
 use crate::error::{Result, TorchContext, TrainError};
 use crate::lrn::is_channels_last;
 
-/// What the input values are, after the mean is subtracted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputScale {
-    /// Centred raw values on the 0-255 scale, not divided by anything (the paper's).
-    Raw,
-    /// Also divided by the per-channel standard deviation (torchvision's recipe).
-    Std,
-}
-
-impl InputScale {
-    /// What checkpoints written before the choice existed used.
-    pub fn legacy() -> InputScale {
-        InputScale::Std
-    }
-
-    /// `raw` or `std`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InputScale::Raw => "raw",
-            InputScale::Std => "std",
-        }
-    }
-}
-
-impl std::str::FromStr for InputScale {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "raw" => Ok(InputScale::Raw),
-            "std" => Ok(InputScale::Std),
-            _ => Err(TrainError::Config(format!(
-                "unknown input scale `{s}` (raw, std)"
-            ))),
-        }
-    }
-}
+pub use sv_model::InputScale;
 
 /// Input statistics on the 0-255 scale: per-channel mean and std, and optionally the
 /// paper's per-pixel mean image.

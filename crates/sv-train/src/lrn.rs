@@ -18,37 +18,9 @@
 //! input as `[N * H * W * towers, 1, 1, C / towers]` (window along the contiguous
 //! channels).
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// LRN constants, in the paper's convention (alpha not divided by `n`).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LrnParams {
-    /// Additive constant.
-    pub k: f64,
-    /// Number of adjacent channels in the window (odd).
-    pub n: i64,
-    /// Scale of the window's sum of squares.
-    pub alpha: f64,
-    /// Exponent.
-    pub beta: f64,
-}
-
-impl LrnParams {
-    /// The paper's values: k=2, n=5, alpha=1e-4, beta=0.75.
-    pub const PAPER: LrnParams = LrnParams {
-        k: 2.0,
-        n: 5,
-        alpha: 1e-4,
-        beta: 0.75,
-    };
-}
-
-impl Default for LrnParams {
-    fn default() -> Self {
-        Self::PAPER
-    }
-}
+pub use sv_model::LrnParams;
 
 /// Whether a 4-D tensor is laid out channels-last (NHWC in memory): its NHWC
 /// permutation is contiguous.

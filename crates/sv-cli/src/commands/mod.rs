@@ -3,6 +3,7 @@
 //! `supervision-torch` binary).
 
 pub mod bench;
+pub mod model;
 pub mod pca;
 pub mod plot;
 pub mod shard;

@@ -1,16 +1,17 @@
-//! `supervision model summary MODEL [--json]`: layers, output shapes and parameter
-//! counts of a registered model.
+//! `supervision model list` and `supervision model summary MODEL [--json]`: the
+//! registered models, and the layers, output shapes and parameter counts of one. The
+//! descriptions are sv-model's plain data, so this runs without libtorch.
 
 use anyhow::Result;
 use clap::Subcommand;
-use sv_train::model::{MODEL_NAMES, ModelSpec};
+use sv_model::{MODEL_NAMES, ModelSpec};
 
 /// Model subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Print the layers, output shapes and parameter counts of MODEL.
     Summary {
-        /// One of: alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny.
+        /// One of: alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny (`model list`).
         model: String,
         /// Output classes.
         #[arg(long, default_value_t = 1000)]

@@ -1,18 +1,16 @@
 //! `supervision-torch`: the commands of SuperVision that need libtorch (train, eval,
-//! predict, model). Users run them as `supervision train ...`; the `supervision`
+//! predict). Users run them as `supervision train ...`; the `supervision`
 //! binary, which never loads libtorch, hands these commands to this one.
 
 mod dist;
 mod eval;
-mod model;
 mod predict;
 mod resume;
 mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-/// SuperVision's libtorch commands: train AlexNet, evaluate and apply checkpoints,
-/// describe the models. Usually run as `supervision <command>`.
+/// SuperVision's libtorch commands: train AlexNet, evaluate and apply checkpoints. Usually run as `supervision <command>`.
 #[derive(Parser, Debug)]
 #[command(name = "supervision", version, about, long_about = None)]
 struct Cli {
@@ -30,9 +28,6 @@ enum Command {
     Eval(eval::Args),
     /// Top-5 classes of image files under a checkpoint.
     Predict(predict::Args),
-    /// Describe the models: layers, output shapes, parameter counts.
-    #[command(subcommand)]
-    Model(model::Cmd),
 }
 
 fn main() {
@@ -52,7 +47,6 @@ fn main() {
         }
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
-        Command::Model(cmd) => model::run(cmd),
     };
     sv_cli::exit_with(result)
 }
