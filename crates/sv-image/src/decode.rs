@@ -165,10 +165,18 @@ pub(crate) fn jpeg(
     let gray = input == ColorSpace::Luma;
     let channels = if gray { 1 } else { 3 };
     limits.check(Format::Jpeg, w.into(), h.into(), channels as u64)?;
-    // The decoder grey-fills data that is not there; refuse it first.
-    check.check(bytes)?;
-
     let k = reduction(w, h);
+    // The decoder feeds zero bits where a scan's data is missing. Our zune-jpeg
+    // (vendor/zune-jpeg/PATCHED.md) refuses that in strict mode for a sequential image
+    // whose data runs into a marker; the rest (progressive images, files that end
+    // without EOI, reduced decodes through jpeg-decoder) are walked first.
+    let in_decoder =
+        k == 1 && bytes.ends_with(&[0xFF, 0xD9]) && crate::entropy::sequential_frame(bytes);
+    if !in_decoder {
+        check.check(bytes)?;
+        check.walks += 1;
+    }
+
     if k > 1 && matches!(input, ColorSpace::YCbCr | ColorSpace::Luma) {
         // jpeg-decoder may refuse a file zune accepts; then decode at full size.
         if let Some(d) = jpeg_reduced(bytes, w, h, k, limits, buf) {
@@ -185,7 +193,14 @@ pub(crate) fn jpeg(
     let n = dec
         .output_buffer_size()
         .ok_or_else(|| corrupt(Format::Jpeg, "image size overflows"))?;
-    dec.decode_into(grow(buf, n)).map_err(zune_error)?;
+    if let Err(e) = dec.decode_into(grow(buf, n)) {
+        // Not walked yet: a truncation gets the walk's account of it (which scan,
+        // how many of its MCUs are there) in place of the decoder's one line.
+        if in_decoder {
+            check.check(bytes)?;
+        }
+        return Err(zune_error(e));
+    }
     Ok(Decoded {
         format: Format::Jpeg,
         source_width: w,

@@ -347,6 +347,26 @@ struct Scan {
     ah: u32,
 }
 
+/// True when the JPEG's frame header (the first SOF marker, found by stepping over the
+/// header segments only) is baseline or extended sequential Huffman (SOF0, SOF1).
+pub(crate) fn sequential_frame(bytes: &[u8]) -> bool {
+    let mut p = 2; // after SOI
+    while let Some((_, marker, after)) = next_marker(bytes, p) {
+        match marker {
+            0xC0 | 0xC1 => return true,
+            0xC2..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA | 0xD9 => return false,
+            0xD0..=0xD8 | 0x01 => p = after,
+            _ => {
+                let Some(len) = bytes.get(after..after + 2) else {
+                    return false;
+                };
+                p = after + usize::from(u16::from_be_bytes([len[0], len[1]])).max(2);
+            }
+        }
+    }
+    false
+}
+
 /// Reusable state of the check (tables and progressive refinement history), kept by
 /// a worker across images.
 pub struct JpegCheck {
@@ -358,6 +378,8 @@ pub struct JpegCheck {
     /// Per component and coefficient, the successive-approximation bit position it
     /// has reached (-1: never sent; 0: full precision).
     precision: [[i8; 64]; 4],
+    /// Images walked before decoding (see [`crate::Preprocessor::jpeg_walks`]).
+    pub(crate) walks: u64,
 }
 
 impl Default for JpegCheck {
@@ -380,6 +402,7 @@ impl JpegCheck {
             ac: vec![Huffman::empty(); 4],
             nonzero: Vec::new(),
             precision: [[-1; 64]; 4],
+            walks: 0,
         }
     }
 

@@ -173,6 +173,14 @@ impl Preprocessor {
         &self.config
     }
 
+    /// How many JPEGs this preparer has walked with [`JpegCheck`] before decoding
+    /// them: progressive ones, files that do not end in an EOI marker and reduced-size
+    /// decodes. A sequential JPEG that ends in EOI is checked for missing scan data
+    /// inside the decoder instead, at no extra cost.
+    pub fn jpeg_walks(&self) -> u64 {
+        self.check.walks
+    }
+
     /// Bytes of one output image: `side * side * 3`.
     pub fn output_len(&self) -> usize {
         let side = self.config.side as usize;

@@ -294,6 +294,52 @@ fn trailing_bytes_after_the_image_are_harmless() {
     decode(&no_eoi).expect("a whole scan without EOI");
 }
 
+/// Sequential files that end in EOI are checked inside the decoder (our zune-jpeg
+/// patch), without the walk; the rest are walked. Either way a cut is refused with the
+/// walk's account of it, also when the cut is followed by a restart marker, as if the
+/// data of an interval went on.
+#[test]
+fn sequential_files_ending_in_eoi_are_checked_by_the_decoder() {
+    let mut p = Preprocessor::new(PrepConfig::with_side(16));
+    let mut out = vec![0u8; p.output_len()];
+    let mut sequential = layout(ColorType::Rgb);
+    sequential.sampling = SamplingFactor::F_2_2;
+    let full = encode(64, 48, sequential, 5);
+    p.process(&full, &mut out).expect("whole");
+    assert_eq!(p.jpeg_walks(), 0, "a whole sequential file is not walked");
+    let cut = data_offsets(&full)[data_offsets(&full).len() / 2];
+    match p.process(&with_eoi(&full[..cut]), &mut out) {
+        Err(ImageError::Truncated(Truncation::Scan { scan: 1, .. })) => {}
+        other => panic!("cut sequential file: {other:?}"),
+    }
+    assert_eq!(p.jpeg_walks(), 0, "walked only to describe the error");
+
+    let mut restart = sequential;
+    restart.restart = 2;
+    let full = encode(64, 48, restart, 6);
+    for &cut in data_offsets(&full).iter().step_by(7) {
+        let mut bytes = full[..cut].to_vec();
+        bytes.extend_from_slice(&[0xFF, 0xD0]);
+        assert!(
+            matches!(
+                p.process(&with_eoi(&bytes), &mut out),
+                Err(ImageError::Truncated(_))
+            ),
+            "cut at {cut} + RST0 + EOI"
+        );
+    }
+
+    let mut progressive = sequential;
+    progressive.progressive = true;
+    p.process(&encode(64, 48, progressive, 5), &mut out)
+        .expect("whole");
+    assert_eq!(p.jpeg_walks(), 1, "a progressive file is walked");
+    let mut no_eoi = full.clone();
+    no_eoi.truncate(no_eoi.len() - 2);
+    p.process(&no_eoi, &mut out).expect("whole scan, no EOI");
+    assert_eq!(p.jpeg_walks(), 2, "a file without EOI is walked");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
