@@ -97,6 +97,13 @@ def make_data(binary, images, subsampling):
     tree, raw, jdir = (os.path.join(base, n) for n in ("synth", "raw", "jpeg-files"))
     jpeg = os.path.join(base, "jpeg-" + subsampling.replace(":", ""))
     done = os.path.join(base, ".done")
+    if os.path.exists(done) and subprocess.run(
+            [binary, "shard", "inspect", raw], capture_output=True).returncode != 0:
+        # written by an older supervision whose format this one no longer reads
+        print(f"[peers] {raw} is not readable by this binary; regenerating {base}",
+              file=sys.stderr)
+        import shutil
+        shutil.rmtree(base)
     if os.path.exists(done):
         if not os.path.exists(os.path.join(jpeg, "manifest.json")):
             run([binary, "shard", "build", "--input", train_folder(tree), "--output", jpeg,

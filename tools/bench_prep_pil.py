@@ -11,10 +11,19 @@ also PIL's fastest way to do it). PIL decodes JPEGs at full size unless
 stays >= gap * SIZE, the same rule as sv-image's reduce_gap).
 
 Each side runs --repeat times, alternating, on a warm page cache; the best run of
-each is reported, as images/s and the ratio.
+each is reported, as images/s and the ratio. The supervision side is the whole
+command (`shard build` from process start to exit, its closing fsync included).
+
+Inputs. Either an image tree, or `--imagenet-like N`: N JPEGs written by PIL (libjpeg,
+quality 90, 4:2:0 as ImageNet's own files) at ImageNet's common sizes (500x375, 375x500,
+500x333, 500x500, ..., a few larger), made once from `supervision synth` images scaled
+up with photo-like grain added (about 0.6 bytes per pixel, near ImageNet's average,
+where plain synthetic drawings would compress far more and decode unrealistically fast),
+cached under ${SUPERVISION_CACHE:-~/.cache/supervision}/bench-prep-<N>.
 
 Usage:
   cargo build --release -p sv-cli
+  python3 tools/bench_prep_pil.py --imagenet-like 1280 [--workers N] [--repeat 3]
   target/release/supervision synth --output /tmp/synth --classes 10 --per-class 50
   python3 tools/bench_prep_pil.py /tmp/synth/train [--workers N] [--repeat 3]
 
@@ -66,6 +75,47 @@ def prepare(path):
         return None
 
 
+# ImageNet's common sizes, with rough weights (most train images are 500 px on the long
+# side, landscape 4:3 first), and a few large ones as in the real set.
+SIZES = [((500, 375), 40), ((375, 500), 15), ((500, 333), 15), ((333, 500), 5),
+         ((500, 500), 8), ((500, 400), 7), ((640, 480), 5), ((1024, 768), 3), ((1600, 1200), 2)]
+
+
+def imagenet_like(binary, n):
+    """N PIL-written JPEGs of ImageNet-like sizes and entropy, in 10 class folders."""
+    import numpy as np
+    from PIL import Image
+
+    base = Path(toolenv.cache_dir()) / f"bench-prep-{n}"
+    tree = base / "train"
+    if (base / ".done").exists():
+        return tree
+    shutil.rmtree(base, ignore_errors=True)
+    synth = base / "synth"
+    subprocess.run([str(binary), "synth", "--output", str(synth), "--classes", "10",
+                    "--per-class", str(max(1, (n + 9) // 10)), "--val-per-class", "1",
+                    "--force"], check=True, capture_output=True)
+    sources = sorted(p for p in (synth / "train").rglob("*") if p.is_file())[:n]
+    rng = np.random.default_rng(2012)
+    sizes = [s for s, _ in SIZES]
+    weights = np.array([w for _, w in SIZES], dtype=float)
+    for i, src in enumerate(sources):
+        w, h = sizes[rng.choice(len(sizes), p=weights / weights.sum())]
+        with Image.open(src) as im:
+            im = im.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+        px = np.asarray(im, dtype=np.float32)
+        # grain: per-pixel noise plus a coarser texture, as sensor noise and detail
+        grain = rng.normal(0, 7, (h, w, 1)) + rng.normal(0, 4, (h, w, 3))
+        coarse = rng.normal(0, 10, ((h + 7) // 8, (w + 7) // 8, 3)).repeat(8, 0).repeat(8, 1)
+        px = np.clip(px + grain + coarse[:h, :w], 0, 255).astype(np.uint8)
+        out = tree / src.parent.name / (src.stem + ".JPEG")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(px).save(out, "JPEG", quality=90)
+    shutil.rmtree(synth)
+    (base / ".done").touch()
+    return tree
+
+
 def run_pil(files, workers, size, draft_gap, out_file):
     import multiprocessing as mp
 
@@ -94,9 +144,12 @@ def run_supervision(binary, input_dir, workers, size, out_dir):
 def main():
     toolenv.ensure("venv-tools", ["pillow", "numpy"], probe="PIL")
     import PIL
+    from PIL import Image
 
     ap = argparse.ArgumentParser(description="PIL vs supervision shard build, images/s")
-    ap.add_argument("input", help="image tree (e.g. synth's train/ folder)")
+    ap.add_argument("input", nargs="?", help="image tree (e.g. synth's train/ folder)")
+    ap.add_argument("--imagenet-like", type=int, metavar="N",
+                    help="instead of INPUT: N PIL-written JPEGs of ImageNet-like sizes (cached)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="processes / workers (default: cores)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
@@ -108,6 +161,10 @@ def main():
     binary = Path(args.bin)
     if not binary.exists():
         sys.exit("%s not found: cargo build --release -p sv-cli" % binary)
+    if args.imagenet_like:
+        args.input = str(imagenet_like(binary, args.imagenet_like))
+    elif not args.input:
+        sys.exit("give an image tree or --imagenet-like N")
     files = sorted(str(p) for p in Path(args.input).rglob("*") if p.is_file())
     if not files:
         sys.exit("no files under %s" % args.input)
@@ -126,7 +183,10 @@ def main():
 
     n = len(files)
     pil_rate, sv_rate = pil_n / pil_best, n / sv_best
-    print("images: %d under %s, workers %d, size %d, best of %d runs" % (n, args.input, args.workers, args.size, args.repeat))
+    pixels = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files)
+    size = sum(Path(f).stat().st_size for f in files)
+    print("images: %d under %s (%.2f bytes/pixel, %.0f kB each), workers %d, size %d, best of %d runs"
+          % (n, args.input, size / pixels, size / n / 1000, args.workers, args.size, args.repeat))
     print("PIL %s multiprocessing%s: %d images in %.2fs = %.1f images/s"
           % (PIL.__version__, " (draft gap %g)" % args.pil_draft_gap if args.pil_draft_gap else "",
              pil_n, pil_best, pil_rate))
