@@ -168,10 +168,11 @@ pub(crate) fn jpeg(
     let k = reduction(w, h);
     // The decoder feeds zero bits where a scan's data is missing. Our zune-jpeg
     // (vendor/zune-jpeg/PATCHED.md) refuses that in strict mode for a sequential image
-    // whose data runs into a marker; the rest (progressive images, files that end
-    // without EOI, reduced decodes through jpeg-decoder) are walked first.
+    // in one interleaved scan; the rest (progressive images, component-by-component
+    // scans, files that end without EOI, reduced decodes through jpeg-decoder) are
+    // walked first.
     let in_decoder =
-        k == 1 && bytes.ends_with(&[0xFF, 0xD9]) && crate::entropy::sequential_frame(bytes);
+        k == 1 && bytes.ends_with(&[0xFF, 0xD9]) && crate::entropy::interleaved_sequential(bytes);
     if !in_decoder {
         check.check(bytes)?;
         check.walks += 1;

@@ -347,22 +347,28 @@ struct Scan {
     ah: u32,
 }
 
-/// True when the JPEG's frame header (the first SOF marker, found by stepping over the
-/// header segments only) is baseline or extended sequential Huffman (SOF0, SOF1).
-pub(crate) fn sequential_frame(bytes: &[u8]) -> bool {
+/// True when the JPEG is baseline or extended sequential Huffman (SOF0, SOF1) and its
+/// first scan holds every component of the frame (one interleaved scan, as libjpeg and
+/// every camera write), found by stepping over the header segments only.
+pub(crate) fn interleaved_sequential(bytes: &[u8]) -> bool {
     let mut p = 2; // after SOI
+    let mut components = None;
     while let Some((_, marker, after)) = next_marker(bytes, p) {
+        let count_at = |offset: usize| bytes.get(after + 2 + offset).copied();
         match marker {
-            0xC0 | 0xC1 => return true,
-            0xC2..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA | 0xD9 => return false,
-            0xD0..=0xD8 | 0x01 => p = after,
-            _ => {
-                let Some(len) = bytes.get(after..after + 2) else {
-                    return false;
-                };
-                p = after + usize::from(u16::from_be_bytes([len[0], len[1]])).max(2);
+            0xC0 | 0xC1 if components.is_none() => components = count_at(5),
+            0xC2..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xD9 => return false,
+            0xDA => return components.is_some() && count_at(0) == components,
+            0xD0..=0xD8 | 0x01 => {
+                p = after;
+                continue;
             }
+            _ => {}
         }
+        let Some(len) = bytes.get(after..after + 2) else {
+            return false;
+        };
+        p = after + usize::from(u16::from_be_bytes([len[0], len[1]])).max(2);
     }
     false
 }

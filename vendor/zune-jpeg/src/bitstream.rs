@@ -241,6 +241,17 @@ impl BitStream {
                                 self.fake_bits += 8;
                                 self.aligned_buffer = self.buffer << (64 - self.bits_left);
                             }
+                            // (SuperVision patch) Top up with zeros now, as the next
+                            // refill would: the symbol being decoded may need more bits
+                            // than the data had left, and taking them from an empty
+                            // buffer wrapped `bits_left` round instead (so a file cut
+                            // there decoded without a made-up bit being counted).
+                            if self.bits_left < 32 {
+                                self.buffer <<= 32;
+                                self.bits_left += 32;
+                                self.fake_bits += 32;
+                                self.aligned_buffer = self.buffer << (64 - self.bits_left);
+                            }
 
                             return Ok(false);
                         }

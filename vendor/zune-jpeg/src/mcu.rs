@@ -185,6 +185,8 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         }
 
         let mut pixels_written = 0;
+        // (SuperVision patch) MCU rows of the interleaved scan decoded so far.
+        let mut rows_decoded = 0;
 
         let is_hv = usize::from(self.is_interleaved);
         let upsampler_scratch_size = is_hv * self.components.iter().map(|x| x.width_stride).max().unwrap_or(0) * 8;
@@ -258,13 +260,15 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
                         &mut pixels_written,
                         &mut upsampler_scratch_space
                     )?;
+                    // (SuperVision patch)
+                    rows_decoded = i + 1;
                 }
 
                 match terminate {
                     McuContinuation::Ok => {}
                     McuContinuation::AnotherSos if all_components_in_first_scan => {
                         warn!("More than one SOS despite already having all components");
-                        self.check_overrun(&stream)?;
+                        self.check_overrun(&stream, rows_decoded, mcu_height)?;
                         return Ok(());
                     }
                     McuContinuation::AnotherSos => continue 'sos,
@@ -290,7 +294,9 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
             // continued at `'sos'.
             break;
         }
-        self.check_overrun(&stream)?;
+        if all_components_in_first_scan {
+            self.check_overrun(&stream, rows_decoded, mcu_height)?;
+        }
 
         if !all_components_in_first_scan {
             self.finish_baseline_decoding(&progressive_mcus, mcu_width, pixels)?;
@@ -612,11 +618,15 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         self.check_stream_marker_after_mcu_width(stream)
     }
 
-    /// (SuperVision patch) In strict mode, refuse a baseline image whose scan data ended
-    /// before its last block: the decoder would otherwise have decoded made-up zero
-    /// bits into the missing blocks without a word.
-    fn check_overrun(&self, stream: &BitStream) -> Result<(), DecodeErrors> {
-        if self.options.strict_mode() && stream.overran() {
+    /// (SuperVision patch) In strict mode, refuse a baseline image whose one interleaved
+    /// scan ended before its last block: its data ran out inside an MCU row (the decoder
+    /// would have decoded made-up zero bits into the rest), or a marker and EOI came
+    /// between two MCU rows (the decoder would have stopped there, the rows below never
+    /// written).
+    fn check_overrun(
+        &self, stream: &BitStream, rows_decoded: usize, mcu_height: usize
+    ) -> Result<(), DecodeErrors> {
+        if self.options.strict_mode() && (stream.overran() || rows_decoded < mcu_height) {
             return Err(DecodeErrors::FormatStatic(
                 "Scan data ends before its last block (truncated)"
             ));

@@ -217,6 +217,28 @@ fn cuts_in_the_last_bytes_of_the_data_are_refused() {
     }
 }
 
+/// Every cut in the last quarter of a sequential file's scan data, followed by EOI or
+/// by a comment segment and EOI, for many pictures: some cuts fall exactly on a
+/// byte-aligned MCU boundary, where zune-jpeg, finding a marker with no bits left,
+/// stops the row without consuming a single made-up bit.
+#[test]
+fn every_cut_near_the_end_of_a_sequential_scan_is_refused() {
+    const COM: [u8; 6] = [0xFF, 0xFE, 0x00, 0x04, b'h', b'i'];
+    for l in layouts().into_iter().filter(|l| !l.progressive) {
+        for seed in 0..8 {
+            let full = encode(37, 29, l, seed);
+            let inside = data_offsets(&full);
+            for &cut in &inside[inside.len() * 3 / 4..] {
+                let what = format!("{l:?} seed {seed} cut at {cut}/{}", full.len());
+                assert_truncated(&with_eoi(&full[..cut]), &format!("{what} + EOI"));
+                let mut commented = full[..cut].to_vec();
+                commented.extend_from_slice(&COM);
+                assert_truncated(&with_eoi(&commented), &format!("{what} + COM + EOI"));
+            }
+        }
+    }
+}
+
 #[test]
 fn cuts_between_progressive_scans_are_refused() {
     let mut files: Vec<(String, Vec<u8>)> = LIBJPEG
@@ -329,6 +351,32 @@ fn sequential_files_ending_in_eoi_are_checked_by_the_decoder() {
         );
     }
 
+    // Cuts followed by segments a scan's data may run into: a comment, another scan
+    // header (the file's own), a Huffman table segment (the file's own).
+    let full = encode(64, 48, sequential, 7);
+    let sos = markers(&full, |m| m == 0xDA)[0];
+    let dht = markers(&full, |m| m == 0xC4)[0];
+    let segment = |at: usize| {
+        let len = usize::from(u16::from_be_bytes([full[at + 2], full[at + 3]]));
+        full[at..at + 2 + len].to_vec()
+    };
+    let tails: [(&str, Vec<u8>); 3] = [
+        ("COM", vec![0xFF, 0xFE, 0x00, 0x04, b'h', b'i']),
+        ("SOS", segment(sos)),
+        ("DHT", segment(dht)),
+    ];
+    for &cut in data_offsets(&full).iter().step_by(11) {
+        for (name, tail) in &tails {
+            let mut bytes = full[..cut].to_vec();
+            bytes.extend_from_slice(tail);
+            assert!(
+                p.process(&with_eoi(&bytes), &mut out).is_err(),
+                "cut at {cut} + {name} + EOI"
+            );
+        }
+    }
+    assert_eq!(p.jpeg_walks(), 0);
+
     let mut progressive = sequential;
     progressive.progressive = true;
     p.process(&encode(64, 48, progressive, 5), &mut out)
@@ -349,7 +397,7 @@ proptest! {
         which in 0usize..1000,
         seed in any::<u64>(),
         at in 0.0f64..1.0,
-        eoi in any::<bool>(),
+        tail in 0usize..4,
     ) {
         let all = layouts();
         let l = all[which % all.len()];
@@ -358,9 +406,14 @@ proptest! {
         let inside = data_offsets(&full);
         let cut = inside[((inside.len() - 1) as f64 * at) as usize];
         let mut cut_file = full[..cut].to_vec();
-        if eoi {
-            cut_file.extend_from_slice(&[0xFF, 0xD9]);
-        }
+        // after the cut: nothing, EOI, a comment and EOI, a restart marker and EOI
+        let after: &[u8] = match tail {
+            0 => &[],
+            1 => &[0xFF, 0xD9],
+            2 => &[0xFF, 0xFE, 0x00, 0x03, b'x', 0xFF, 0xD9],
+            _ => &[0xFF, 0xD0, 0xFF, 0xD9],
+        };
+        cut_file.extend_from_slice(after);
         prop_assert!(
             matches!(decode(&cut_file), Err(ImageError::Truncated(_))),
             "{:?} {}x{} cut at {}/{}: {:?}", l, w, h, cut, full.len(), decode(&cut_file)
