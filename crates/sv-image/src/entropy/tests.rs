@@ -217,6 +217,33 @@ fn cuts_in_the_last_bytes_of_the_data_are_refused() {
     }
 }
 
+/// Which files the decoder checks: sequential ones whose first scan holds every
+/// component; a first scan of fewer components (one scan per component) or a
+/// progressive frame is walked instead.
+#[test]
+fn only_one_interleaved_sequential_scan_is_checked_in_the_decoder() {
+    let full = encode(16, 16, layout(ColorType::Rgb), 1);
+    assert!(super::interleaved_sequential(&full));
+    assert!(super::interleaved_sequential(&encode(
+        16,
+        16,
+        layout(ColorType::Luma),
+        1
+    )));
+    let sos = markers(&full, |m| m == 0xDA)[0];
+    let mut per_component = full.clone();
+    per_component[sos + 4] = 1; // the first scan names one of the three components
+    assert!(!super::interleaved_sequential(&per_component));
+    let mut progressive = layout(ColorType::Rgb);
+    progressive.progressive = true;
+    assert!(!super::interleaved_sequential(&encode(
+        16,
+        16,
+        progressive,
+        1
+    )));
+}
+
 /// Every cut in the last quarter of a sequential file's scan data, followed by EOI or
 /// by a comment segment and EOI, for many pictures: some cuts fall exactly on a
 /// byte-aligned MCU boundary, where zune-jpeg, finding a marker with no bits left,
