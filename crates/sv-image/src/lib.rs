@@ -174,9 +174,10 @@ impl Preprocessor {
     }
 
     /// How many JPEGs this preparer has walked with [`JpegCheck`] before decoding
-    /// them: progressive ones, files that do not end in an EOI marker and reduced-size
-    /// decodes. A sequential JPEG that ends in EOI is checked for missing scan data
-    /// inside the decoder instead, at no extra cost.
+    /// them: progressive ones, scans of fewer than all components, files that do not
+    /// end in an EOI marker and reduced-size decodes. A sequential JPEG in one
+    /// interleaved scan that ends in EOI is checked for missing scan data inside the
+    /// decoder instead, at no extra cost.
     pub fn jpeg_walks(&self) -> u64 {
         self.check.walks
     }

@@ -161,12 +161,18 @@ fn assert_every_cut_refused(full: &[u8], name: &str) {
         .collect();
     cuts.push(*inside.last().expect("scan data")); // only the last data byte missing
     for cut in cuts {
-        assert_truncated(&full[..cut], &format!("{name} cut at {cut}/{}", full.len()));
-        assert_truncated(
-            &with_eoi(&full[..cut]),
-            &format!("{name} cut at {cut}/{} + EOI", full.len()),
-        );
+        assert_cut_refused(full, cut, name);
     }
+}
+
+/// `full` cut at `cut` is refused as truncated, as it is and with an EOI after the cut.
+#[track_caller]
+fn assert_cut_refused(full: &[u8], cut: usize, name: &str) {
+    assert_truncated(&full[..cut], &format!("{name} cut at {cut}/{}", full.len()));
+    assert_truncated(
+        &with_eoi(&full[..cut]),
+        &format!("{name} cut at {cut}/{} + EOI", full.len()),
+    );
 }
 
 #[test]
@@ -208,11 +214,7 @@ fn cuts_in_the_last_bytes_of_the_data_are_refused() {
     for (name, full) in files {
         let inside = data_offsets(&full);
         for &cut in inside.iter().rev().take(6) {
-            assert_truncated(&full[..cut], &format!("{name} cut at {cut}/{}", full.len()));
-            assert_truncated(
-                &with_eoi(&full[..cut]),
-                &format!("{name} cut at {cut}/{} + EOI", full.len()),
-            );
+            assert_cut_refused(&full, cut, &name);
         }
     }
 }
