@@ -183,7 +183,10 @@ def main():
 
     n = len(files)
     pil_rate, sv_rate = pil_n / pil_best, n / sv_best
-    pixels = sum(Image.open(f).size[0] * Image.open(f).size[1] for f in files)
+    pixels = 0
+    for f in files:
+        with Image.open(f) as im:
+            pixels += im.size[0] * im.size[1]
     size = sum(Path(f).stat().st_size for f in files)
     print("images: %d under %s (%.2f bytes/pixel, %.0f kB each), workers %d, size %d, best of %d runs"
           % (n, args.input, size / pixels, size / n / 1000, args.workers, args.size, args.repeat))
