@@ -20,6 +20,10 @@ so the consumer does no extra work the peers do not do either).
 
 Every side first runs --warmup batches (workers start, page cache and memory maps
 warm), then --batches timed batches; images/s = timed images / timed seconds.
+With --rounds N every side runs N times, interleaved (round 1: every side, round 2:
+every side, ...); the table gives each side's median and range, and each ratio is
+taken within a round and reported as the median (and range) of the N ratios, so a
+slow spell of a shared machine does not land on one side only.
 
 Data: unless --shards/--jpeg-shards/--jpeg-dir are given, `supervision synth`
 writes --images training images, `supervision shard build` makes a raw and a jpeg
@@ -35,11 +39,12 @@ nvidia-dali-cuda130).
 Usage:
   cargo build --release -p sv-cli
   tools/bench_peers.py [--images 2000] [--batches 30] [--warmup 3] [--workers N]
-                       [--binary target/release/supervision] [--json FILE]
+                       [--rounds 1] [--binary target/release/supervision] [--json FILE]
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -305,6 +310,35 @@ def ours(binary, shards, output, workers, batches, warmup):
     return json.loads(out)
 
 
+def one_round(args, raw, jpeg, jdir, skip, notes):
+    """Every side once: images/s by name."""
+    w, n, wu = args.workers, args.batches, args.warmup
+    res = {}
+    for form, shards in (("raw u8", raw), ("raw f32", raw), ("jpeg u8", jpeg), ("jpeg f32", jpeg)):
+        output = form.split()[1]
+        r = ours(args.binary, shards, output, w, n, wu)
+        res[f"supervision {form}"] = r["images_per_s"]
+    if "a" not in skip:
+        res["peer a: torchvision jpeg files"] = peer_a(jdir, w, n, wu)
+    if "b" not in skip:
+        res["peer b: numpy memmap raw"] = peer_b(raw, w, n, wu)
+    if "c" not in skip:
+        c, why = peer_c(jdir, w, n, wu)
+        if c is None:
+            if why not in notes:
+                notes.append(why)
+        else:
+            res["peer c: DALI cpu jpeg files"] = c
+    if "d" not in skip:
+        d, why = peer_c(payload_files(jpeg), w, n, wu)
+        if d is None:
+            if why not in notes:
+                notes.append(why)
+        else:
+            res["peer d: DALI cpu our jpeg bytes"] = d
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2000)
@@ -318,8 +352,13 @@ def main():
     ap.add_argument("--subsampling", default="4:2:0", choices=["4:2:0", "4:4:4"],
                     help="chroma subsampling of the generated jpeg shard set")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip: a,b,c,d")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every side this many times, interleaved; report medians "
+                         "(and the spread) of the images/s and of each round's ratios")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     ensure_venv()
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} not found: run `cargo build --release -p sv-cli` first")
@@ -330,32 +369,26 @@ def main():
     w, n, wu = args.workers, args.batches, args.warmup
     skip = set(args.skip.split(","))
     res = {"workers": w, "batch_size": BATCH, "batches": n, "warmup": wu, "crop": CROP,
-           "jpeg_shards": jpeg, "load_average": os.getloadavg()[0]}
+           "rounds": args.rounds, "jpeg_shards": jpeg, "load_average": os.getloadavg()[0]}
     notes = []
-    for form, shards in (("raw u8", raw), ("raw f32", raw), ("jpeg u8", jpeg), ("jpeg f32", jpeg)):
-        codec, output = form.split()
-        r = ours(args.binary, shards, output, w, n, wu)
-        res[f"supervision {form}"] = r["images_per_s"]
-    if "a" not in skip:
-        res["peer a: torchvision jpeg files"] = peer_a(jdir, w, n, wu)
-    if "b" not in skip:
-        res["peer b: numpy memmap raw"] = peer_b(raw, w, n, wu)
-    if "c" not in skip:
-        c, why = peer_c(jdir, w, n, wu)
-        if c is None:
-            notes.append(why)
-        else:
-            res["peer c: DALI cpu jpeg files"] = c
-    if "d" not in skip:
-        d, why = peer_c(payload_files(jpeg), w, n, wu)
-        if d is None:
-            notes.append(why)
-        else:
-            res["peer d: DALI cpu our jpeg bytes"] = d
-    print(f"\nimages/s, batch {BATCH}, {w} workers, crop {CROP}, {n} timed batches after {wu}")
-    for k, v in res.items():
-        if k.startswith(("supervision", "peer")):
-            print(f"  {k:<34} {v:>10.0f}")
+    # Every round runs every side once, in the same order, so a slow spell of a shared
+    # machine lands on neighbouring measurements; each ratio is taken within a round.
+    rounds = []
+    for k in range(args.rounds):
+        if args.rounds > 1:
+            print(f"[peers] round {k + 1} of {args.rounds}", file=sys.stderr)
+        rounds.append(one_round(args, raw, jpeg, jdir, skip, notes))
+    keys = [k for k in rounds[0] if all(k in r for r in rounds)]
+    for key in keys:
+        res[key] = statistics.median(r[key] for r in rounds)
+    if args.rounds > 1:
+        res["per_round"] = rounds
+    print(f"\nimages/s, batch {BATCH}, {w} workers, crop {CROP}, {n} timed batches after {wu}"
+          + (f"; median of {args.rounds} rounds (min - max)" if args.rounds > 1 else ""))
+    for key in keys:
+        vals = [r[key] for r in rounds]
+        spread = f"  ({min(vals):.0f} - {max(vals):.0f})" if args.rounds > 1 else ""
+        print(f"  {key:<34} {res[key]:>10.0f}{spread}")
     pairs = [("supervision raw u8", "peer b: numpy memmap raw"),
              ("supervision raw u8", "peer a: torchvision jpeg files"),
              ("supervision jpeg u8", "peer d: DALI cpu our jpeg bytes"),
@@ -364,12 +397,14 @@ def main():
              ("supervision jpeg f32", "peer c: DALI cpu jpeg files"),
              ("supervision jpeg f32", "peer a: torchvision jpeg files"),
              ("peer c: DALI cpu jpeg files", "peer a: torchvision jpeg files")]
-    print("ratios:")
+    print("ratios" + (" (median of the rounds' ratios, min - max):" if args.rounds > 1 else ":"))
     ratios = {}
     for x, y in pairs:
-        if x in res and y in res:
-            ratios[f"{x} / {y}"] = res[x] / res[y]
-            print(f"  {x} / {y}: {res[x] / res[y]:.2f}x")
+        if x in keys and y in keys:
+            per = [r[x] / r[y] for r in rounds]
+            ratios[f"{x} / {y}"] = statistics.median(per)
+            spread = f"  ({min(per):.2f}x - {max(per):.2f}x)" if args.rounds > 1 else ""
+            print(f"  {x} / {y}: {statistics.median(per):.2f}x{spread}")
     res["ratios"] = ratios
     for note in notes:
         print("note: " + note)
