@@ -119,7 +119,13 @@ fn model_summary_counts_parameters() {
     assert!(table.contains("60,965,224"), "{table}");
     assert!(table.contains("groups 2"), "{table}");
     let err = fails(&["model", "summary", "vgg16"]);
-    assert!(err.contains("unknown model"), "{err}");
+    assert!(err.contains("vgg16"), "{err}");
+    // The help and the error name the models from the same list `model list` prints.
+    let help = ok(&["model", "summary", "--help"]);
+    for name in ok(&["model", "list"]).lines() {
+        assert!(help.contains(name), "{name} missing from:\n{help}");
+        assert!(err.contains(name), "{name} missing from:\n{err}");
+    }
 }
 
 #[cfg(feature = "train")]

@@ -11,7 +11,8 @@ use sv_model::{MODEL_NAMES, ModelSpec};
 pub enum Cmd {
     /// Print the layers, output shapes and parameter counts of MODEL.
     Summary {
-        /// One of: alexnet, alexnet-owt, alexnet-tiny, alexnet-owt-tiny (`model list`).
+        /// The model.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(MODEL_NAMES))]
         model: String,
         /// Output classes.
         #[arg(long, default_value_t = 1000)]
