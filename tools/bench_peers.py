@@ -322,20 +322,16 @@ def one_round(args, raw, jpeg, jdir, skip, notes):
         res["peer a: torchvision jpeg files"] = peer_a(jdir, w, n, wu)
     if "b" not in skip:
         res["peer b: numpy memmap raw"] = peer_b(raw, w, n, wu)
-    if "c" not in skip:
-        c, why = peer_c(jdir, w, n, wu)
-        if c is None:
-            if why not in notes:
-                notes.append(why)
-        else:
-            res["peer c: DALI cpu jpeg files"] = c
-    if "d" not in skip:
-        d, why = peer_c(payload_files(jpeg), w, n, wu)
-        if d is None:
-            if why not in notes:
-                notes.append(why)
-        else:
-            res["peer d: DALI cpu our jpeg bytes"] = d
+    dali = (("c", "peer c: DALI cpu jpeg files", lambda: jdir),
+            ("d", "peer d: DALI cpu our jpeg bytes", lambda: payload_files(jpeg)))
+    for letter, name, root in dali:
+        if letter in skip:
+            continue
+        v, why = peer_c(root(), w, n, wu)
+        if v is not None:
+            res[name] = v
+        elif why not in notes:
+            notes.append(why)
     return res
 
 
