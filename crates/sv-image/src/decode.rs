@@ -7,10 +7,9 @@ use std::io::Cursor;
 
 use image::ImageDecoder;
 use image::codecs::png::PngDecoder;
-use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
+use zune_jpeg::{JpegDecoder, SliceReader};
 use zune_jpeg::errors::DecodeErrors;
 
 use crate::entropy::JpegCheck;
@@ -150,7 +149,7 @@ pub(crate) fn jpeg(
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX))
         .set_strict_mode(true);
-    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let mut dec = JpegDecoder::new_with_options(SliceReader::new(bytes), options);
     dec.decode_headers().map_err(zune_error)?;
     let (w, h) = dec
         .dimensions()

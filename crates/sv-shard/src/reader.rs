@@ -613,7 +613,6 @@ pub(crate) fn decode_jpeg_payload(
     side: u32,
     out: &mut [u8],
 ) -> std::result::Result<(), String> {
-    use zune_core::bytestream::ZCursor;
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
     let side = side as usize;
@@ -621,7 +620,7 @@ pub(crate) fn decode_jpeg_payload(
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(side)
         .set_max_height(side);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(payload), options);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::SliceReader::new(payload), options);
     decoder
         .decode_headers()
         .map_err(|e| format!("JPEG header: {}", jpeg_error(&e)))?;

@@ -172,6 +172,8 @@ pub use zune_core;
 pub use crate::components::SampleRatios;
 pub use crate::decoder::{ImageInfo, JpegDecoder};
 pub use crate::marker::Marker;
+/// (SuperVision patch) See `slice_reader.rs`.
+pub use crate::slice_reader::SliceReader;
 mod bitstream;
 mod color_convert;
 mod components;
@@ -187,6 +189,7 @@ mod marker;
 mod mcu;
 mod mcu_prog;
 mod misc;
+mod slice_reader;
 mod unsafe_utils;
 mod unsafe_utils_avx2;
 mod unsafe_utils_neon;
