@@ -258,6 +258,24 @@ impl AtomicFile {
             .ok_or_else(|| std::io::Error::other("atomic file already committed"))
     }
 
+    /// Ask the kernel to start writing back, in the background, what has been written
+    /// from byte `from` on, so the sync in [`commit`](Self::commit) waits for less.
+    /// A hint only (Linux's `sync_file_range(SYNC_FILE_RANGE_WRITE)`; nothing elsewhere):
+    /// it neither blocks on the disk nor makes anything durable, and its errors are
+    /// left to the sync, which reports them.
+    pub fn start_writeback(&self, from: u64) {
+        #[cfg(target_os = "linux")]
+        if let (Some(f), Ok(from)) = (&self.file, libc::off64_t::try_from(from)) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on an open descriptor we own; no memory is passed.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), from, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = from;
+    }
+
     /// Sync the data, rename the file over the final name, sync the folder. On an
     /// error the temporary file is removed and the final name is left as it was
     /// (unless the rename itself was done).
