@@ -9,8 +9,8 @@ use image::ImageDecoder;
 use image::codecs::png::PngDecoder;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
-use zune_jpeg::{JpegDecoder, SliceReader};
 use zune_jpeg::errors::DecodeErrors;
+use zune_jpeg::{JpegDecoder, SliceReader};
 
 use crate::entropy::JpegCheck;
 use crate::error::{Format, ImageError, Limit};

@@ -620,7 +620,8 @@ pub(crate) fn decode_jpeg_payload(
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(side)
         .set_max_height(side);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::SliceReader::new(payload), options);
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::SliceReader::new(payload), options);
     decoder
         .decode_headers()
         .map_err(|e| format!("JPEG header: {}", jpeg_error(&e)))?;

@@ -387,7 +387,13 @@ mod tests {
             },
         )
         .unwrap();
-        let sizes = [WRITE_BUFFER * 3, 1000, WRITE_BUFFER + 1, 7, WRITE_BUFFER - 1];
+        let sizes = [
+            WRITE_BUFFER * 3,
+            1000,
+            WRITE_BUFFER + 1,
+            7,
+            WRITE_BUFFER - 1,
+        ];
         let payloads: Vec<Vec<u8>> = (0..300u32)
             .map(|i| {
                 let n = sizes[i as usize % sizes.len()];
