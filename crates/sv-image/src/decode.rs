@@ -140,6 +140,7 @@ pub(crate) fn jpeg(
     bytes: &[u8],
     limits: &Limits,
     reduction: impl Fn(u32, u32) -> u32,
+    region: impl Fn(u32, u32) -> [usize; 4],
     check: &mut JpegCheck,
     buf: &mut Vec<u8>,
 ) -> Result<Decoded, ImageError> {
@@ -190,6 +191,9 @@ pub(crate) fn jpeg(
         ColorSpace::RGB
     };
     dec.set_options(options.jpeg_set_out_colorspace(out_space));
+    // Blocks the resize will not read skip their inverse DCT (vendor/zune-jpeg/PATCHED.md).
+    let [x0, x1, y0, y1] = region(w, h);
+    dec.set_region_of_interest(x0, x1, y0, y1);
     let n = dec
         .output_buffer_size()
         .ok_or_else(|| corrupt(Format::Jpeg, "image size overflows"))?;

@@ -105,6 +105,21 @@ impl PrepConfig {
         }
     }
 
+    /// The source pixels the resize of a `w x h` image reads, `[x0, x1, y0, y1]`: the
+    /// centred square widened by the filter's reach at this scale, and 2 px more.
+    fn needed_region(&self, w: u32, h: u32) -> [usize; 4] {
+        let (w, h) = (f64::from(w), f64::from(h));
+        let s = w.min(h);
+        let reach = self.filter.support() * (s / f64::from(self.side)).max(1.0) + 2.0;
+        let span = |full: f64| {
+            let lo = (full - s) / 2.0 - reach;
+            let hi = (full + s) / 2.0 + reach;
+            (lo.floor().max(0.0) as usize, hi.ceil().min(full) as usize)
+        };
+        let ((x0, x1), (y0, y1)) = (span(w), span(h));
+        [x0, x1, y0, y1]
+    }
+
     /// DCT reduction denominator for a `w x h` JPEG.
     fn reduction(&self, w: u32, h: u32) -> u32 {
         if self.reduce_gap <= 0.0 {
@@ -151,6 +166,9 @@ pub struct Preprocessor {
     plan: resample::Plan,
     /// Entropy-data completeness check (tables and refinement state reused).
     check: JpegCheck,
+    /// Tell the JPEG decoder which pixels the resize reads (off only in tests, to
+    /// compare with a full decode).
+    region: bool,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -175,6 +193,7 @@ impl Preprocessor {
             rows: Vec::new(),
             plan: resample::Plan::default(),
             check: JpegCheck::new(),
+            region: true,
         }
     }
 
@@ -217,6 +236,7 @@ impl Preprocessor {
         let pixels = &mut self.pixels;
         let raw = &mut self.raw;
         let check = &mut self.check;
+        let region = self.region;
         // Decoders are fuzzed but third-party; a panic on hostile bytes must not
         // take a worker down, so it becomes a corrupt-file error.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match format {
@@ -224,6 +244,13 @@ impl Preprocessor {
                 bytes,
                 &config.limits,
                 |w, h| config.reduction(w, h),
+                |w, h| {
+                    if region {
+                        config.needed_region(w, h)
+                    } else {
+                        [0, w as usize, 0, h as usize]
+                    }
+                },
                 check,
                 pixels,
             ),

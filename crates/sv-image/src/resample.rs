@@ -25,7 +25,7 @@ const ONE: i32 = 1 << BITS;
 
 impl Filter {
     /// Support radius at scale 1 (PIL's filters).
-    fn support(self) -> f64 {
+    pub(crate) fn support(self) -> f64 {
         match self {
             Filter::Bilinear | Filter::Hamming => 1.0,
             Filter::CatmullRom => 2.0,

@@ -157,6 +157,9 @@ pub struct JpegDecoder<T> {
     pub(crate) coeff:    usize, // Solves some weird bug :)
     /// Extended XMP segments
     pub(crate) extended_xmp_segments: Vec<ExtendedXmpSegment>,
+    /// (SuperVision patch) Pixels `[x0, x1) x [y0, y1)` the caller will read; see
+    /// [`JpegDecoder::set_region_of_interest`].
+    pub(crate) region: Option<[usize; 4]>,
 }
 
 impl<T> JpegDecoder<T>
@@ -203,6 +206,7 @@ where
             is_mjpeg:          false,
             coeff:             1,
             extended_xmp_segments: vec![],
+            region:            None,
         }
     }
     /// Decode a buffer already in memory
@@ -337,6 +341,16 @@ where
     /// ```
     pub fn set_options(&mut self, options: DecoderOptions) {
         self.options = options;
+    }
+
+    /// (SuperVision patch) Only the pixels in columns `x0..x1` and rows `y0..y1` will
+    /// be read from the output: a sequential image in one scan skips the inverse DCT of
+    /// blocks more than one MCU away from that region (their Huffman data is decoded
+    /// all the same; upsampling and colour conversion still run, on whatever the
+    /// skipped blocks' memory held). Pixels outside the region are unspecified; those
+    /// inside are exactly what a full decode gives. Other images ignore it.
+    pub fn set_region_of_interest(&mut self, x0: usize, x1: usize, y0: usize, y1: usize) {
+        self.region = Some([x0, x1, y0, y1]);
     }
     fn reassemble_extended_xmp(&mut self) {
         if self.extended_xmp_segments.is_empty() {

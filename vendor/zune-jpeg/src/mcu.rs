@@ -478,7 +478,24 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
             scan_du_width = scan_du_width.min(min_du);
         }
 
+        // (SuperVision patch) The MCU columns (and whether this MCU row) the region of
+        // interest needs, one MCU of margin each side for the chroma upsampling.
+        let (idct_cols, idct_row) = match self.region {
+            Some([x0, x1, y0, y1]) if !PROGRESSIVE && self.coeff == 1 => {
+                let (mw, mh) = if self.is_interleaved {
+                    (8 * self.h_max, 8 * self.v_max)
+                } else {
+                    (8, 8)
+                };
+                let cols = (x0 / mw).saturating_sub(1)..x1.div_ceil(mw).saturating_add(1);
+                let rows = (y0 / mh).saturating_sub(1)..y1.div_ceil(mh).saturating_add(1);
+                (cols, rows.contains(&mcu_height))
+            }
+            _ => (0..usize::MAX, true)
+        };
+
         for j in 0..scan_du_width {
+            let idct_this = idct_row && idct_cols.contains(&j);
             // iterate over components
             for &k in z_scans {
                 // we made this loop body massive due to several different paths that depend on
@@ -576,6 +593,9 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
                         if component_samples_needed {
                             // tmp was only written partially, note that len is in ZigZag order.
                             clobber_more_than_4x4 = len > 10;
+                        }
+                        // (SuperVision patch) `idct_this`: see the region above.
+                        if component_samples_needed && idct_this {
 
                             let idct_position = if PROGRESSIVE {
                                 // For non-interleaved, j indexes data units directly
