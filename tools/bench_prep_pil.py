@@ -11,7 +11,8 @@ also PIL's fastest way to do it). PIL decodes JPEGs at full size unless
 stays >= gap * SIZE, the same rule as sv-image's reduce_gap).
 
 Each side runs --repeat times, alternating, on a warm page cache; the best run of
-each is reported, as images/s and the ratio. The supervision side is the whole
+each is reported, as images/s and the ratio, and the ratio within each round (PIL
+then supervision, back to back) as median, min and max. The supervision side is the whole
 command (`shard build` from process start to exit, its closing fsync included).
 
 Inputs. Either an image tree, or `--imagenet-like N`: N JPEGs written by PIL (libjpeg,
@@ -34,6 +35,7 @@ creating it on first use.
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,14 +174,16 @@ def main():
         Path(p).read_bytes()
 
     pil_best, sv_best, pil_n, summary = None, None, 0, ""
+    rounds = []  # (PIL seconds, supervision seconds) of each round, run back to back
     with tempfile.TemporaryDirectory(prefix="sv-bench-prep-") as tmp:
         for _ in range(args.repeat):
-            pil_n, dt = run_pil(files, args.workers, args.size, args.pil_draft_gap, Path(tmp) / "pil.raw")
-            pil_best = dt if pil_best is None else min(pil_best, dt)
+            pil_n, pil_dt = run_pil(files, args.workers, args.size, args.pil_draft_gap, Path(tmp) / "pil.raw")
+            pil_best = pil_dt if pil_best is None else min(pil_best, pil_dt)
             out = Path(tmp) / "shards"
             summary, dt = run_supervision(binary, args.input, args.workers, args.size, out)
             shutil.rmtree(out, ignore_errors=True)
             sv_best = dt if sv_best is None else min(sv_best, dt)
+            rounds.append((pil_dt, dt))
 
     n = len(files)
     pil_rate, sv_rate = pil_n / pil_best, n / sv_best
@@ -196,7 +200,13 @@ def main():
     print("supervision shard build --codec raw: %d inputs in %.2fs = %.1f images/s" % (n, sv_best, sv_rate))
     if summary:
         print("  (%s)" % summary)
-    print("ratio supervision / PIL: %.2fx" % (sv_rate / pil_rate))
+    print("ratio supervision / PIL: %.2fx (best against best)" % (sv_rate / pil_rate))
+    # This machine's speed can drift between runs: the ratio within each round (the two
+    # sides back to back) is steadier than best against best.
+    per_round = sorted((n / sv) / (pil_n / pil) for pil, sv in rounds)
+    print("ratio within each round: median %.2fx, min %.2fx, max %.2fx (%s)"
+          % (statistics.median(per_round), per_round[0], per_round[-1],
+             " ".join("%.2f" % r for r in per_round)))
 
 
 if __name__ == "__main__":
