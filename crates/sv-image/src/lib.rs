@@ -11,9 +11,10 @@
 //! `tools/make_resize_fixtures.py` uses to make the golden references; it avoids
 //! resampling the columns (or rows) that the crop would throw away. For colour
 //! images on CPUs with AVX2, fast_image_resize does the vertical pass and this
-//! crate's `resample` module the horizontal one (PIL's weights; about 2.7x faster
-//! than fast_image_resize's RGB row kernel in a `perf` profile of `cargo bench -p
-//! sv-benches --bench prep`); gray images and other CPUs use fast_image_resize alone.
+//! crate's `resample` module the horizontal one (PIL's weights; in `perf record` of
+//! `cargo bench -p sv-benches --bench prep` it takes 0.43x the inverse DCT's samples
+//! where fast_image_resize's RGB row kernel took 1.15x); gray images and other CPUs use
+//! fast_image_resize alone.
 //!
 //! Speed. A [`Preprocessor`] is made once per worker: it owns the resizer and every
 //! scratch buffer, so the steady state allocates nothing beyond what a decoder
