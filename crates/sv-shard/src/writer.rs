@@ -365,17 +365,14 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A shard past several write-back steps, of records both larger and smaller
-    /// than the write buffer, reads back byte for byte and passes `verify`.
-    #[test]
-    fn a_shard_written_back_in_steps_reads_back_whole() {
-        let d = tempfile::tempdir().unwrap();
+    /// A one-class JPEG-codec dataset writer (payloads are taken as given).
+    fn jpeg_writer(dir: &Path, max_shard_bytes: u64) -> DatasetWriter {
         let classes = vec![ClassInfo {
             wnid: "n1".into(),
             name: "one".into(),
         }];
-        let mut w = DatasetWriter::create(
-            d.path(),
+        DatasetWriter::create(
+            dir,
             WriterConfig {
                 split: Split::Train,
                 side: 16,
@@ -383,10 +380,18 @@ mod tests {
                 jpeg_quality: 90,
                 jpeg_subsampling: crate::Subsampling::default(),
                 classes,
-                max_shard_bytes: 1 << 30,
+                max_shard_bytes,
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A shard past several write-back steps, of records both larger and smaller
+    /// than the write buffer, reads back byte for byte and passes `verify`.
+    #[test]
+    fn a_shard_written_back_in_steps_reads_back_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = jpeg_writer(d.path(), 1 << 30);
         let sizes = [
             WRITE_BUFFER * 3,
             1000,
@@ -428,24 +433,8 @@ mod tests {
     #[test]
     fn no_shard_grows_past_the_bound_even_for_one_record() {
         let d = tempfile::tempdir().unwrap();
-        let classes = vec![ClassInfo {
-            wnid: "n1".into(),
-            name: "one".into(),
-        }];
         let bound = DATA_OFFSET + INDEX_ENTRY_SIZE as u64 + 100;
-        let mut w = DatasetWriter::create(
-            d.path(),
-            WriterConfig {
-                split: Split::Train,
-                side: 16,
-                codec: Codec::Jpeg,
-                jpeg_quality: 90,
-                jpeg_subsampling: crate::Subsampling::default(),
-                classes,
-                max_shard_bytes: bound,
-            },
-        )
-        .unwrap();
+        let mut w = jpeg_writer(d.path(), bound);
         w.push_encoded(0, &[1; 100]).unwrap();
         let err = w.push_encoded(0, &[1; 101]).unwrap_err().to_string();
         assert!(
