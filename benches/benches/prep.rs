@@ -5,7 +5,7 @@
 //! the target allows. Inputs are 4:2:0 (as libjpeg, PIL and ImageNet's files) and, for
 //! the ImageNet-like size, 4:4:4. `check/...` times sv-image's entropy-data completeness
 //! check alone, which `prep` includes. One iteration = one image; compare with
-//! `tools/bench_prep_pil.py` for PIL on the same job.
+//! `tools/bench/prep_pil.py` for PIL on the same job.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jpeg_encoder::SamplingFactor;

@@ -14,7 +14,7 @@ reports per set:
 
 Usage:
   cargo build --release -p sv-cli --no-default-features
-  python3 tools/bench_jpeg_records.py [--images 1280] [--workers N] [--repeat 3]
+  python3 tools/bench/jpeg_records.py [--images 1280] [--workers N] [--repeat 3]
                                       [--input TREE] [--binary target/release/supervision]
 Runs itself under a cached venv with Pillow and numpy, as the other tools/ scripts.
 """
@@ -27,10 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # tools/: toolenv
 import toolenv  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(cmd):

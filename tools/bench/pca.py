@@ -20,14 +20,14 @@ under ${SUPERVISION_CACHE:-~/.cache/supervision}/bench-pca-<images>.
 
 Usage:
   cargo build --release -p sv-cli
-  tools/bench_pca.py [--images 4000] [--shards DIR] [--workers N] [--repeat 3]
+  tools/bench/pca.py [--images 4000] [--shards DIR] [--workers N] [--repeat 3]
                      [--binary target/release/supervision]
 """
 import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))  # pca_reference
 import pca_reference  # noqa: E402  (makes/reuses the numpy venv, re-execs into it)
 
 import argparse  # noqa: E402
@@ -39,7 +39,7 @@ import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def write_png(path, img):

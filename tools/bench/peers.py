@@ -38,7 +38,7 @@ nvidia-dali-cuda130).
 
 Usage:
   cargo build --release -p sv-cli
-  tools/bench_peers.py [--images 2000] [--batches 30] [--warmup 3] [--workers N]
+  tools/bench/peers.py [--images 2000] [--batches 30] [--warmup 3] [--workers N]
                        [--rounds 1] [--binary target/release/supervision] [--json FILE]
 """
 import argparse
@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 CACHE = os.environ.get("SUPERVISION_CACHE", os.path.expanduser("~/.cache/supervision"))
 VENV = os.path.join(CACHE, "venv-peers")
 TORCH_VENV = os.path.join(CACHE, "venv-torch-2.11.0")

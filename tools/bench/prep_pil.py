@@ -24,9 +24,9 @@ cached under ${SUPERVISION_CACHE:-~/.cache/supervision}/bench-prep-<N>.
 
 Usage:
   cargo build --release -p sv-cli
-  python3 tools/bench_prep_pil.py --imagenet-like 1280 [--workers N] [--repeat 3]
+  python3 tools/bench/prep_pil.py --imagenet-like 1280 [--workers N] [--repeat 3]
   target/release/supervision synth --output /tmp/synth --classes 10 --per-class 50
-  python3 tools/bench_prep_pil.py /tmp/synth/train [--workers N] [--repeat 3]
+  python3 tools/bench/prep_pil.py /tmp/synth/train [--workers N] [--repeat 3]
 
 Runs itself under a cached venv with Pillow (${SUPERVISION_CACHE:-~/.cache/supervision}/venv-tools),
 creating it on first use.
@@ -42,10 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # tools/: toolenv
 import toolenv  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 

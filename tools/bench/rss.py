@@ -11,7 +11,7 @@ the dataset size, with images/s.
 
 Needs only the Python standard library and a release binary:
   cargo build --release -p sv-cli
-  tools/bench_rss.py [--sizes 1280,5120] [--workers N] [--binary PATH] [--json FILE]
+  tools/bench/rss.py [--sizes 1280,5120] [--workers N] [--binary PATH] [--json FILE]
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 CACHE = os.environ.get("SUPERVISION_CACHE", os.path.expanduser("~/.cache/supervision"))
 BATCH = 128
 

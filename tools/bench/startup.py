@@ -7,7 +7,7 @@ does, and `supervision train ...` execs it. Each command runs --repeat times aft
 warm-up; the median wall time and the largest peak RSS are printed (the RSS from GNU
 time's %M where /usr/bin/time is GNU time: see `measure`).
 
-    tools/bench_startup.py [--bin-dir target/release] [--repeat 20] [--shards DIR]
+    tools/bench/startup.py [--bin-dir target/release] [--repeat 20] [--shards DIR]
 
 --shards DIR also times `supervision shard inspect DIR` (a command that opens a
 dataset and reads its manifest; e.g. a `tools/demo.sh` output's shards/train).
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(argv):

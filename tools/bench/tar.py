@@ -10,7 +10,7 @@ before timing). Prints images/s for each run, the median of each, and their rati
 checks the two datasets are byte-identical.
 
     cargo build --release -p sv-cli
-    tools/bench_tar.py --classes 10 --per-class 100 --repeat 5
+    tools/bench/tar.py --classes 10 --per-class 100 --repeat 5
 """
 
 import argparse
@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(cmd):

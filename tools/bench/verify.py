@@ -20,7 +20,7 @@ ${SUPERVISION_CACHE:-~/.cache/supervision}/bench-verify-<images>.
 
 Usage:
   cargo build --release -p sv-cli
-  tools/bench_verify.py [--images 512] [--shards DIR] [--workers 2] [--repeat 3]
+  tools/bench/verify.py [--images 512] [--shards DIR] [--workers 2] [--repeat 3]
                         [--model alexnet] [--batch-size 128] [--device auto]
                         [--steps 5] [--binary target/release/supervision]
 """
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def run(cmd):

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds what tools/gpu_train_bench.sh runs on the GPU machine, on the development
+# Builds what tools/gpu/validate.sh runs on the GPU machine, on the development
 # machine (same torch 2.11 as the device; the GPU machine has no Rust), into
 # target-gpu/carry: `supervision`, `supervision-torch` (release) and sv-train's
 # integration test binary (release, for `cuda_matches_cpu`) and sv-c10's (the copy
-# stream and NCCL tests of tools/gpu/nccl_world1.sh), stripped. The device
+# stream and NCCL tests of tools/gpu/nccl-world1.sh), stripped. The device
 # run carries that one folder (64 MiB limit for everything carried; the sizes are
 # printed and checked here).
 #
-#   tools/gpu/build_carry.sh        # then: run tools/gpu_train_bench.sh, carry target-gpu/carry
+#   tools/gpu/build-carry.sh        # then: run tools/gpu/validate.sh, carry target-gpu/carry
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../setup-torch.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # NCCL at world size 1 on one GPU (issue 12): the part of the data-parallel path that a
-# one-GPU machine can run. One stage of tools/gpu_train_bench.sh; runs alone as well.
+# one-GPU machine can run. One stage of tools/gpu/validate.sh; runs alone as well.
 #
 #   a. sv-c10's GPU tests from the carried test binary: the copy stream round trip, and
 #      an NCCL process group of one (create, all-reduce sum and avg, broadcast,
@@ -49,7 +49,7 @@ if [ -z "${LD_LIBRARY_PATH:-}" ] || ! echo "$LD_LIBRARY_PATH" | grep -q torch; t
     export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-# stage NAME TIMEOUT_S CMD... (tools/gpu/stage.sh), with gpu_train_bench.sh's DEADLINE
+# stage NAME TIMEOUT_S CMD... (tools/gpu/stage.sh), with validate.sh's DEADLINE
 # shellcheck source=stage.sh
 source tools/gpu/stage.sh
 

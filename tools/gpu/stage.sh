@@ -1,10 +1,10 @@
 # shellcheck shell=bash
-# Sourced by tools/gpu_train_bench.sh and tools/gpu/nccl_world1.sh: the one runner of
+# Sourced by tools/gpu/validate.sh and tools/gpu/nccl-world1.sh: the one runner of
 # a timed stage. Needs RESULTS; counts FAILED and SKIPPED.
 #
 # stage NAME TIMEOUT_S CMD...: stdout to $RESULTS/NAME.out, stderr to NAME.log, one
 # line here (ok / FAILED with the log's last lines / skipped). With DEADLINE (epoch
-# seconds, set by gpu_train_bench.sh from BUDGET_S) a stage that would start with
+# seconds, set by validate.sh from BUDGET_S) a stage that would start with
 # fewer than 20 s left is skipped, and its timeout is cut to what is left, so the
 # summary of what did run always prints within one device call.
 FAILED=${FAILED:-0}

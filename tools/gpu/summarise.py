@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summary table of tools/gpu_train_bench.sh from the files it left in RESULTS:
+"""Summary table of tools/gpu/validate.sh from the files it left in RESULTS:
 
 - `ceiling-<mode>.out`: our compute-only ceiling (`train --synthetic-data --json`);
 - `e2e-<mode>-metrics.jsonl`: our end-to-end run's metrics windows;

@@ -4,7 +4,7 @@
 #
 # Runs on the GPU machine (python3 with torch 2.11.0+cu130, no Rust): it uses release
 # executables built on the development machine and carried along
-# (tools/gpu/build_carry.sh), and libtorch from that python's torch package. One call
+# (tools/gpu/build-carry.sh), and libtorch from that python's torch package. One call
 # of a few minutes. Every stage has its own timeout; a failed stage prints a FAILED
 # line and the script goes on, so one failure never loses the rest. Each stage's
 # stdout goes to $RESULTS/<stage>.out and its stderr to $RESULTS/<stage>.log, so the
@@ -21,11 +21,11 @@
 #      paper's per-pixel mean image; one epoch holds every step (no epoch end, no
 #      validation, no checkpoint inside the timed windows)
 #   5. sv-train's CUDA test (`cuda_matches_cpu`) from the carried test binary
-#  5b. NCCL at world size 1 (tools/gpu/nccl_world1.sh): sv-c10's GPU tests, the
+#  5b. NCCL at world size 1 (tools/gpu/nccl-world1.sh): sv-c10's GPU tests, the
 #      ceiling with and without --collective nccl, NCCL against the plain path
 #   6. the summary (tools/gpu/summarise.py): images/s, ratios, data-wait share
 #
-# Device run: carry ["target-gpu/carry"], command: tools/gpu_train_bench.sh
+# Device run: carry ["target-gpu/carry"], command: tools/gpu/validate.sh
 # Plumbing check on a CPU (tiny settings, under a minute once built): BIN_DIR holds
 # supervision, supervision-torch, and the two test binaries under the names above
 # (links to target/debug/deps/train-* and c10-* from `cargo test -p sv-train --test
@@ -33,7 +33,7 @@
 # tests then report that they skip, and 5b's GPU parts are skipped with a line:
 #   DEVICE=cpu MODEL=alexnet-tiny STEPS=2 E2E_STEPS=3 BATCH=4 CLASSES=4 \
 #     BIN_DIR=target/debug PYTHON=~/.cache/supervision/venv-torch-2.11.0/bin/python \
-#     tools/gpu_train_bench.sh
+#     tools/gpu/validate.sh
 #
 # Environment: BIN_DIR (target-gpu/carry: supervision, supervision-torch,
 # sv-train-tests, sv-c10-tests), PYTHON (python3), DEVICE (cuda), MODEL (alexnet), BATCH (128),
@@ -41,7 +41,7 @@
 # CLASSES (100), WORK (a temporary folder), OUT (results; $OUT on the device machine),
 # BUDGET_S (540: seconds after which no stage starts; give the device call 600).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
@@ -61,11 +61,11 @@ FAILED=0
 SKIPPED=0
 # One device call runs at most 600 s: stages that would start after the budget are
 # skipped with a line (and a stage's timeout is cut to what is left), so the summary of
-# what did run always prints. nccl_world1.sh reads the same DEADLINE.
+# what did run always prints. nccl-world1.sh reads the same DEADLINE.
 export DEADLINE="${DEADLINE:-$((T_START + ${BUDGET_S:-540}))}"
 
 # stage NAME TIMEOUT_S CMD... (tools/gpu/stage.sh)
-# shellcheck source=gpu/stage.sh
+# shellcheck source=stage.sh
 source tools/gpu/stage.sh
 
 echo "== 0 preflight ($(date -u +%Y-%m-%dT%H:%MZ))"
@@ -84,7 +84,7 @@ if [ "$DEVICE" != cpu ] && command -v nvidia-smi >/dev/null; then
 fi
 for b in "$SV" "$SVT"; do
     if [ ! -x "$b" ]; then
-        echo "FAILED missing executable $b (build with tools/gpu/build_carry.sh)"
+        echo "FAILED missing executable $b (build with tools/gpu/build-carry.sh)"
         FAILED=$((FAILED + 1))
     fi
 done
@@ -198,7 +198,7 @@ fi
 
 echo "== 5b NCCL at world size 1 (communicator, bucketed all-reduce, against the single-process path)"
 TRAIN="$WORK/train" BIN_DIR="$BIN_DIR" OUT="$RESULTS" WORK="$WORK" PYTHON="$PY" DEVICE="$DEVICE" \
-    MODEL="$MODEL" BATCH="$BATCH" STEPS="$STEPS" CLASSES="$CLASSES" tools/gpu/nccl_world1.sh \
+    MODEL="$MODEL" BATCH="$BATCH" STEPS="$STEPS" CLASSES="$CLASSES" tools/gpu/nccl-world1.sh \
     || FAILED=$((FAILED + 1))
 
 echo "== 6 summary"

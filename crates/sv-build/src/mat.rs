@@ -7,7 +7,7 @@
 //! `unwrap`s on file data, which a build must not do on a downloaded file. This one
 //! checks every length against what is left before it reads, limits nesting depth and
 //! decompressed size, and says what is wrong and where. It is checked against files
-//! written by `scipy.io.savemat` (`tools/make_devkit_fixture.py`).
+//! written by `scipy.io.savemat` (`tools/fixtures/devkit.py`).
 //!
 //! Layout (MathWorks, "MAT-File Format", level 5): a 128-byte header (text, subsystem
 //! offset, version 0x0100, endian mark `IM` for little-endian), then data elements.

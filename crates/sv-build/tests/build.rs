@@ -616,7 +616,7 @@ fn a_tar_of_class_tars_builds_the_bytes_of_its_extracted_tree() {
 }
 
 /// The MAT reader against files scipy.io.savemat wrote in the real meta.mat's layout
-/// (tools/make_devkit_fixture.py), plain and compressed.
+/// (tools/fixtures/devkit.py), plain and compressed.
 #[test]
 fn devkit_meta_written_by_scipy_reads_as_written() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -8,7 +8,7 @@
 //! top `(h - s) / 2`, fractional when the difference is odd) is resampled to
 //! `side x side` with fast_image_resize's crop box. This is PIL's
 //! `img.resize((side, side), filter, box=(left, top, left + s, top + s))`, which
-//! `tools/make_resize_fixtures.py` uses to make the golden references; it avoids
+//! `tools/fixtures/resize.py` uses to make the golden references; it avoids
 //! resampling the columns (or rows) that the crop would throw away. For colour
 //! images on CPUs with AVX2, fast_image_resize does the vertical pass and this
 //! crate's `resample` module the horizontal one (PIL's weights; in `perf record` of

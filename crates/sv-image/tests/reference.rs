@@ -1,5 +1,5 @@
 //! sv-image against an independent implementation: PIL's decode + BILINEAR resize of
-//! the centred square box, made by `tools/make_resize_fixtures.py` (the committed
+//! the centred square box, made by `tools/fixtures/resize.py` (the committed
 //! fixtures under tests/fixtures/). Tolerances held:
 //! - full-size decode (`reduce_gap = 0`), per channel value: mean |diff| <= 0.6 and
 //!   max |diff| <= 16 for JPEG (zune-jpeg vs libjpeg-turbo IDCT and chroma

@@ -360,7 +360,7 @@ fn pipeline_source_resumes_exactly() {
     assert_ne!(weights(&plain.join(LAST_CHECKPOINT))[0].1, w1[0].1);
 }
 
-/// LRN against PyTorch's LocalResponseNorm (fixture from tools/make_lrn_fixture.py):
+/// LRN against PyTorch's LocalResponseNorm (fixture from tools/fixtures/lrn.py):
 /// the paper's alpha = 1e-4 is PyTorch's 5e-4 with size 5.
 #[test]
 fn lrn_matches_pytorch_local_response_norm() {

@@ -57,7 +57,7 @@ fn encode(w: u16, h: u16, l: Layout, seed: u64) -> Vec<u8> {
 
 fn fixture(name: &str) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    std::fs::read(dir.join(name)).expect("fixture (tools/make_jpeg_fixtures.py)")
+    std::fs::read(dir.join(name)).expect("fixture (tools/fixtures/jpeg.py)")
 }
 
 const LIBJPEG: [&str; 5] = [

@@ -5,7 +5,7 @@ use std::path::Path;
 use sv_core::{ClassInfo, Split};
 use sv_shard::{Codec, DatasetWriter, WriterConfig};
 
-/// `tools/pca_reference.py`'s `generate(n, side)`, bit for bit: images as
+/// `tools/fixtures/pca_reference.py`'s `generate(n, side)`, bit for bit: images as
 /// `n x side x side x 3` bytes, HWC.
 pub fn generate(n: u32, side: u32) -> Vec<Vec<u8>> {
     let mix = |mut v: u32| {

@@ -1,4 +1,4 @@
-//! Against `tools/pca_reference.py fixtures`: numpy's statistics of the generated
+//! Against `tools/fixtures/pca_reference.py fixtures`: numpy's statistics of the generated
 //! images, committed in `tests/fixtures`. Integer sums must match exactly; floats
 //! within the tolerances the fixture states (relative to the largest entry).
 
