@@ -259,8 +259,8 @@ impl ShardReader {
     /// mapping the file is checked to be the same one, with the same length, so a
     /// shard truncated or replaced by another program up to that point is an error,
     /// never SIGBUS. (Truncating a shard in place while it is being read later still
-    /// raises SIGBUS in the reader: nothing in this project does that; see the
-    /// README's guarantees.)
+    /// raises SIGBUS in the reader: nothing in this project does that; see
+    /// docs/guarantees.md.)
     pub fn open(
         path: &Path,
         expect: &ShardEntry,
