@@ -22,6 +22,8 @@ if ! python3 -c "import tensorboard" >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
+# vendor/zune-jpeg is exactly crates.io's release plus vendor/zune-jpeg.patch.
+tools/vendor-zune-jpeg.sh --check
 # Data preparation must build without libtorch.
 cargo check --locked -p sv-cli --no-default-features
 cargo test --workspace --locked "$@"
