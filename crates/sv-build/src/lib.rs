@@ -15,6 +15,7 @@
 mod archive;
 mod build;
 pub mod devkit;
+pub mod hub;
 pub mod inputs;
 mod journal;
 pub mod lock;

@@ -27,6 +27,7 @@
 
 pub mod archives;
 mod draw;
+pub mod hub;
 
 use std::fs;
 use std::path::{Path, PathBuf};
