@@ -88,10 +88,24 @@ mod sampler;
 
 pub use batch::Batch;
 pub use loader::{Loader, Stats};
-pub use sampler::{Position, Sampler};
+pub use sampler::{Position, Sampler, SamplerConfig};
 pub use sv_augment::{Lighting, LightingConvention, Mean, Normalize, Window};
 
 use sv_shard::ShardError;
+
+/// Most worker threads a loader starts ([`LoaderConfig::workers`]). Each worker is a
+/// thread and a batch buffer; 1,024 is several times the cores of the largest
+/// machines, and a count beyond it is a mistake (`workers = u64::MAX` used to end in
+/// a "capacity overflow" panic, `1e8` in 17 GB of thread stacks).
+pub const MAX_WORKERS: usize = 1024;
+
+/// Most batches [`LoaderConfig::prefetch`] and [`LoaderConfig::hold`] may each ask
+/// for: each is one more batch buffer in the pool.
+pub const MAX_PREFETCH: usize = 256;
+
+/// Largest [`LoaderConfig::batch_size`]: 65,536 samples (one such batch of 227x227
+/// uint8 crops is 10 GB).
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
 
 /// What the pipeline failed at.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +256,10 @@ pub enum OnError {
 /// Loader settings. `Default` gives: batch 128, workers = cores, prefetch 2, hold 2,
 /// seed 0, shuffled, rank 0 of 1, drop last, from epoch 0 batch 0, endless, the
 /// paper's train augmentation at 227, uint8 NHWC, no verification, fail on error.
+///
+/// [`Loader::new`] refuses (with [`Error::Config`]) counts above [`MAX_WORKERS`],
+/// [`MAX_PREFETCH`] and [`MAX_BATCH_SIZE`], and a batch whose buffer size does not fit
+/// in memory's address range.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {
     /// Samples per batch.
@@ -282,6 +300,20 @@ pub struct LoaderConfig {
     /// dataset read (they are the kernel's page cache, shared and reclaimable, but
     /// they show in RSS and count against a container's memory limit).
     pub release_pages: bool,
+}
+
+impl LoaderConfig {
+    /// The batch composition settings, for a [`Sampler`] over the same records.
+    pub fn sampler(&self) -> SamplerConfig {
+        SamplerConfig {
+            batch_size: self.batch_size,
+            rank: self.rank,
+            world_size: self.world_size,
+            shuffle: self.shuffle,
+            drop_last: self.drop_last,
+            seed: self.seed,
+        }
+    }
 }
 
 impl Default for LoaderConfig {

@@ -123,19 +123,9 @@ impl Loader {
         config: LoaderConfig,
         #[allow(unused_variables)] panic_on: Option<u64>,
     ) -> Result<Loader, Error> {
-        if config.workers == 0 {
-            return Err(Error::Config("workers must be at least 1".into()));
-        }
+        check_counts(&config)?;
         let side = dataset.geometry().side;
-        let sampler = Sampler::new(
-            dataset.len(),
-            config.batch_size,
-            config.rank,
-            config.world_size,
-            config.shuffle,
-            config.drop_last,
-            config.seed,
-        )?;
+        let sampler = Sampler::new(dataset.len(), config.sampler())?;
         let batches_per_epoch = sampler.batches_per_epoch() as u64;
         if config.start.batch >= batches_per_epoch {
             return Err(Error::Config(format!(
@@ -171,6 +161,7 @@ impl Loader {
             layout,
             float: norm.is_some(),
         };
+        check_buffer_size(&shape, config.batch_size)?;
         let total = config.epochs.map(|e| {
             e.saturating_mul(batches_per_epoch)
                 .saturating_sub(config.start.batch)
@@ -380,6 +371,44 @@ impl Drop for Loader {
             }
         }
     }
+}
+
+/// Refuse counts that would size threads or buffers without bound (the sampler checks
+/// the batch size).
+fn check_counts(config: &LoaderConfig) -> Result<(), Error> {
+    if config.workers == 0 {
+        return Err(Error::Config("workers must be at least 1".into()));
+    }
+    for (name, value, max) in [
+        ("workers", config.workers, crate::MAX_WORKERS),
+        ("prefetch", config.prefetch, crate::MAX_PREFETCH),
+        ("hold", config.hold, crate::MAX_PREFETCH),
+    ] {
+        if value > max {
+            return Err(Error::Config(format!(
+                "{name} {value} is more than the limit of {max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a batch whose buffer would not fit in the address space (every buffer is
+/// `batch x views x crop x crop x 3` values): the multiplication must not wrap, and
+/// no allocation may exceed `isize::MAX` bytes.
+fn check_buffer_size(shape: &Shape, batch_size: usize) -> Result<(), Error> {
+    let value_bytes = if shape.float { 4 } else { 1 };
+    let bytes = [shape.views, shape.crop, shape.crop, 3, value_bytes]
+        .into_iter()
+        .try_fold(batch_size, usize::checked_mul)
+        .filter(|&b| isize::try_from(b).is_ok());
+    if bytes.is_none() {
+        return Err(Error::Config(format!(
+            "a batch of {batch_size} x {} crops of {}x{} does not fit in memory",
+            shape.views, shape.crop, shape.crop
+        )));
+    }
+    Ok(())
 }
 
 /// Walk the sampler, pairing each batch with a buffer from the pool (allocating up
@@ -618,9 +647,8 @@ mod tests {
     use sv_core::{ClassInfo, Split};
     use sv_shard::{Codec, DatasetWriter, WriterConfig};
 
-    #[test]
-    fn worker_panic_becomes_an_error() {
-        let dir = tempfile::tempdir().unwrap();
+    /// 32 raw 16x16 records of one class.
+    fn tiny(dir: &std::path::Path) -> Arc<Dataset> {
         let config = WriterConfig {
             split: Split::Train,
             side: 16,
@@ -633,12 +661,83 @@ mod tests {
             }],
             max_shard_bytes: 1 << 20,
         };
-        let mut w = DatasetWriter::create(dir.path(), config).unwrap();
+        let mut w = DatasetWriter::create(dir, config).unwrap();
         for i in 0..32u8 {
             w.push(0, &[i; 16 * 16 * 3]).unwrap();
         }
         w.finish().unwrap();
-        let ds = Arc::new(Dataset::open(dir.path()).unwrap());
+        Arc::new(Dataset::open(dir).unwrap())
+    }
+
+    #[test]
+    fn counts_past_their_limits_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny(dir.path());
+        let base = LoaderConfig {
+            batch_size: 4,
+            workers: 1,
+            epochs: Some(1),
+            augment: Augment::train(8),
+            ..LoaderConfig::default()
+        };
+        let refused = |config: LoaderConfig, expect: &str| {
+            let err = Loader::new(ds.clone(), config).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
+            assert!(err.to_string().contains(expect), "{err}");
+        };
+        // u64::MAX workers panicked with "capacity overflow"; 1e8 took 17 GB.
+        for workers in [usize::MAX, 100_000_000, crate::MAX_WORKERS + 1] {
+            let config = LoaderConfig {
+                workers,
+                ..base.clone()
+            };
+            refused(config, "workers");
+        }
+        let config = LoaderConfig {
+            prefetch: usize::MAX,
+            ..base.clone()
+        };
+        refused(config, "prefetch");
+        let config = LoaderConfig {
+            hold: usize::MAX - 1,
+            ..base.clone()
+        };
+        refused(config, "hold");
+        let config = LoaderConfig {
+            batch_size: usize::MAX / 2,
+            drop_last: false,
+            ..base.clone()
+        };
+        refused(config, "batch size");
+        // At the limits it runs.
+        let config = LoaderConfig {
+            workers: 2,
+            prefetch: crate::MAX_PREFETCH,
+            hold: crate::MAX_PREFETCH,
+            ..base.clone()
+        };
+        let batches = Loader::new(ds.clone(), config).unwrap().count();
+        assert_eq!(batches, 8);
+    }
+
+    #[test]
+    fn a_buffer_that_cannot_exist_is_refused() {
+        let shape = Shape {
+            crop: 1 << 24,
+            views: 10,
+            layout: Layout::Nchw,
+            float: true,
+        };
+        let err = check_buffer_size(&shape, crate::MAX_BATCH_SIZE).unwrap_err();
+        assert!(err.to_string().contains("does not fit in memory"), "{err}");
+        let fine = Shape { crop: 227, ..shape };
+        check_buffer_size(&fine, 128).unwrap();
+    }
+
+    #[test]
+    fn worker_panic_becomes_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny(dir.path());
         let cfg = LoaderConfig {
             batch_size: 4,
             workers: 2,

@@ -30,30 +30,55 @@ pub struct Position {
     pub batch: u64,
 }
 
+/// How the records of one epoch are split into batches on one rank: the part of
+/// [`crate::LoaderConfig`] the [`Sampler`] needs ([`crate::LoaderConfig::sampler`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplerConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// This process's rank.
+    pub rank: usize,
+    /// Number of ranks sharing the dataset.
+    pub world_size: usize,
+    /// Shuffle each epoch, or keep dataset order.
+    pub shuffle: bool,
+    /// Drop the last partial batch (true) or pad it by wrapping around (false).
+    pub drop_last: bool,
+    /// Seed of the permutation.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    /// Batch 128, rank 0 of 1, shuffled, drop last, seed 0 (as [`crate::LoaderConfig`]).
+    fn default() -> Self {
+        SamplerConfig {
+            batch_size: 128,
+            rank: 0,
+            world_size: 1,
+            shuffle: true,
+            drop_last: true,
+            seed: 0,
+        }
+    }
+}
+
 /// Batch composition for one rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sampler {
     len: usize,
-    batch_size: usize,
-    rank: usize,
-    world_size: usize,
-    shuffle: bool,
-    drop_last: bool,
-    seed: u64,
+    config: SamplerConfig,
 }
 
 impl Sampler {
     /// A sampler over `len` records. Fails when a setting is out of range or when
     /// `drop_last` leaves no full batch.
-    pub fn new(
-        len: usize,
-        batch_size: usize,
-        rank: usize,
-        world_size: usize,
-        shuffle: bool,
-        drop_last: bool,
-        seed: u64,
-    ) -> Result<Sampler, Error> {
+    pub fn new(len: usize, config: SamplerConfig) -> Result<Sampler, Error> {
+        let SamplerConfig {
+            batch_size,
+            rank,
+            world_size,
+            ..
+        } = config;
         if len == 0 {
             return Err(Error::Config("the dataset is empty".into()));
         }
@@ -67,20 +92,29 @@ impl Sampler {
                 "batch size and world size must be positive".into(),
             ));
         }
+        if batch_size > crate::MAX_BATCH_SIZE {
+            return Err(Error::Config(format!(
+                "batch size {batch_size} is more than the limit of {}",
+                crate::MAX_BATCH_SIZE
+            )));
+        }
         if rank >= world_size {
             return Err(Error::Config(format!(
                 "rank {rank} is not below the world size {world_size}"
             )));
         }
-        let s = Sampler {
-            len,
-            batch_size,
-            rank,
-            world_size,
-            shuffle,
-            drop_last,
-            seed,
-        };
+        // One step takes `world_size * batch_size` slots; the slot arithmetic of
+        // [`Sampler::batch_indices`] goes up to `len` plus one step.
+        if world_size
+            .checked_mul(batch_size)
+            .and_then(|step| step.checked_add(len))
+            .is_none()
+        {
+            return Err(Error::Config(format!(
+                "world size {world_size} times batch size {batch_size} is too large"
+            )));
+        }
+        let s = Sampler { len, config };
         if s.batches_per_epoch() == 0 {
             return Err(Error::Config(format!(
                 "{len} records make no full batch of {batch_size} on each of {world_size} \
@@ -88,6 +122,11 @@ impl Sampler {
             )));
         }
         Ok(s)
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> SamplerConfig {
+        self.config
     }
 
     /// Records in the dataset.
@@ -102,13 +141,13 @@ impl Sampler {
 
     /// Samples per batch.
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.config.batch_size
     }
 
     /// Batches per epoch on every rank (the same on all ranks).
     pub fn batches_per_epoch(&self) -> usize {
-        let per_step = self.world_size * self.batch_size;
-        if self.drop_last {
+        let per_step = self.config.world_size * self.config.batch_size;
+        if self.config.drop_last {
             self.len / per_step
         } else {
             self.len.div_ceil(per_step)
@@ -121,8 +160,8 @@ impl Sampler {
     pub fn epoch_order(&self, epoch: u64, order: &mut Vec<u32>) {
         order.clear();
         order.extend(0..self.len as u32);
-        if self.shuffle {
-            let mut rng = sv_core::stream_rng(self.seed, STREAM_EPOCH_ORDER, epoch);
+        if self.config.shuffle {
+            let mut rng = sv_core::stream_rng(self.config.seed, STREAM_EPOCH_ORDER, epoch);
             order.shuffle(&mut rng);
         }
     }
@@ -132,9 +171,15 @@ impl Sampler {
     pub fn batch_indices(&self, order: &[u32], batch: usize, out: &mut Vec<u64>) {
         out.clear();
         let n = order.len().max(1);
-        let first = batch * self.batch_size;
-        out.extend((first..first + self.batch_size).map(|j| {
-            let slot = j * self.world_size + self.rank;
+        let SamplerConfig {
+            batch_size,
+            rank,
+            world_size,
+            ..
+        } = self.config;
+        let first = batch * batch_size;
+        out.extend((first..first + batch_size).map(|j| {
+            let slot = j * world_size + rank;
             u64::from(order[slot % n])
         }));
     }
@@ -156,9 +201,20 @@ mod tests {
             .collect()
     }
 
+    fn batches_of(batch_size: usize) -> SamplerConfig {
+        SamplerConfig {
+            batch_size,
+            ..SamplerConfig::default()
+        }
+    }
+
     #[test]
     fn one_rank_is_a_permutation_and_reshuffles_per_epoch() {
-        let s = Sampler::new(100, 10, 0, 1, true, true, 7).unwrap();
+        let config = SamplerConfig {
+            seed: 7,
+            ..batches_of(10)
+        };
+        let s = Sampler::new(100, config).unwrap();
         let e0: Vec<u64> = epoch(&s, 0).concat();
         let mut sorted = e0.clone();
         sorted.sort_unstable();
@@ -167,7 +223,7 @@ mod tests {
         let e1: Vec<u64> = epoch(&s, 1).concat();
         assert_ne!(e0, e1);
         assert_eq!(e0, epoch(&s, 0).concat(), "same seed, same order");
-        let other = Sampler::new(100, 10, 0, 1, true, true, 8).unwrap();
+        let other = Sampler::new(100, SamplerConfig { seed: 8, ..config }).unwrap();
         assert_ne!(e0, epoch(&other, 0).concat());
     }
 
@@ -176,7 +232,13 @@ mod tests {
         let (len, batch, world) = (103, 4, 3);
         let mut all = Vec::new();
         for rank in 0..world {
-            let s = Sampler::new(len, batch, rank, world, true, true, 1).unwrap();
+            let config = SamplerConfig {
+                rank,
+                world_size: world,
+                seed: 1,
+                ..batches_of(batch)
+            };
+            let s = Sampler::new(len, config).unwrap();
             assert_eq!(s.batches_per_epoch(), 8); // floor(103 / 12)
             let e = epoch(&s, 2);
             assert_eq!(e.len(), 8);
@@ -195,7 +257,14 @@ mod tests {
         let (len, batch, world) = (103, 4, 3);
         let mut all = Vec::new();
         for rank in 0..world {
-            let s = Sampler::new(len, batch, rank, world, true, false, 1).unwrap();
+            let config = SamplerConfig {
+                rank,
+                world_size: world,
+                drop_last: false,
+                seed: 1,
+                ..batches_of(batch)
+            };
+            let s = Sampler::new(len, config).unwrap();
             assert_eq!(s.batches_per_epoch(), 9); // ceil(103 / 12)
             let e = epoch(&s, 0);
             assert!(e.iter().all(|b| b.len() == batch));
@@ -209,7 +278,13 @@ mod tests {
 
     #[test]
     fn unshuffled_is_dataset_order() {
-        let s = Sampler::new(10, 3, 0, 1, false, false, 0).unwrap();
+        let config = SamplerConfig {
+            shuffle: false,
+            drop_last: false,
+            ..batches_of(3)
+        };
+        let s = Sampler::new(10, config).unwrap();
+        assert_eq!(s.config(), config);
         assert_eq!(
             epoch(&s, 5),
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6, 7, 8], vec![9, 0, 1]]
@@ -218,10 +293,32 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
-        assert!(Sampler::new(0, 1, 0, 1, true, true, 0).is_err());
-        assert!(Sampler::new(10, 0, 0, 1, true, true, 0).is_err());
-        assert!(Sampler::new(10, 1, 2, 2, true, true, 0).is_err());
-        assert!(Sampler::new(10, 11, 0, 1, true, true, 0).is_err());
-        assert!(Sampler::new(10, 11, 0, 1, true, false, 0).is_ok());
+        assert!(Sampler::new(0, batches_of(1)).is_err());
+        assert!(Sampler::new(10, batches_of(0)).is_err());
+        let rank_2_of_2 = SamplerConfig {
+            rank: 2,
+            world_size: 2,
+            ..batches_of(1)
+        };
+        assert!(Sampler::new(10, rank_2_of_2).is_err());
+        assert!(Sampler::new(10, batches_of(11)).is_err());
+        let padded = SamplerConfig {
+            drop_last: false,
+            ..batches_of(11)
+        };
+        assert!(Sampler::new(10, padded).is_ok());
+    }
+
+    #[test]
+    fn sizes_that_would_overflow_are_errors_not_panics() {
+        let err = Sampler::new(10, batches_of(usize::MAX)).unwrap_err();
+        assert!(err.to_string().contains("limit of 65536"), "{err}");
+        let huge_world = SamplerConfig {
+            world_size: usize::MAX,
+            drop_last: false,
+            ..batches_of(2)
+        };
+        let err = Sampler::new(10, huge_world).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
     }
 }

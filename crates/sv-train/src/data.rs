@@ -265,16 +265,8 @@ impl PipelineSource {
     /// A source with `config` (its `start`, `epochs` and `output` are set per epoch:
     /// uint8 NHWC). `config.augment` should be [`sv_pipeline::Augment::Train`].
     pub fn new(data: Arc<Dataset>, config: LoaderConfig) -> Result<PipelineSource> {
-        let sampler = Sampler::new(
-            data.len(),
-            config.batch_size,
-            config.rank,
-            config.world_size,
-            config.shuffle,
-            config.drop_last,
-            config.seed,
-        )
-        .map_err(|e| TrainError::Config(format!("{}: {e}", data.dir().display())))?;
+        let sampler = Sampler::new(data.len(), config.sampler())
+            .map_err(|e| TrainError::Config(format!("{}: {e}", data.dir().display())))?;
         let lighting = matches!(
             config.augment,
             sv_pipeline::Augment::Train {
