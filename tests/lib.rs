@@ -1,41 +1,25 @@
-//! Helpers for the end-to-end tests: find (or build) the real `supervision` binary
-//! and run it on data the tests generate.
+//! Helpers for the end-to-end tests (tests/cli/): run the real `supervision` binary on
+//! data the tests generate. A module of sv-cli's test target `cli` (tests/cli/main.rs
+//! includes it), reached from the test modules as `sv_tests::...`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-/// Path of the `supervision` binary of this build (target/<profile>/supervision).
+/// Path of the `supervision` binary that cargo built for this test run.
 ///
-/// `cargo test` builds a package's binaries only for that package's own integration
-/// tests, and these live in another package: so the binaries (`supervision`, and
-/// `supervision-torch`, which it runs for the libtorch commands) are brought up to date
-/// here once per test process, in this build's profile. Up to date, that is cargo's
-/// quick no-op; never a stale binary from an earlier build.
+/// cargo builds a package's binaries before its integration tests and passes their
+/// paths in `CARGO_BIN_EXE_<name>`: `supervision`, and with sv-cli's `train` feature
+/// `supervision-torch` beside it (where `supervision` looks for it to run the libtorch
+/// commands). Same profile, same features, never stale.
 pub fn binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/cli-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile dir");
-        let bin = profile_dir.join(format!("supervision{}", std::env::consts::EXE_SUFFIX));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "sv-cli", "--bins"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        if !cfg!(feature = "train") {
-            // without libtorch: `supervision` alone
-            build.arg("--no-default-features");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p sv-cli failed");
-        bin
-    })
+    let bin = Path::new(env!("CARGO_BIN_EXE_supervision"));
+    #[cfg(feature = "train")]
+    assert_eq!(
+        Path::new(env!("CARGO_BIN_EXE_supervision-torch")).parent(),
+        bin.parent(),
+        "supervision runs the supervision-torch found beside it"
+    );
+    bin
 }
 
 /// A `supervision` command with a clean environment for logging.
