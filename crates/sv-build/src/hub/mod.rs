@@ -275,9 +275,11 @@ pub fn expand_inputs(
                 let (_, files) = top_level(input)?;
                 let mut any = false;
                 for f in files {
-                    let keep = match (format, sniff(&f)?) {
-                        (Some(InputFormat::Parquet), k) => k == Some(InputFormat::Parquet),
-                        (_, k) => k == Some(InputFormat::Tar),
+                    let kind = sniff(&f)?;
+                    let keep = match format {
+                        Some(InputFormat::Parquet) => kind == Some(InputFormat::Parquet),
+                        Some(_) => kind == Some(InputFormat::Tar),
+                        None => kind.is_some(),
                     };
                     if keep {
                         out.push(f);
