@@ -9,7 +9,9 @@
 //!   tools/setup-torch.sh installs (nvidia-cuda-crt, nvidia-cuda-cccl). `CUDA_HOME`
 //!   (a CUDA toolkit) is the other place looked at. Without them the shim is built
 //!   without NCCL (a cargo warning says so) and the NCCL calls return an error;
-//!   `SV_C10_NCCL=0` asks for that build on purpose (it compiles faster).
+//!   `SV_C10_NCCL=0` asks for that build on purpose (it compiles faster). Either way
+//!   dependents' build scripts get the outcome as DEP_SV_C10_NCCL (`yes`, or `no (why)`),
+//!   which `supervision-torch --version` prints.
 //!
 //! Cost, once per clean build (it adds to CI's): compiling the shim takes about 15 s of
 //! CPU time with ProcessGroupNCCL (its headers pull in much of ATen and the CUDA
@@ -19,20 +21,17 @@
 //! The shim references libtorch_cuda, torch_cpu and c10 symbols only (no libcudart),
 //! so a binary that already has an rpath to `<torch>/lib` needs nothing more at run
 //! time. This crate's own test binaries get that rpath here, and keep libtorch_cuda
-//! linked (the linker's --as-needed would drop it, and CUDA would be unavailable).
+//! linked (sv-torch-link, shared with the other crates that link libtorch).
 
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=SV_C10_NCCL");
-    let lib = PathBuf::from(
-        std::env::var("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (libtorch's lib directory)"),
-    );
+    let lib = sv_torch_link::libtorch_lib("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (libtorch's lib directory)");
     let torch = lib.parent().expect("libtorch's lib directory has a parent");
     let include = torch.join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
@@ -53,8 +52,20 @@ fn main() {
 
     let has_cuda_lib = lib.join("libtorch_cuda.so").exists();
     let wanted = std::env::var("SV_C10_NCCL").map_or(true, |v| v != "0");
-    match nccl_includes(torch) {
-        Some(dirs) if has_cuda_lib && wanted => {
+    // Ok, or why ProcessGroupNCCL is left out.
+    let nccl = match nccl_includes(torch) {
+        _ if !wanted => Err("SV_C10_NCCL=0 asked for a build without it".to_string()),
+        _ if !has_cuda_lib => Err(format!(
+            "{} has no libtorch_cuda.so (a CPU-only libtorch)",
+            lib.display()
+        )),
+        None => Err(
+            "the CUDA/NCCL headers (crt/host_config.h, nv/target, nccl.h) were not \
+                     found; tools/setup-torch.sh installs them (nvidia-cuda-crt, \
+                     nvidia-cuda-cccl)"
+                .to_string(),
+        ),
+        Some(dirs) => {
             build
                 .define("USE_C10D_NCCL", None)
                 .define("USE_CUDA", None)
@@ -62,20 +73,20 @@ fn main() {
             for d in dirs {
                 build.include(d);
             }
+            Ok(())
         }
-        found => {
+    };
+    match &nccl {
+        Ok(()) => println!("cargo:nccl=yes"),
+        Err(why) => {
             if wanted {
-                let why = if !has_cuda_lib {
-                    format!("{} has no libtorch_cuda.so", lib.display())
-                } else if found.is_none() {
-                    "the CUDA/NCCL headers (crt/host_config.h, nv/target, nccl.h) were not found; \
-                     tools/setup-torch.sh installs them"
-                        .to_string()
-                } else {
-                    String::new()
-                };
-                println!("cargo:warning=sv-c10 built without ProcessGroupNCCL: {why}");
+                println!(
+                    "cargo:warning=sv-c10 built without NCCL, so multi-GPU training \
+                     (--collective nccl) ends with an error: {why}"
+                );
             }
+            // For dependents (DEP_SV_C10_NCCL): supervision-torch --version says it.
+            println!("cargo:nccl=no ({why})");
         }
     }
     build.compile("sv_c10_shim");
@@ -91,12 +102,7 @@ fn main() {
     println!("cargo:libtorch_lib={}", lib.display());
 
     // This crate's tests, examples and benches only (link-arg does not propagate).
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if has_cuda_lib {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+    sv_torch_link::emit(&lib, sv_torch_link::Target::All);
 }
 
 /// The include directories ProcessGroupNCCL's headers need, if all are present.

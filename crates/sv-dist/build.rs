@@ -1,10 +1,9 @@
 //! Lets this crate's test binaries find libtorch at run time: sv-c10 exports libtorch's
-//! lib directory (DEP_SV_C10_LIBTORCH_LIB) and an rpath records it. libtorch_cuda needs
-//! no help: sv-c10's shim references it by symbol, so the linker keeps it.
+//! lib directory (DEP_SV_C10_LIBTORCH_LIB); sv-torch-link records it as an rpath (and
+//! keeps libtorch_cuda linked, which sv-c10's shim already needs by symbol).
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_SV_C10_LIBTORCH_LIB");
-    if let Ok(dir) = std::env::var("DEP_SV_C10_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    if let Some(lib) = sv_torch_link::libtorch_lib("DEP_SV_C10_LIBTORCH_LIB") {
+        sv_torch_link::emit(&lib, sv_torch_link::Target::All);
     }
 }

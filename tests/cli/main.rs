@@ -31,3 +31,5 @@ mod train;
 #[cfg(feature = "train")]
 mod train_guards;
 mod verify;
+#[cfg(feature = "train")]
+mod version;

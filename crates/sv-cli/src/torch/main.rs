@@ -10,9 +10,19 @@ mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `--version`: also what this build links (from build.rs): libtorch's directory and
+/// whether NCCL (multi-GPU training) is in, or why not.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nlibtorch: ",
+    env!("SV_BUILD_LIBTORCH"),
+    "\nNCCL: ",
+    env!("SV_BUILD_NCCL")
+);
+
 /// SuperVision's libtorch commands: train AlexNet, evaluate and apply checkpoints. Usually run as `supervision <command>`.
 #[derive(Parser, Debug)]
-#[command(name = "supervision", version, about, long_about = None)]
+#[command(name = "supervision", version, long_version = LONG_VERSION, about, long_about = None)]
 struct Cli {
     #[command(flatten)]
     log: sv_cli::Verbosity,
