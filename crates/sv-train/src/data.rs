@@ -30,7 +30,20 @@ use sv_pipeline::{Lighting, Loader, LoaderConfig, Output, Position, Sampler};
 
 use crate::error::{Result, TrainError};
 use crate::prefetch::{HostBatch, HostMemory, StagedBatch};
-use crate::trainer::TrainData;
+
+/// The source of training batches.
+pub trait TrainData {
+    /// Batches in one epoch (equal for every epoch).
+    fn batches_per_epoch(&self) -> u64;
+    /// An iterator over the batches of `epoch`, starting at batch `start`, staged in
+    /// `memory`. It runs on the prefetch thread.
+    fn epoch(
+        &mut self,
+        epoch: u64,
+        start: u64,
+        memory: HostMemory,
+    ) -> Result<Box<dyn Iterator<Item = Result<StagedBatch>> + Send>>;
+}
 
 /// How training crops are made.
 #[derive(Clone, Copy, Debug, PartialEq)]

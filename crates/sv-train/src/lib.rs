@@ -19,6 +19,7 @@
 //! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
 //! - [`data`]: the training data source over sv-pipeline's loader.
+//! - [`files`]: the names of a run's files in its output folder.
 //!
 //! This is the only crate of the workspace that links libtorch.
 #![warn(missing_docs)]
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod files;
 pub mod input;
 pub mod lrn;
 pub mod metrics;

@@ -210,7 +210,7 @@ impl MetricsSink {
     /// The file opens with a restart mark at `step + 1`: TensorBoard drops the points
     /// after `step` that an interrupted invocation logged past its last checkpoint.
     pub fn open(out_dir: &Path, step: u64) -> Result<MetricsSink> {
-        let jsonl = MetricsWriter::append(&out_dir.join(crate::trainer::METRICS_FILE))?;
+        let jsonl = MetricsWriter::append(&out_dir.join(crate::files::METRICS_FILE))?;
         let mut tensorboard =
             sv_tensorboard::EventWriter::create(&out_dir.join(TENSORBOARD_DIR)).map_err(tb_err)?;
         tensorboard
@@ -536,7 +536,7 @@ mod tests {
             w.write(r).unwrap();
         }
         drop(w);
-        let p = dir.path().join(crate::trainer::METRICS_FILE);
+        let p = dir.path().join(crate::files::METRICS_FILE);
         // The event file holds every tag (tests/reader.rs of sv-tensorboard reads such
         // files with TensorBoard's own reader).
         let tb: Vec<_> = std::fs::read_dir(dir.path().join(TENSORBOARD_DIR))

@@ -39,19 +39,15 @@ use crate::metrics::{MetricsRecord, MetricsSink};
 use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, ScalerState, SgdConfig};
 use crate::params::Precision;
-use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, StagedBatch, Transfer, transfer_for};
+use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, Transfer, transfer_for};
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
 
 mod parallel;
 pub use parallel::ParallelConfig;
 
-/// Name of the latest checkpoint in the output directory.
-pub const LAST_CHECKPOINT: &str = "last.safetensors";
-/// Name of the checkpoint with the best validation top-1 error.
-pub const BEST_CHECKPOINT: &str = "best.safetensors";
-/// Name of the metrics log in the output directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub use crate::data::TrainData;
+pub use crate::files::{BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE};
 
 /// Everything a run is configured with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,20 +152,6 @@ impl TrainConfig {
     pub fn channels_last_on(&self, device: Device) -> bool {
         self.channels_last.unwrap_or(device.is_cuda())
     }
-}
-
-/// The source of training batches.
-pub trait TrainData {
-    /// Batches in one epoch (equal for every epoch).
-    fn batches_per_epoch(&self) -> u64;
-    /// An iterator over the batches of `epoch`, starting at batch `start`, staged in
-    /// `memory`. It runs on the prefetch thread.
-    fn epoch(
-        &mut self,
-        epoch: u64,
-        start: u64,
-        memory: HostMemory,
-    ) -> Result<Box<dyn Iterator<Item = Result<StagedBatch>> + Send>>;
 }
 
 /// What the loop reports as it goes (the CLI draws it).
