@@ -183,3 +183,37 @@ fn a_one_rank_launch_is_a_plain_run_and_help_says_what_batch_means() {
         assert!(help.contains(flag), "{flag} in --help");
     }
 }
+
+/// Issue 26, item 6: a launcher's variable is checked as a flag is, limits included:
+/// an absurd job size is refused naming the variable and the limit, before anything is
+/// written or any rendezvous is tried.
+#[test]
+fn launcher_variables_beyond_their_limits_are_refused_in_words() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    for (var, value) in [
+        ("WORLD_SIZE", "100000000"),
+        ("WORLD_SIZE", "18446744073709551615"),
+        ("SLURM_NTASKS", "100000000"),
+    ] {
+        let mut vars = if var == "WORLD_SIZE" {
+            TORCHRUN_RANK1.to_vec()
+        } else {
+            SRUN_TASK0.to_vec()
+        };
+        for v in &mut vars {
+            if v.0 == var {
+                v.1 = value;
+            }
+        }
+        let (o, took) = run_env(&vars, &tiny(s(&out), &[]));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{var}={value}: {e}");
+        assert!(
+            e.contains(&format!("{var}={value}: must be at most 65536")),
+            "{var}={value}: {e}"
+        );
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert!(!out.exists(), "{var}={value}: wrote {}", out.display());
+    }
+}

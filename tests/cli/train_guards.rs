@@ -702,3 +702,126 @@ fn a_shard_truncated_under_training_is_named() {
         "{text}"
     );
 }
+
+/// Issue 26, items 3 and 5: a number the trainer cannot hold (f32 is its number type:
+/// rates, decay, momentum and the loss scale become f32 scalars on the device), or a
+/// count that would size threads or memory without bound, is refused naming the flag
+/// and the limit, before the output folder is even created (a panic inside libtorch
+/// used to leave an empty metrics.jsonl and an event file that forced --force).
+#[test]
+fn numbers_beyond_f32_and_counts_beyond_their_limits_are_refused_before_any_file() {
+    let d = sets(2);
+    let out = d.path("run");
+    let big = "must be at most 3.4028235e38";
+    let tiny = "1.1754944e-38";
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--lr", "1e39"], "--lr", big),
+        (&["--lr", "3.5e38"], "--lr", big),
+        (&["--lr", "1e-39"], "--lr", tiny),
+        (&["--lr", "-1e39"], "--lr", "must be above 0"),
+        (&["--weight-decay", "1e300"], "--weight-decay", big),
+        (&["--weight-decay", "1e-300"], "--weight-decay", tiny),
+        (
+            &["--weight-decay", "nan"],
+            "--weight-decay",
+            "must be 0 or more",
+        ),
+        (&["--momentum", "1e-45"], "--momentum", tiny),
+        (
+            &["--loss-scale", "1e300", "--precision", "fp16"],
+            "--loss-scale",
+            big,
+        ),
+        (
+            &["--loss-scale", "1e-300", "--precision", "fp16"],
+            "--loss-scale",
+            tiny,
+        ),
+        (&["--lr-divisor", "1e300"], "--lr-divisor", big),
+        // representable each, but the decay step (weight decay x rate) is not
+        (
+            &["--weight-decay", "1e30", "--lr", "1e10"],
+            "--weight-decay",
+            big,
+        ),
+        // the step schedule divides 0.01 by 1e10 three times: 1e-32 is f32, 1e-42 is 0
+        (
+            &[
+                "--schedule",
+                "step",
+                "--step-every",
+                "1",
+                "--lr-divisor",
+                "1e10",
+                "--max-drops",
+                "4",
+            ],
+            "--max-drops",
+            tiny,
+        ),
+        (
+            &["--workers", "100000000"],
+            "--workers",
+            "must be at most 1024",
+        ),
+        (
+            &["--workers", "18446744073709551615"],
+            "--workers",
+            "must be at most 1024",
+        ),
+        (
+            &["--batch-size", "4611686018427387904"],
+            "--batch-size",
+            "must be at most 65536",
+        ),
+        (
+            &["--synthetic-classes", "10000000"],
+            "--synthetic-classes",
+            "must be at most",
+        ),
+        (
+            &["--bucket-mib", "18446744073709551615"],
+            "--bucket-mib",
+            "must be at most",
+        ),
+        (
+            &["--stall-timeout", "18446744073709551615"],
+            "--stall-timeout",
+            "must be at most",
+        ),
+        (
+            &["--rendezvous-timeout", "18446744073709551615"],
+            "--rendezvous-timeout",
+            "must be at most",
+        ),
+    ];
+    for (extra, flag, want) in cases {
+        let o = sv_tests::run(&d.train(&out, extra), false);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.code() == Some(1) || o.status.code() == Some(2),
+            "{extra:?}: exit {:?}, not a refusal: {err}",
+            o.status
+        );
+        assert!(err.contains(flag) && err.contains(want), "{extra:?}: {err}");
+        assert_words(&err);
+        assert!(!out.exists(), "{extra:?}: {:?} written", run_files(&out));
+    }
+    // the same limit on evaluation's batch (a "capacity overflow" panic before)
+    let ck = d.trained(&d.path("ok"), "1");
+    let err = fails(&[
+        "eval",
+        "--checkpoint",
+        s(&ck),
+        "--val",
+        s(&d.val),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4611686018427387904",
+    ]);
+    assert!(
+        err.contains("--batch-size") && err.contains("must be at most 65536"),
+        "{err}"
+    );
+}

@@ -12,6 +12,7 @@
 //! output that treats a closed pipe as a quiet exit, and the exit-code handling.
 
 pub mod args;
+pub mod cli_args;
 pub mod output;
 pub mod progress;
 

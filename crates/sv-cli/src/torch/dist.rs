@@ -7,6 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sv_cli::args::count_up_to;
+use sv_cli::cli_args::{MAX_BUCKET_MIB, MAX_TIMEOUT_SECS, MAX_WORLD_SIZE};
 use sv_train::Device;
 use sv_train::sv_dist::launch::visible_cuda_devices;
 use sv_train::sv_dist::nccl::{DistConfig, NcclCollective};
@@ -32,18 +34,18 @@ pub struct DistArgs {
     pub collective: String,
     /// Seconds every rank may take to reach the rendezvous before the missing ones are
     /// named.
-    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = sv_cli::args::at_least_one::<u64>)]
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
     pub rendezvous_timeout: u64,
     /// Seconds without a heartbeat (sent every second) after which a rank counts as
     /// dead: the others stop with an error naming it.
-    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = sv_cli::args::at_least_one::<u64>)]
+    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
     pub heartbeat_timeout: u64,
     /// Seconds a rank may stay behind the others' step (alive but stuck, e.g. on
     /// storage) before they stop with an error naming it.
-    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = sv_cli::args::at_least_one::<u64>)]
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
     pub stall_timeout: u64,
     /// Largest gradient all-reduce bucket, in MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = sv_cli::args::at_least_one::<usize>)]
+    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = count_up_to(MAX_BUCKET_MIB))]
     pub bucket_mib: usize,
     /// Also compare every rank's weights with rank 0's (checksums) every N steps; 0:
     /// only before each checkpoint.
@@ -99,6 +101,9 @@ impl Role {
     pub fn resolve(args: &DistArgs) -> Result<Role> {
         let force = args.force_nccl()?;
         let env = RankEnv::from_env().context("read the launcher's environment")?;
+        if let Some(e) = &env {
+            check_world_size(e)?;
+        }
         Ok(match (env, args.nproc_per_node) {
             // our own child: it inherits the flag
             (Some(e), _) if e.launcher == Launcher::Local => Role::Rank(e),
@@ -127,6 +132,23 @@ impl Role {
             (None, _) => Role::Single,
         })
     }
+}
+
+/// Refuses a job larger than [`MAX_WORLD_SIZE`] ranks, naming the launcher's variable:
+/// the global batch and the per-rank tables grow with it, and a value like
+/// `WORLD_SIZE=18446744073709551615` is a mistake, not a job.
+fn check_world_size(e: &RankEnv) -> Result<()> {
+    let var = match e.launcher {
+        Launcher::Slurm => "SLURM_NTASKS",
+        Launcher::Torchrun | Launcher::Local => "WORLD_SIZE",
+    };
+    if e.world_size > MAX_WORLD_SIZE {
+        bail!(
+            "{var}={}: must be at most {MAX_WORLD_SIZE} (ranks of one job)",
+            e.world_size
+        );
+    }
+    Ok(())
 }
 
 /// The device of rank `env`: `cuda:LOCAL_RANK` (or the one GPU the launcher left

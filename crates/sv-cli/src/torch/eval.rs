@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sv_cli::args::at_least_one;
+use sv_cli::args::{MAX_BATCH_SIZE, at_least_one, count_up_to};
 use sv_shard::Dataset;
 use sv_train::eval::{EvalMode, evaluate, load_for_inference};
 
@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = count_up_to(MAX_BATCH_SIZE))]
     pub batch_size: usize,
     /// Score only the first N images.
     #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]

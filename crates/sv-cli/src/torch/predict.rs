@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sv_cli::args::at_least_one;
+use sv_cli::args::{at_least_one, count_up_to};
 use sv_image::{PrepConfig, Preprocessor};
 use sv_train::eval::{EvalMode, load_for_inference, predict_host};
 
@@ -22,7 +22,7 @@ pub struct Args {
     /// Side of the stored square the image is first reduced to (the shards' side).
     /// Default: the side of the images the checkpoint was trained on (older
     /// checkpoints: of its mean image if it has one, else 256).
-    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<u32>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count_up_to(sv_cli::cli_args::MAX_SIDE))]
     pub size: Option<u32>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]

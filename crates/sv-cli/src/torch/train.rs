@@ -10,7 +10,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use sv_cli::args::at_least_one;
+use sv_cli::args::{MAX_BATCH_SIZE, MAX_CLASSES, MAX_WORKERS, at_least_one, count_up_to};
+use sv_cli::cli_args::numbers::{
+    Falls, above_one_f32, check_f32, fraction, fraction_f32, non_negative_f32, positive_f32,
+};
 use sv_shard::Dataset;
 use sv_stats::{MeanImage, PcaStats};
 use sv_train::checkpoint;
@@ -76,16 +79,16 @@ pub struct Args {
     pub max_steps: Option<u64>,
     /// Images per step on each rank (per GPU, as PyTorch DDP): with N ranks a step
     /// trains on a global batch of N x this, and --lr applies to that global batch.
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = count_up_to(MAX_BATCH_SIZE))]
     pub batch_size: usize,
-    /// Initial learning rate (above 0).
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = positive)]
+    /// Initial learning rate (above 0, an f32).
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true, value_parser = positive_f32)]
     pub lr: f64,
     /// Momentum (0 or more, below 1).
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = fraction_f32)]
     pub momentum: f64,
-    /// Weight decay (0 or more).
-    #[arg(long, default_value_t = 0.0005, allow_negative_numbers = true, value_parser = non_negative)]
+    /// Weight decay (0 or more, an f32).
+    #[arg(long, default_value_t = 0.0005, allow_negative_numbers = true, value_parser = non_negative_f32)]
     pub weight_decay: f64,
     /// Apply weight decay to biases too. true: the paper's update rule decays every
     /// parameter w; false: only weights, as Caffe's reference bvlc_alexnet
@@ -110,7 +113,7 @@ pub struct Args {
     #[arg(long, default_value_t = 30, allow_negative_numbers = true, value_parser = at_least_one::<u32>)]
     pub step_every: u32,
     /// Divisor of the rate at each drop (above 1).
-    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true, value_parser = above_one)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true, value_parser = above_one_f32)]
     pub lr_divisor: f64,
     /// Seed for init, data order, augmentation and dropout.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -133,7 +136,7 @@ pub struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub copy_stream: bool,
     /// fp16: initial loss scale (halved on overflow, doubled after 2000 good steps).
-    #[arg(long, default_value_t = 65536.0, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 65536.0, allow_negative_numbers = true, value_parser = positive_f32)]
     pub loss_scale: f64,
     /// Continue the run in --out from its last.safetensors. Settings not given are the
     /// checkpoint's; given ones that a run cannot change (model, batch size, rates,
@@ -169,7 +172,7 @@ pub struct Args {
     #[arg(long, default_value = "pipeline")]
     pub loader: String,
     /// Pipeline worker threads (default: all cores).
-    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count_up_to(MAX_WORKERS))]
     pub workers: Option<usize>,
     /// Do not check each training record's CRC-32 as it is read (checked by default:
     /// a damaged record stops training naming its shard and record; the cost is in
@@ -186,7 +189,7 @@ pub struct Args {
     #[arg(long, value_name = "STEPS", allow_negative_numbers = true, value_parser = at_least_one::<u64>)]
     pub synthetic_data: Option<u64>,
     /// Classes of the synthetic ceiling run.
-    #[arg(long, default_value_t = 1000, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true, value_parser = count_up_to(MAX_CLASSES))]
     pub synthetic_classes: usize,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
@@ -199,35 +202,6 @@ pub struct Args {
     /// Data-parallel training: --nproc-per-node, --collective, timeouts (torch/dist.rs).
     #[command(flatten)]
     pub dist: super::dist::DistArgs,
-}
-
-/// A finite number for which `ok` holds; `what` says the range in words.
-fn number(text: &str, ok: fn(f64) -> bool, what: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
-    if v.is_finite() && ok(v) {
-        Ok(v)
-    } else {
-        Err(format!("must be {what}"))
-    }
-}
-
-fn positive(text: &str) -> Result<f64, String> {
-    number(text, |v| v > 0.0, "above 0")
-}
-
-fn non_negative(text: &str) -> Result<f64, String> {
-    number(text, |v| v >= 0.0, "0 or more")
-}
-
-fn fraction(text: &str) -> Result<f64, String> {
-    number(text, |v| (0.0..1.0).contains(&v), "0 or more and below 1")
-}
-
-fn above_one(text: &str) -> Result<f64, String> {
-    number(text, |v| v > 1.0, "above 1")
 }
 
 /// The flags typed on the command line (defaults are not): a resumed run compares
@@ -259,7 +233,7 @@ fn schedule(args: &Args) -> Result<ScheduleConfig> {
             patience: args.patience,
             threshold: args.threshold,
             factor,
-            min_lr: 1e-7,
+            min_lr: sv_cli::cli_args::numbers::PLATEAU_MIN_LR,
             max_drops: args.max_drops,
         },
         "step" => ScheduleConfig::Step {
@@ -272,7 +246,26 @@ fn schedule(args: &Args) -> Result<ScheduleConfig> {
     })
 }
 
+/// How the rate of the run these flags describe can fall.
+fn falls(args: &Args) -> Falls {
+    match args.schedule.as_str() {
+        "step" => Falls::Step {
+            divisor: args.lr_divisor,
+            drops: args.max_drops,
+            every: args.step_every,
+            epochs: args.epochs,
+        },
+        "constant" => Falls::Constant,
+        _ => Falls::Plateau {
+            divisor: args.lr_divisor,
+            drops: args.max_drops,
+        },
+    }
+}
+
 fn config(args: &Args) -> Result<TrainConfig> {
+    // the decay step and the lowest rate, as each flag is: f32 must hold them
+    check_f32(args.lr, args.weight_decay, falls(args)).map_err(anyhow::Error::msg)?;
     Ok(TrainConfig {
         model: args.model.clone(),
         init: args
