@@ -103,14 +103,8 @@ fn items(out: &Path, classes: &[ClassInfo]) -> Result<(Vec<Item>, Vec<Item>), Sy
             });
         }
     }
-    train.sort_by(|a, b| {
-        let rel = |x: &Item| {
-            x.file
-                .strip_prefix(out.join("train"))
-                .map(Path::to_path_buf)
-        };
-        rel(a).ok().cmp(&rel(b).ok())
-    });
+    // The folder build's order: the bytes of `wnid/file`.
+    train.sort_by(|a, b| rel(a).cmp(&rel(b)));
     let csv_path = out.join("LOC_val_solution.csv");
     let csv = fs::read_to_string(&csv_path).map_err(io(&csv_path))?;
     let mut labels = std::collections::HashMap::new();
@@ -136,6 +130,12 @@ fn items(out: &Path, classes: &[ClassInfo]) -> Result<(Vec<Item>, Vec<Item>), Sy
         });
     }
     Ok((train, val))
+}
+
+fn rel(it: &Item) -> Vec<u8> {
+    let name = it.file.file_name().unwrap_or_default().to_string_lossy();
+    let wnid = it.key.split_once('/').map_or("", |(w, _)| w);
+    format!("{wnid}/{name}").into_bytes()
 }
 
 fn stem(name: &str) -> &str {

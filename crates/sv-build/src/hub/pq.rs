@@ -354,6 +354,20 @@ pub(super) fn list(f: &HubFile, label_column: Option<&str>) -> Result<FileListin
         class_names: hf_class_names(meta, label_column),
         image_column: Some(cols.image_name.clone()),
     };
+    // A codec this build does not read is one error for the file, not a reject per row.
+    for (rg, g) in meta.row_groups().iter().enumerate() {
+        for c in [cols.image, cols.label] {
+            use parquet::basic::Compression as C;
+            let codec = g.column(c).compression();
+            if !matches!(codec, C::UNCOMPRESSED | C::SNAPPY | C::ZSTD(_)) {
+                return Err(bad(format!(
+                    "row group {rg}: column {} is compressed with {codec}, which this build \
+                     does not read (snappy, zstd or none)",
+                    g.column(c).column_path()
+                )));
+            }
+        }
+    }
     let mut first = 0u64;
     for rg in 0..meta.num_row_groups() {
         let g = meta.row_group(rg);
