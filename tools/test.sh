@@ -21,6 +21,13 @@ if ! python3 -c "import tensorboard" >/dev/null 2>&1; then
   python3 -m pip install --quiet "tensorboard==2.21.0"
 fi
 
+# Hub inputs (WebDataset tars, parquet) are checked against files written by the real
+# writers, webdataset's TarWriter and pyarrow (crates/sv-build/tests/hub.rs through
+# tools/fixtures/make_hub_fixtures.py); added to the same cached venv once.
+if ! python3 -c "import webdataset, pyarrow" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "webdataset==1.0.2" "pyarrow==26.0.1"
+fi
+
 cargo fmt --all -- --check
 # vendor/zune-jpeg is exactly crates.io's release plus vendor/zune-jpeg.patch.
 tools/vendor-zune-jpeg.sh --check
