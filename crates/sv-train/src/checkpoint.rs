@@ -43,7 +43,6 @@ use crate::params::ParamStore;
 use crate::schedule::Schedule;
 use crate::window::Totals;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::time::Duration;
 use sv_core::fs::AtomicFile;
 
@@ -56,7 +55,7 @@ const UNCHECKED_VERSION: u32 = 1;
 const META_KEY: &str = "supervision";
 const TENSOR_CRC_KEY: &str = "supervision.tensor_crc32";
 const META_CRC_KEY: &str = "supervision.crc32";
-/// The largest safetensors header read (safetensors' own limit).
+/// The largest safetensors header (safetensors' own limit, named in messages).
 const MAX_HEADER: u64 = 100_000_000;
 const MOMENTUM_PREFIX: &str = "momentum.";
 /// The tensor holding [`Normalization::mean_image`] (`[3, side, side]`), when set.
@@ -570,42 +569,49 @@ fn open(path: &Path) -> Result<std::fs::File> {
     Ok(sv_core::fs::open_regular(path)?)
 }
 
-/// Reads only a checkpoint's metadata (checked against its checksum), without its
-/// tensors: what `--resume` compares its flags with.
-pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
+/// Maps a checkpoint file into memory: the safetensors crate parses the header in
+/// place and the tensors are copied once, from the page cache into libtorch, never
+/// read whole into a buffer first. Checkpoints are replaced by rename, never rewritten
+/// in place, so the mapped file does not change under the map.
+fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let file = open(path)?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len < 8 {
+        // an empty file cannot be mapped; a short one is not a safetensors file either
+        return Err(TrainError::Checkpoint {
+            path: path.into(),
+            what: format!(
+                "not a safetensors file: {}",
+                describe(&safetensors::SafeTensorError::HeaderTooSmall)
+            ),
+        });
+    }
+    // SAFETY: the map is read only; a checkpoint is never truncated in place (see
+    // above), so its pages stay valid while the map lives.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))
+}
+
+/// The safetensors metadata of the mapped checkpoint `bytes`, checked against its
+/// checksum, with the file's tensor table.
+fn parse_mapped<'a>(path: &Path, bytes: &'a [u8]) -> Result<(CheckpointHeader, SafeTensors<'a>)> {
     let bad = |what: String| TrainError::Checkpoint {
         path: path.into(),
-        what,
+        what: format!("not a safetensors file: {what}"),
     };
-    let mut file = open(path)?;
-    let len = file.metadata().map_err(io_err(path))?.len();
-    let mut prefix = [0u8; 8];
-    if len < 8 {
-        return Err(bad(describe(&safetensors::SafeTensorError::HeaderTooSmall)));
-    }
-    file.read_exact(&mut prefix).map_err(io_err(path))?;
-    let n = u64::from_le_bytes(prefix);
-    if n > MAX_HEADER {
-        return Err(bad(describe(&safetensors::SafeTensorError::HeaderTooLarge)));
-    }
-    if n > len - 8 {
-        return Err(bad(describe(
-            &safetensors::SafeTensorError::InvalidHeaderLength,
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(io_err(path))?;
-    #[derive(Deserialize)]
-    struct Table {
-        #[serde(rename = "__metadata__")]
-        metadata: Option<HashMap<String, String>>,
-    }
-    let table: Table = serde_json::from_slice(&header).map_err(|_| {
-        bad(describe(
-            &safetensors::SafeTensorError::InvalidHeaderDeserialization,
-        ))
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(describe(&e)))?;
+    let header = CheckpointHeader::parse(path, metadata.metadata().as_ref())?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| TrainError::Checkpoint {
+        path: path.into(),
+        what: format!("corrupt tensor table: {}", describe(&e)),
     })?;
-    CheckpointHeader::parse(path, table.metadata.as_ref())
+    Ok((header, st))
+}
+
+/// Reads only a checkpoint's metadata (checked against its checksum), without reading
+/// its tensors: what `--resume` compares its flags with.
+pub fn read_header(path: &Path) -> Result<CheckpointHeader> {
+    let bytes = map(path)?;
+    Ok(parse_mapped(path, &bytes)?.0)
 }
 
 /// The history checkpoint written when `done` epochs are complete.
@@ -669,17 +675,12 @@ pub fn keep_epoch(dir: &Path, last: &Path, done: u64, keep: usize) -> Result<Opt
 /// Reads a checkpoint (tensors land on the CPU), checking its metadata and every
 /// tensor against their checksums.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let mut bytes = Vec::new();
-    open(path)?.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let bytes = map(path)?;
     let bad = |what: String| TrainError::Checkpoint {
         path: path.into(),
         what,
     };
-    let (_, metadata) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {}", describe(&e))))?;
-    let header = CheckpointHeader::parse(path, metadata.metadata().as_ref())?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| bad(format!("corrupt tensor table: {}", describe(&e))))?;
+    let (header, st) = parse_mapped(path, &bytes)?;
     let mut meta = header.meta;
     let mut params = Vec::new();
     let mut velocities = Vec::new();
