@@ -162,6 +162,25 @@ impl Batch {
             .then(|| &self.buf().f32[..self.images() * self.shape.image_values()])
     }
 
+    /// The uint8 pixels, writable: for a consumer that hands the batch's own memory to
+    /// code that may write into it (a numpy array or tensor wrapping it without a
+    /// copy). `None` for a float batch.
+    pub fn pixels_u8_mut(&mut self) -> Option<&mut [u8]> {
+        let n = self.images() * self.shape.image_values();
+        let float = self.shape.float;
+        let buf = self.buf.as_deref_mut()?;
+        (!float).then(|| &mut buf.u8[..n])
+    }
+
+    /// The float32 pixels, writable (see [`Batch::pixels_u8_mut`]); `None` for a
+    /// uint8 batch.
+    pub fn pixels_f32_mut(&mut self) -> Option<&mut [f32]> {
+        let n = self.images() * self.shape.image_values();
+        let float = self.shape.float;
+        let buf = self.buf.as_deref_mut()?;
+        float.then(|| &mut buf.f32[..n])
+    }
+
     /// Class label per sample.
     pub fn labels(&self) -> &[u32] {
         &self.buf().labels
