@@ -134,18 +134,13 @@ fn grow(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
     &mut buf[..n]
 }
 
-/// Decode a JPEG into `buf`. `reduction(width, height)` picks the DCT scale
-/// denominator (1 = full size).
-pub(crate) fn jpeg(
-    bytes: &[u8],
-    limits: &Limits,
-    reduction: impl Fn(u32, u32) -> u32,
-    region: impl Fn(u32, u32) -> [usize; 4],
-    check: &mut JpegCheck,
-    buf: &mut Vec<u8>,
-) -> Result<Decoded, ImageError> {
-    // zune's own size limit reports as a generic format error; ours is checked below
-    // as a distinct LimitExceeded, so zune is told the JPEG maximum.
+/// The one set-up of zune-jpeg's decoder, for every JPEG the workspace decodes (files
+/// here, shard records through [`jpeg_rgb_exact`]): the vendored decoder's
+/// `SliceReader` (direct slice access), strict mode (with the vendored truncation
+/// check, vendor/zune-jpeg/PATCHED.md), the headers read and the frame size returned.
+/// zune's own size cap is the JPEG maximum: its refusal would be a generic format
+/// error, so the callers check their limits themselves before any pixel is decoded.
+fn open_jpeg(bytes: &[u8]) -> Result<(JpegDecoder<SliceReader<'_>>, u32, u32), ImageError> {
     let options = DecoderOptions::default()
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX))
@@ -159,6 +154,51 @@ pub(crate) fn jpeg(
     if w == 0 || h == 0 {
         return Err(corrupt(Format::Jpeg, format!("zero dimension {w}x{h}")));
     }
+    Ok((dec, w, h))
+}
+
+/// Decode a JPEG that must be exactly `width x height` pixels into `out` as
+/// interleaved RGB (`width * height * 3` bytes; gray and CMYK converted), at full size
+/// and without resizing: sv-shard's JPEG records, which `shard build` wrote at the
+/// stored side. A JPEG of another size is refused before any pixel is decoded.
+pub fn jpeg_rgb_exact(
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    out: &mut [u8],
+) -> Result<(), ImageError> {
+    let (mut dec, w, h) = open_jpeg(bytes)?;
+    if (w, h) != (width, height) {
+        return Err(corrupt(
+            Format::Jpeg,
+            format!("{w}x{h} pixels, expected {width}x{height}"),
+        ));
+    }
+    dec.set_options(dec.options().jpeg_set_out_colorspace(ColorSpace::RGB));
+    match dec.output_buffer_size() {
+        Some(n) if n == out.len() => {}
+        Some(n) => {
+            return Err(ImageError::OutputSize {
+                expected: n,
+                found: out.len(),
+            });
+        }
+        None => return Err(corrupt(Format::Jpeg, "image size overflows")),
+    }
+    dec.decode_into(out).map_err(zune_error)
+}
+
+/// Decode a JPEG into `buf`. `reduction(width, height)` picks the DCT scale
+/// denominator (1 = full size).
+pub(crate) fn jpeg(
+    bytes: &[u8],
+    limits: &Limits,
+    reduction: impl Fn(u32, u32) -> u32,
+    region: impl Fn(u32, u32) -> [usize; 4],
+    check: &mut JpegCheck,
+    buf: &mut Vec<u8>,
+) -> Result<Decoded, ImageError> {
+    let (mut dec, w, h) = open_jpeg(bytes)?;
     let input = dec
         .input_colorspace()
         .ok_or_else(|| corrupt(Format::Jpeg, "no colour space"))?;
@@ -190,7 +230,7 @@ pub(crate) fn jpeg(
     } else {
         ColorSpace::RGB
     };
-    dec.set_options(options.jpeg_set_out_colorspace(out_space));
+    dec.set_options(dec.options().jpeg_set_out_colorspace(out_space));
     // Blocks the resize will not read skip their inverse DCT (vendor/zune-jpeg/PATCHED.md).
     let [x0, x1, y0, y1] = region(w, h);
     dec.set_region_of_interest(x0, x1, y0, y1);
@@ -355,5 +395,98 @@ fn narrow16(src: &[u8], dst: &mut [u8], stride: usize, keep: usize) {
             let v = u32::from(u16::from_ne_bytes([s[2 * c], s[2 * c + 1]]));
             *out = ((v * 255 + 32_767) / 65_535) as u8;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What sv-shard's record decoder did before it called [`jpeg_rgb_exact`]: zune's
+    /// lenient mode, RGB out, its size cap at the record's size.
+    fn lenient_rgb(bytes: &[u8], w: usize, h: usize) -> Vec<u8> {
+        let options = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGB)
+            .set_max_width(w)
+            .set_max_height(h);
+        JpegDecoder::new_with_options(SliceReader::new(bytes), options)
+            .decode()
+            .expect("lenient decode")
+    }
+
+    /// Records as sv-shard's writer encodes them, and every JPEG fixture (libjpeg's
+    /// progressive, restart-marker, gray and CMYK layouts among them).
+    fn jpegs() -> Vec<(String, Vec<u8>)> {
+        let mut all = Vec::new();
+        let (side, pixels) = (48u16, (0..48 * 48 * 3).map(|i| (i * 7 % 251) as u8));
+        let pixels: Vec<u8> = pixels.collect();
+        for (name, factor) in [
+            ("record-444", jpeg_encoder::SamplingFactor::F_1_1),
+            ("record-420", jpeg_encoder::SamplingFactor::F_2_2),
+        ] {
+            let mut out = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+            enc.set_sampling_factor(factor);
+            enc.set_chroma_subsampling_method(jpeg_encoder::ChromaSubsamplingMethod::Average);
+            enc.encode(&pixels, side, side, jpeg_encoder::ColorType::Rgb)
+                .expect("encode");
+            all.push((name.to_string(), out));
+        }
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for entry in std::fs::read_dir(&dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "jpg") {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                all.push((name, std::fs::read(&path).expect("read fixture")));
+            }
+        }
+        assert!(all.len() > 8, "fixtures not found in {}", dir.display());
+        all
+    }
+
+    #[test]
+    fn exact_decode_gives_the_pixels_of_the_lenient_decoder() {
+        for (name, bytes) in jpegs() {
+            let (w, h) = {
+                let mut dec = JpegDecoder::new(SliceReader::new(&bytes));
+                dec.decode_headers().expect("headers");
+                dec.dimensions().expect("dimensions")
+            };
+            let want = lenient_rgb(&bytes, w, h);
+            let mut got = vec![0u8; w * h * 3];
+            jpeg_rgb_exact(&bytes, w as u32, h as u32, &mut got)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(got == want, "{name}: pixels differ");
+        }
+    }
+
+    #[test]
+    fn exact_decode_refuses_another_size_and_a_wrong_buffer() {
+        let (_, bytes) = jpegs().remove(0);
+        let mut out = vec![0u8; 48 * 48 * 3];
+        let e = jpeg_rgb_exact(&bytes, 64, 48, &mut out).unwrap_err();
+        assert_eq!(e.to_string(), "corrupt JPEG: 48x48 pixels, expected 64x48");
+        let e = jpeg_rgb_exact(&bytes, 48, 48, &mut out[1..]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ImageError::OutputSize {
+                    expected: 6912,
+                    found: 6911
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn exact_decode_refuses_a_cut_record() {
+        let (_, bytes) = jpegs().remove(1);
+        // cut inside the scan data, EOI put back: the lenient decoder made up the rest
+        let mut cut = bytes[..bytes.len() * 2 / 3].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        let mut out = vec![0u8; 48 * 48 * 3];
+        let e = jpeg_rgb_exact(&cut, 48, 48, &mut out).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
     }
 }

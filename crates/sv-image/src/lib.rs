@@ -39,7 +39,7 @@ mod resample;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-pub use decode::{Limits, sniff};
+pub use decode::{Limits, jpeg_rgb_exact, sniff};
 pub use entropy::JpegCheck;
 pub use error::{Format, ImageError, Limit, Truncation};
 

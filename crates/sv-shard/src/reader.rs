@@ -606,46 +606,13 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Decode a JPEG record payload into `out` (`side x side x 3` RGB); the error says
-/// what is wrong, in words.
+/// Decode a JPEG record payload into `out` (`side x side x 3` RGB) with sv-image's
+/// decoder set-up (the one place a JPEG decoder is configured); the error says what is
+/// wrong, in words.
 pub(crate) fn decode_jpeg_payload(
     payload: &[u8],
     side: u32,
     out: &mut [u8],
 ) -> std::result::Result<(), String> {
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let side = side as usize;
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(side)
-        .set_max_height(side);
-    let mut decoder =
-        zune_jpeg::JpegDecoder::new_with_options(zune_jpeg::SliceReader::new(payload), options);
-    decoder
-        .decode_headers()
-        .map_err(|e| format!("JPEG header: {}", jpeg_error(&e)))?;
-    match decoder.dimensions() {
-        Some((w, h)) if w == side && h == side => {}
-        Some((w, h)) => return Err(format!("JPEG is {w}x{h} pixels, expected {side}x{side}")),
-        None => return Err("JPEG header gives no dimensions".into()),
-    }
-    match decoder.output_buffer_size() {
-        Some(n) if n == out.len() => {}
-        Some(n) => {
-            return Err(format!(
-                "JPEG decodes to {n} bytes, expected {} (RGB)",
-                out.len()
-            ));
-        }
-        None => return Err("JPEG output size overflows".into()),
-    }
-    decoder
-        .decode_into(out)
-        .map_err(|e| format!("JPEG decode: {}", jpeg_error(&e)))
-}
-
-/// zune-jpeg's error text, without the quotes its Display copies from Debug.
-fn jpeg_error(e: &zune_jpeg::errors::DecodeErrors) -> String {
-    e.to_string().trim_matches('"').to_string()
+    sv_image::jpeg_rgb_exact(payload, side, side, out).map_err(|e| e.to_string())
 }
