@@ -25,6 +25,8 @@ mod outputs;
 mod pca;
 mod shard;
 mod startup;
+#[cfg(feature = "train")]
+mod stop;
 mod synth;
 #[cfg(feature = "train")]
 mod train;

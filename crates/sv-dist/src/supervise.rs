@@ -3,6 +3,10 @@
 //! torchrun's agent does: when one rank exits with a failure, the others are stopped
 //! (SIGTERM, then SIGKILL after a grace period) and the error names the rank. Each
 //! child also gets a parent-death signal, so killing the parent ends the job.
+//!
+//! A graceful stop ([`Supervisor::wait_forwarding`]): a stop signal the parent receives
+//! is passed on to every rank once; the ranks agree on a step, write the checkpoint and
+//! exit with [`STOPPED_STATUS`], which is not a failure.
 
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -52,6 +56,18 @@ fn signal_name(s: i32) -> &'static str {
     }
 }
 
+/// The exit status of a training process that stopped at a checkpoint because it was
+/// asked to (a signal; sv-train's `stop`): `EX_TEMPFAIL` of sysexits.h, "retry later".
+pub const STOPPED_STATUS: i32 = 75;
+
+/// How a job of local ranks ended without a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobEnd {
+    /// Some rank exited with [`STOPPED_STATUS`] (the others with it or success): the
+    /// job stopped at a checkpoint and continues with `--resume`.
+    pub stopped: bool,
+}
+
 /// Running local ranks.
 #[derive(Debug)]
 pub struct Supervisor {
@@ -96,10 +112,37 @@ impl Supervisor {
             .collect()
     }
 
-    /// Waits for every rank. All succeed: Ok. The first to fail ends the others
-    /// (SIGTERM, SIGKILL after `grace`) and is named in the error.
-    pub fn wait(mut self, grace: Duration) -> Result<()> {
+    /// Waits for every rank. All succeed (or stop at a checkpoint, [`STOPPED_STATUS`]):
+    /// Ok. The first to fail ends the others (SIGTERM, SIGKILL after `grace`) and is
+    /// named in the error.
+    pub fn wait(self, grace: Duration) -> Result<JobEnd> {
+        self.wait_forwarding(grace, &|| None)
+    }
+
+    /// [`Supervisor::wait`], passing on a stop: once `stop` names a signal (the
+    /// parent's own stop request), it is sent to every running rank, once. SIGINT goes
+    /// on as SIGTERM: a Ctrl-C on the terminal reaches the ranks too (one process
+    /// group), and a second SIGINT would end a rank at once instead of at a step.
+    pub fn wait_forwarding(
+        mut self,
+        grace: Duration,
+        stop: &dyn Fn() -> Option<i32>,
+    ) -> Result<JobEnd> {
+        let mut end = JobEnd { stopped: false };
+        let mut forwarded = false;
         loop {
+            if !forwarded && let Some(signal) = stop() {
+                forwarded = true;
+                let signal = if signal == libc::SIGINT {
+                    libc::SIGTERM
+                } else {
+                    signal
+                };
+                for c in self.children.iter().flatten() {
+                    // SAFETY: plain kill(2) on a child not yet reaped (its pid is ours).
+                    unsafe { libc::kill(c.id() as libc::pid_t, signal) };
+                }
+            }
             let mut running = 0;
             for rank in 0..self.children.len() {
                 let Some(child) = self.children[rank].as_mut() else {
@@ -108,7 +151,9 @@ impl Supervisor {
                 match child.try_wait() {
                     Ok(Some(status)) => {
                         self.children[rank] = None;
-                        if !status.success() {
+                        if status.code() == Some(STOPPED_STATUS) {
+                            end.stopped = true;
+                        } else if !status.success() {
                             self.stop_all(grace);
                             return Err(DistError::RankExited {
                                 rank,
@@ -127,7 +172,7 @@ impl Supervisor {
                 }
             }
             if running == 0 {
-                return Ok(());
+                return Ok(end);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -233,6 +278,24 @@ mod tests {
             e.to_string()
                 .contains("rank 1 was killed by signal 9 (SIGKILL)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_stop_is_passed_on_once_and_a_stopped_rank_is_no_failure() {
+        // each rank stops (status 75) on its first SIGUSR1; a second would fail it
+        let rank = "n=0; trap 'n=$((n+1)); [ $n -gt 1 ] && exit 9; s=1' USR1; s=0; \
+                    while [ $s = 0 ]; do sleep 0.05; done; exit 75";
+        let sup = Supervisor::start(vec![sh(rank), sh(rank), sh("exit 0")]).unwrap();
+        let asked = Instant::now();
+        let stop = || (asked.elapsed() > Duration::from_millis(300)).then_some(libc::SIGUSR1);
+        let end = sup.wait_forwarding(Duration::from_secs(5), &stop).unwrap();
+        assert_eq!(end, JobEnd { stopped: true });
+        // without a stop, a job whose ranks all succeed did not stop
+        let sup = Supervisor::start(vec![sh("exit 0")]).unwrap();
+        assert_eq!(
+            sup.wait(Duration::from_secs(1)).unwrap(),
+            JobEnd { stopped: false }
         );
     }
 

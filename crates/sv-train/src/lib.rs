@@ -20,6 +20,7 @@
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
 //! - [`data`]: the training data source over sv-pipeline's loader.
 //! - [`files`]: the names of a run's files in its output folder.
+//! - [`stop`]: a graceful stop on SIGTERM, SIGINT or SIGUSR1 (preempted jobs).
 //!
 //! This is the only crate of the workspace that links libtorch.
 #![warn(missing_docs)]
@@ -37,6 +38,7 @@ pub mod optim;
 pub mod params;
 pub mod prefetch;
 pub mod schedule;
+pub mod stop;
 pub mod trainer;
 pub mod window;
 

@@ -41,6 +41,7 @@ use crate::optim::{PaperSgd, ScalerState, SgdConfig};
 use crate::params::Precision;
 use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, Transfer, transfer_for};
 use crate::schedule::{Schedule, ScheduleConfig};
+use crate::stop::StopFlag;
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
 
 mod parallel;
@@ -177,6 +178,19 @@ pub enum Event<'a> {
     },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
+    /// A stop was requested (a signal, see [`crate::stop`]): the run ends after this
+    /// step, once `last.safetensors` is written.
+    Stopping(Stopped),
+}
+
+/// A run that ended early because a stop was requested ([`crate::stop`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// The step after which the run stopped (every rank of a job the same).
+    pub step: u64,
+    /// The signal this process received; None on a rank of a job that stopped because
+    /// another rank received one.
+    pub signal: Option<i32>,
 }
 
 /// How a run ended.
@@ -197,6 +211,9 @@ pub struct TrainOutcome {
     pub data_wait_share: f64,
     /// Where the latest checkpoint is.
     pub checkpoint: PathBuf,
+    /// Set when a stop request ended the run early (the checkpoint is written, and
+    /// `--resume` continues from it).
+    pub stopped: Option<Stopped>,
 }
 
 /// What one call of [`Trainer::run`] keeps between steps: the metrics file, the
@@ -284,6 +301,10 @@ pub struct Trainer {
     saved_world: Option<usize>,
     /// The sums of the epoch in progress as the checkpoint resumed from had them.
     resumed_sums: Option<Totals>,
+    /// What says that a stop was requested (by default: this process's signals).
+    stop: StopFlag,
+    /// The stop the run agreed on, once it has.
+    stopping: Option<Stopped>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -370,6 +391,8 @@ impl Trainer {
             parallel: None,
             saved_world: None,
             resumed_sums: None,
+            stop: StopFlag::process(),
+            stopping: None,
         })
     }
 
@@ -431,7 +454,15 @@ impl Trainer {
             parallel: None,
             saved_world: Some(ck.meta.world_size),
             resumed_sums: ck.meta.epoch_sums.map(Totals::from),
+            stop: StopFlag::process(),
+            stopping: None,
         })
+    }
+
+    /// Makes `flag` the one this trainer looks at after each step (by default the
+    /// process's, set by the signals of [`crate::stop::install`]).
+    pub fn stop_on(&mut self, flag: StopFlag) {
+        self.stop = flag;
     }
 
     /// The model.
@@ -597,10 +628,21 @@ impl Trainer {
         let mut run = RunState::open(&self.out_dir, self.writes_files(), self.step, on_event)?;
         run.epoch = self.resumed_sums.take().unwrap_or_default();
         while self.epoch < self.config.epochs && !self.reached_max_steps() {
+            if self.parallel.is_none()
+                && let Some(signal) = self.stop.requested()
+            {
+                // at an epoch boundary (its `last` is written) or before any step
+                self.stop_now(Some(signal), &mut run);
+                break;
+            }
+            if self.stopping.is_some() {
+                break;
+            }
             let totals = self.train_epoch(data, batches, &mut run)?;
             run.total.merge(&totals);
             if self.batch_in_epoch < batches {
-                // --max-steps ended the run inside the epoch; the checkpoint keeps its sums
+                // --max-steps or a stop ended the run inside the epoch; the checkpoint
+                // keeps its sums
                 run.epoch = totals;
                 let last = run.last.clone();
                 self.save(&last, &mut run)?;
@@ -609,7 +651,10 @@ impl Trainer {
             let result = self.validate(val, &mut run)?;
             self.end_epoch(result, &totals, &mut run)?;
         }
-        let final_eval = self.final_evaluation(val, &mut run)?;
+        let final_eval = match self.stopping {
+            None => self.final_evaluation(val, &mut run)?,
+            Some(_) => None,
+        };
         self.writer.finish()?;
         Ok(TrainOutcome {
             steps: self.step,
@@ -619,7 +664,34 @@ impl Trainer {
             images_per_s: run.total.images_per_s(),
             data_wait_share: run.total.wait_share(),
             checkpoint: run.last,
+            stopped: self.stopping,
         })
+    }
+
+    /// Records that the run stops after the current step, and says so.
+    fn stop_now(&mut self, signal: Option<i32>, run: &mut RunState<'_>) {
+        let stopped = Stopped {
+            step: self.step,
+            signal,
+        };
+        self.stopping = Some(stopped);
+        (run.on_event)(Event::Stopping(stopped));
+    }
+
+    /// After a step: whether the run stops now. One process looks at its flag; the
+    /// ranks of a job decide together (see `parallel`).
+    fn check_stop(&mut self, run: &mut RunState<'_>) -> Result<()> {
+        if self.stopping.is_some() {
+            return Ok(());
+        }
+        let stop = match self.parallel {
+            None => self.stop.requested().map(Some),
+            Some(_) => self.job_stop_agreed()?.then(|| self.stop.requested()),
+        };
+        if let Some(signal) = stop {
+            self.stop_now(signal, run);
+        }
+        Ok(())
     }
 
     /// The steps of one epoch from the current position: batches from the prefetch
@@ -643,7 +715,10 @@ impl Trainer {
             let images = batch.labels.size()[0] as u64 * self.world_size() as u64;
             let (loss, misses) = self.train_step(&batch)?;
             self.batch_in_epoch += 1;
-            let last = self.reached_max_steps() || self.batch_in_epoch >= batches;
+            self.check_stop(run)?;
+            let last = self.reached_max_steps()
+                || self.batch_in_epoch >= batches
+                || self.stopping.is_some();
             if !last {
                 // Batch i+1 was staged by the thread during step i. On CUDA its copy
                 // runs on the copy stream beside step i's kernels; its normalisation
@@ -683,7 +758,7 @@ impl Trainer {
             }
         }
         drop(pf);
-        if self.batch_in_epoch < batches && !self.reached_max_steps() {
+        if self.batch_in_epoch < batches && !self.reached_max_steps() && self.stopping.is_none() {
             return Err(TrainError::ShortEpoch {
                 epoch: self.epoch,
                 got: self.batch_in_epoch,

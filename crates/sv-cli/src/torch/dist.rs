@@ -236,8 +236,16 @@ pub fn run_local_ranks(n: usize, args: &DistArgs, device_flag: &str) -> Result<i
         "starting {n} ranks on cuda:0 .. cuda:{} (rendezvous at 127.0.0.1:{port})",
         n - 1
     );
+    // SIGTERM, SIGINT, SIGUSR1 to this parent: passed on to the ranks, which stop at
+    // a step with its checkpoint and exit 75, as this parent then does
+    sv_train::stop::install()?;
     let ranks = Supervisor::start(commands)?;
-    ranks.wait(Duration::from_secs(30))?;
+    let stop = || sv_train::stop::StopFlag::process().requested();
+    let end = ranks.wait_forwarding(Duration::from_secs(30), &stop)?;
     drop(server);
-    Ok(0)
+    Ok(if end.stopped {
+        sv_train::stop::STOPPED_EXIT_CODE
+    } else {
+        0
+    })
 }

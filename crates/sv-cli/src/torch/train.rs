@@ -509,6 +509,8 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
     if let Some(steps) = args.synthetic_data {
         return ceiling(&args, cfg, device, steps, job.as_ref());
     }
+    // SIGTERM, SIGINT, SIGUSR1: finish the step, write last.safetensors, exit 75
+    sv_train::stop::install()?;
     let train_dir = args.train.as_ref().context("--train is required")?;
     let train = Arc::new(
         Dataset::open(train_dir).with_context(|| format!("open {}", train_dir.display()))?,
@@ -668,6 +670,12 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
             clock = std::time::Instant::now();
         }
         Event::EvalStart { total } => pb.status(format!("validating on {total} images")),
+        Event::Stopping(s) if lead => pb.println(format!(
+            "{}: stopping after step {}, writing {LAST_CHECKPOINT}; continue with --resume",
+            s.signal
+                .map_or("another rank was signalled", sv_train::stop::signal_name),
+            s.step
+        )),
         _ => {}
     });
     let in_job = |e: sv_train::TrainError| {
@@ -681,8 +689,12 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
     let outcome = outcome.map_err(in_job)?;
     trainer.finish_job().map_err(in_job)?;
     pb.finish_and_clear();
+    let code = match outcome.stopped {
+        Some(_) => sv_train::stop::STOPPED_EXIT_CODE,
+        None => 0,
+    };
     if !lead {
-        return Ok(0);
+        return Ok(code);
     }
     // a new run stopped before its first checkpoint has none to name
     let checkpoint = Some(outcome.checkpoint.clone()).filter(|p| p.exists());
@@ -745,7 +757,7 @@ pub fn run(args: Args, given: &Given) -> Result<i32> {
             args.out.display()
         );
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn ceiling(

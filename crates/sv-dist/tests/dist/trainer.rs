@@ -22,9 +22,11 @@ use sv_train::input::Normalization;
 use sv_train::metrics::{MetricsRecord, TENSORBOARD_DIR, read_metrics};
 use sv_train::prefetch::{HostMemory, StagedBatch};
 use sv_train::schedule::ScheduleConfig;
+use sv_train::stop::StopFlag;
 use sv_train::sv_pipeline::{self, Lighting, LightingConvention, LoaderConfig};
 use sv_train::trainer::{
-    LAST_CHECKPOINT, METRICS_FILE, ParallelConfig, TrainConfig, TrainData, TrainOutcome, Trainer,
+    Event, LAST_CHECKPOINT, METRICS_FILE, ParallelConfig, Stopped, TrainConfig, TrainData,
+    TrainOutcome, Trainer,
 };
 use sv_train::{Device, TrainError};
 use tch::Tensor;
@@ -196,6 +198,8 @@ struct Job {
     wrap: fn(ThreadCollective) -> Box<dyn Collective>,
     /// How long a collective waits for every rank before naming the missing ones.
     timeout: Duration,
+    /// Each rank's stop request (as SIGTERM would make it) once this step is done.
+    stop_after: Vec<Option<u64>>,
 }
 
 /// What a rank ends with: its master weights, and the outcome.
@@ -226,6 +230,7 @@ impl Job {
             check_every: 1,
             wrap: plain,
             timeout: Duration::from_secs(60),
+            stop_after: vec![None; world],
         }
     }
 
@@ -254,6 +259,7 @@ impl Job {
                 );
                 let (resume, fault, world) = (self.resume, self.faults[rank], self.world);
                 let (check_every, wrap) = (self.check_every, self.wrap);
+                let stop_after = self.stop_after[rank];
                 std::thread::spawn(move || -> Result<RankEnd, String> {
                     let mut t = {
                         let _one_at_a_time = build.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +271,8 @@ impl Job {
                         }
                         .map_err(|e| e.to_string())?
                     };
+                    let stop = StopFlag::manual();
+                    t.stop_on(stop.clone());
                     let batch = t.config().batch_size;
                     let mut data = Faulty {
                         inner: source(&train, batch, rank, world),
@@ -277,8 +285,15 @@ impl Job {
                         };
                         t.distribute(wrap(c), parallel).map_err(|e| e.to_string())?;
                     }
+                    let mut on_event = |e: Event<'_>| {
+                        if let Event::Step { step, .. } = e
+                            && Some(step) == stop_after
+                        {
+                            stop.request(libc::SIGTERM);
+                        }
+                    };
                     let outcome = t
-                        .run(&mut data, val.as_deref(), &mut |_| {})
+                        .run(&mut data, val.as_deref(), &mut on_event)
                         .map_err(|e| e.to_string());
                     if outcome.is_ok() {
                         t.finish_job().map_err(|e| e.to_string())?;
@@ -508,6 +523,93 @@ fn resume_after_a_failed_rank_is_exact_and_the_failure_is_named() {
         let e = r.err().expect("distribute refuses");
         assert!(e.contains("written by 2 rank(s) and this run has 3"), "{e}");
     }
+}
+
+/// A graceful stop (issue 26): one rank receives the signal; the job's ranks agree on
+/// the step (a step after the vote lands), rank 0 writes that step's checkpoint, and
+/// the resumed job ends where the uninterrupted one does, bit for bit. One process
+/// stops after the very step during which its signal came.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_after_the_same_step() {
+    let _serial = serial();
+    let d = data();
+    let with_val = |mut j: Job| {
+        j.val = Some(d.val.clone());
+        j
+    };
+    let whole = with_val(Job::new(2, config(4, 8), &d.train, &d.root.join("whole"))).run();
+    let want = ok(&whole[0]);
+    let weights = |run: &str| {
+        let ck = sv_train::checkpoint::load(&d.root.join(run).join("rank0").join(LAST_CHECKPOINT))
+            .unwrap();
+        let tensors: Vec<_> = ck
+            .params
+            .iter()
+            .chain(&ck.velocities)
+            .map(|(n, t)| (n.clone(), host(&t.flatten(0, -1))))
+            .collect();
+        (ck.meta.step, tensors)
+    };
+    // rank 1 is signalled after step 2: its vote goes with step 3, read after step 4
+    let mut cut = with_val(Job::new(2, config(4, 8), &d.train, &d.root.join("cut")));
+    cut.stop_after[1] = Some(2);
+    let ends = cut.run();
+    let stopped: Vec<_> = ends
+        .iter()
+        .map(|e| ok(e).outcome.as_ref().unwrap().stopped)
+        .collect();
+    assert_eq!(
+        stopped,
+        [
+            Some(Stopped {
+                step: 4,
+                signal: None
+            }),
+            Some(Stopped {
+                step: 4,
+                signal: Some(libc::SIGTERM)
+            })
+        ]
+    );
+    assert_eq!(ok(&ends[0]).weights, ok(&ends[1]).weights);
+    assert_eq!(weights("cut").0, 4, "rank 0 wrote the step they agreed on");
+    assert!(files(&d.root.join("cut/rank1")).is_empty());
+    let resumed = with_val(Job {
+        resume: true,
+        ..Job::new(2, config(4, 8), &d.train, &d.root.join("cut"))
+    })
+    .run();
+    for (r, end) in resumed.iter().enumerate() {
+        assert_eq!(ok(end).weights, want.weights, "rank {r} weights");
+        assert_eq!(ok(end).outcome.as_ref().unwrap().stopped, None);
+    }
+    assert_eq!(weights("cut"), weights("whole"));
+    assert_eq!(
+        ok(&resumed[0]).outcome.as_ref().unwrap().last_val,
+        want.outcome.as_ref().unwrap().last_val
+    );
+
+    // One process: it stops after the step during which the request came (made after
+    // step 4 is reported, it is seen when step 5 is done).
+    let single = |name: &str| Job {
+        job: false,
+        ..with_val(Job::new(1, config(8, 8), &d.train, &d.root.join(name)))
+    };
+    let whole = single("single-whole").run();
+    let mut cut = single("single-cut");
+    cut.stop_after[0] = Some(4);
+    let end = cut.run();
+    let outcome = ok(&end[0]).outcome.as_ref().unwrap();
+    assert_eq!(outcome.stopped.map(|s| s.step), Some(5));
+    assert_eq!(outcome.final_eval, None);
+    assert_eq!(weights("single-cut").0, 5);
+    let resumed = Job {
+        resume: true,
+        ..single("single-cut")
+    }
+    .run();
+    assert_eq!(ok(&resumed[0]).weights, ok(&whole[0]).weights);
+    assert_eq!(weights("single-cut"), weights("single-whole"));
 }
 
 #[test]

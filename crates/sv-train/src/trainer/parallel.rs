@@ -22,6 +22,12 @@
 //! - **Checkpoints.** Every rank checks that it holds rank 0's weights and velocities
 //!   (checksums), then rank 0 alone writes, as it alone writes the metrics. The world
 //!   size is recorded; a checkpoint resumes only with the same number of ranks.
+//! - **A graceful stop** ([`crate::stop`]). Each rank adds its stop flag (0 or 1) to
+//!   the step's loss and miss count in the same all-reduce, so the job's count of
+//!   ranks asking to stop comes with every step for free. It is read one step late
+//!   (after step s the count of step s-1, which the device has finished while step s
+//!   was queued: no wait), and every rank reads the same count, so all of them stop
+//!   after the same step and rank 0's checkpoint is the job's.
 //! - **Failure.** A rank whose run fails tells the others, which stop with an error
 //!   naming it; a rank that dies or hangs is named by the collective (NCCL's store
 //!   heartbeats; the test double's bookkeeping).
@@ -61,6 +67,10 @@ impl Default for ParallelConfig {
 pub(super) struct DataParallel {
     coll: Box<dyn Collective>,
     config: ParallelConfig,
+    /// The job's count of ranks asking to stop, summed with the last step's loss.
+    votes: Option<Tensor>,
+    /// The same count of the step before, which the device has finished by now.
+    previous_votes: Option<Tensor>,
 }
 
 /// FNV-1a: a fingerprint of the settings every rank must share (compared, not
@@ -116,7 +126,12 @@ impl Trainer {
                 self.model.device()
             )));
         }
-        let mut dp = DataParallel { coll, config };
+        let mut dp = DataParallel {
+            coll,
+            config,
+            votes: None,
+            previous_votes: None,
+        };
         if let Some(saved) = self.saved_world {
             collective::check_resume_world(saved, dp.coll.world_size())?;
         }
@@ -201,7 +216,8 @@ impl Trainer {
     }
 
     /// Averages the gradients across the ranks (one process: nothing to do) and sums
-    /// the step's loss and misses, which become the whole job's mean loss and misses.
+    /// the step's loss and misses, which become the whole job's mean loss and misses,
+    /// and the ranks' stop flags (kept for [`Trainer::job_stop_agreed`]).
     pub(super) fn reduce_gradients(
         &mut self,
         loss: Tensor,
@@ -215,19 +231,38 @@ impl Trainer {
         let mut buckets = store.grad_buckets((p.config.bucket_bytes / elt).max(1) as i64)?;
         p.coll.all_reduce(&mut buckets, ReduceOp::Avg)?;
         let world = p.coll.world_size() as f64;
+        let vote = f64::from(u8::from(self.stop.requested().is_some()));
         let stats = loss
             .f_to_kind(Kind::Float)
-            .and_then(|l| Tensor::f_stack(&[l, misses.f_to_kind(Kind::Float)?], 0))
+            .and_then(|l| {
+                let vote = l.f_zeros_like()?.f_fill_(vote)?;
+                Tensor::f_stack(&[l, misses.f_to_kind(Kind::Float)?, vote], 0)
+            })
             .ctx(|| "step statistics".into())?;
         let mut sums = [stats];
         p.coll.all_reduce(&mut sums, ReduceOp::Sum)?;
         let [stats] = sums;
+        let votes = stats.f_select(0, 2).ctx(|| "stop votes".into())?;
+        p.previous_votes = p.votes.replace(votes);
         let loss = stats
             .f_select(0, 0)
             .and_then(|l| l.f_div_scalar(world))
             .ctx(|| "job loss".into())?;
         let misses = stats.f_select(0, 1).ctx(|| "job misses".into())?;
         Ok((loss, misses))
+    }
+
+    /// Whether the job stops after this step: some rank had asked to by the step
+    /// before (its count, summed with that step's loss, has landed by now). Every rank
+    /// calls it after every step and gets the same answer.
+    pub(super) fn job_stop_agreed(&mut self) -> Result<bool> {
+        let Some(p) = &mut self.parallel else {
+            return Ok(self.stop.requested().is_some());
+        };
+        match p.previous_votes.take() {
+            Some(v) => Ok(v.f_double_value(&[]).ctx(|| "stop votes".into())? > 0.0),
+            None => Ok(false),
+        }
     }
 
     /// Checks that every rank holds rank 0's weights and velocities (a no-op for one
