@@ -208,3 +208,73 @@ fn a_second_sigint_exits_at_once() {
     assert_eq!(status.code(), Some(130), "{status}: {err}");
 }
 
+/// Issue 26, item 16: a run's own temporary files left by a process that died while
+/// writing them are removed when the run continues (its lock says that no writer is
+/// alive); other files are left alone, and a folder a live run holds is refused.
+#[test]
+fn resume_removes_what_a_dead_writer_left_and_a_live_run_keeps_its_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let train = make_set(&t.path().join("train"), Split::Train, 4, 4, 1);
+    let val = make_set(&t.path().join("val"), Split::Val, 4, 1, 2);
+    let stats = t.path().join("pca.json");
+    pca(&train, &stats, None);
+    let out = t.path().join("run");
+    let args = |steps: &'static str, resume: bool| {
+        let mut a = vec!["train", "--out", s(&out), "--max-steps", steps];
+        a.extend_from_slice(&tiny_run(&train, &val, &stats));
+        if resume {
+            a.push("--resume");
+        }
+        a.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args("1", false));
+    let dead = [
+        ".last.safetensors.4194301.0.tmp",
+        ".best.safetensors.4194301.2.tmp",
+        ".metrics.jsonl.4194301.0.tmp",
+        ".epoch-0001.safetensors.4194301.link.tmp",
+    ];
+    let others = [".notes.txt.1.0.tmp", "last.safetensors.bak"];
+    for name in dead.iter().chain(&others) {
+        std::fs::write(out.join(name), "left behind").unwrap();
+    }
+    run(args("2", true));
+    let left = names(&out);
+    for name in dead {
+        assert!(
+            !left.iter().any(|n| n == name),
+            "{name} is still there: {left:?}"
+        );
+    }
+    for name in others {
+        assert!(
+            left.iter().any(|n| n == name),
+            "{name} was removed: {left:?}"
+        );
+    }
+    assert!(!left.iter().any(|n| n == ".train.lock"), "{left:?}");
+
+    // a live run holds the folder: another one is refused, naming it, and nothing of
+    // the live run's is touched
+    let lock = std::fs::File::create(out.join(".train.lock")).unwrap();
+    std::io::Write::write_all(
+        &mut &lock,
+        b"pid 4242\nhost elsewhere\ncommand supervision train\n",
+    )
+    .unwrap();
+    // SAFETY: flock on a file this test holds open.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let live = out.join(".last.safetensors.4242.0.tmp");
+    std::fs::write(&live, "being written").unwrap();
+    let a = args("3", true);
+    let err = sv_tests::fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("in use by another training run") && err.contains("pid 4242 on elsewhere"),
+        "{err}"
+    );
+    assert!(live.exists(), "a live writer's file was removed");
+}

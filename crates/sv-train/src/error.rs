@@ -114,6 +114,17 @@ pub enum TrainError {
         /// The shard set's directory.
         dataset: PathBuf,
     },
+    /// Another process trains in the output folder (see [`crate::runlock`]).
+    #[error(
+        "{} is in use by another training run ({holder}); wait for it to end, or choose another --out",
+        dir.display()
+    )]
+    Locked {
+        /// The output folder.
+        dir: std::path::PathBuf,
+        /// Who holds the lock, in words.
+        holder: String,
+    },
     /// A background thread panicked or went away.
     #[error("background thread `{0}` stopped unexpectedly")]
     Thread(&'static str),

@@ -20,6 +20,7 @@
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
 //! - [`data`]: the training data source over sv-pipeline's loader.
 //! - [`files`]: the names of a run's files in its output folder.
+//! - [`runlock`]: one training process per output folder; dead writers' leftovers go.
 //! - [`stop`]: a graceful stop on SIGTERM, SIGINT or SIGUSR1 (preempted jobs).
 //!
 //! This is the only crate of the workspace that links libtorch.
@@ -37,6 +38,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod prefetch;
+pub mod runlock;
 pub mod schedule;
 pub mod stop;
 pub mod trainer;

@@ -40,6 +40,7 @@ use crate::model::{InitScheme, Model, ModelSpec};
 use crate::optim::{PaperSgd, ScalerState, SgdConfig};
 use crate::params::Precision;
 use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, Transfer, transfer_for};
+use crate::runlock::RunLock;
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::stop::StopFlag;
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
@@ -620,6 +621,17 @@ impl Trainer {
         let batches = data.batches_per_epoch();
         if batches == 0 {
             return Err(TrainError::EmptyEpoch);
+        }
+        // one writer per output folder; what dead writers left half-written goes
+        let lock = self
+            .writes_files()
+            .then(|| RunLock::acquire(&self.out_dir))
+            .transpose()?;
+        for path in lock.iter().flat_map(RunLock::removed) {
+            tracing::info!(
+                "removed {}, left by a run that died writing it",
+                path.display()
+            );
         }
         if self.writes_files() {
             // lines past this position are from an invocation killed after its checkpoint
