@@ -15,11 +15,9 @@
 //! here for its own.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     if let Some(lib) = sv_torch_link::libtorch_lib("DEP_TCH_LIBTORCH_LIB") {
-//!         sv_torch_link::emit(&lib, sv_torch_link::Target::All);
-//!     }
+//! // in build.rs's main
+//! if let Some(lib) = sv_torch_link::libtorch_lib("DEP_TCH_LIBTORCH_LIB") {
+//!     sv_torch_link::emit(&lib, sv_torch_link::Target::All);
 //! }
 //! ```
 
