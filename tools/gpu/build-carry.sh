@@ -32,10 +32,11 @@ strip -o target-gpu/carry/supervision-torch target-gpu/release/supervision-torch
 strip -o target-gpu/carry/sv-train-tests "$test_bin"
 strip -o target-gpu/carry/sv-c10-tests "$c10_bin"
 # The NCCL stage needs ProcessGroupNCCL in the shim; sv-c10 leaves it out (with only a
-# cargo warning) when the CUDA/NCCL header wheels are missing. Its dynamic symbols
-# survive strip.
-if ! objdump -T target-gpu/carry/supervision-torch | grep -q ProcessGroupNCCL; then
-    echo "supervision-torch has no ProcessGroupNCCL: sv-c10 was built without NCCL" \
+# cargo warning) when the CUDA/NCCL header wheels are missing. `--version` says which,
+# and why (the NCCL line); the shim's dynamic symbols, which survive strip, confirm it.
+nccl=$(target-gpu/carry/supervision-torch --version | sed -n 's/^NCCL: //p')
+if [ "$nccl" != yes ] || ! objdump -T target-gpu/carry/supervision-torch | grep -q ProcessGroupNCCL; then
+    echo "supervision-torch has no ProcessGroupNCCL: ${nccl:-no NCCL line in --version}" \
         "(tools/setup-torch.sh installs the header wheels; SV_C10_NCCL must not be 0)" >&2
     exit 1
 fi
