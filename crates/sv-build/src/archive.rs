@@ -18,17 +18,24 @@
 //! naming the last member read); paths that leave the archive (`..`, absolute),
 //! links, devices, FIFOs and sparse members are rejects; directory entries are
 //! ignored (their files are read from their own entries); a later member of the same
-//! name replaces an earlier one, as extraction does. A class tar that is not a valid
-//! tar, is truncated, or holds no members is one reject, and its class stays in the
-//! class list.
+//! name replaces an earlier one, as extraction does (a class tar given twice: the
+//! later one's images only, as extracting the outer tar and then the class tars
+//! gives). A class tar that is not a valid tar, is truncated, or holds no members is
+//! one reject, and its class stays in the class list. A compressed archive (gzip,
+//! bzip2, xz, zstd) is named as such, not read as a damaged tar.
+//!
+//! While the build reads members: a member that can no longer be read (the archive
+//! was cut or changed after it was indexed) marks the archive damaged, and the build
+//! stops with an error naming it, rather than turning the rest into rejects.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::inputs::{Found, Ignored, Listing, display_path};
-use crate::read::{io_words, open_regular};
+use crate::read::{escape_text, io_words, likely_cause, open_regular};
 use crate::{BuildError, Reject};
 
 const BLOCK: u64 = 512;
@@ -101,6 +108,9 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Re
 pub(crate) struct Archive {
     pub path: PathBuf,
     pub file: File,
+    /// Set at the first member that could not be read: the archive changed or was
+    /// cut after it was indexed (see [`Archive::damaged`]).
+    damaged: OnceLock<String>,
 }
 
 impl Archive {
@@ -110,7 +120,14 @@ impl Archive {
         Ok(Archive {
             path: path.to_path_buf(),
             file,
+            damaged: OnceLock::new(),
         })
+    }
+
+    /// Why the archive can no longer be read, if a member could not be: the build
+    /// must stop (the index it was listed by no longer holds), not reject the rest.
+    pub fn damaged(&self) -> Option<&str> {
+        self.damaged.get().map(String::as_str)
     }
 
     /// The bytes of the member at `offset` of `size` bytes.
@@ -122,8 +139,15 @@ impl Archive {
             ));
         }
         let mut buf = vec![0u8; size as usize];
-        read_exact_at(&self.file, &mut buf, offset)
-            .map_err(|e| format!("cannot read from {}: {}", self.path.display(), io_words(&e)))?;
+        read_exact_at(&self.file, &mut buf, offset).map_err(|e| {
+            let why = format!(
+                "cannot read bytes {offset}..{} of the archive: {}",
+                offset + size,
+                io_words(&e)
+            );
+            let _ = self.damaged.set(why.clone());
+            why
+        })?;
         Ok(buf)
     }
 }
@@ -151,11 +175,37 @@ pub(crate) fn list(path: &Path) -> Result<Listing, BuildError> {
     if len == 0 {
         return Err(bad("an empty file, not a tar archive".into()));
     }
-    let members = scan(whole, &mut |m| index.outer(m, &archive.file)).map_err(bad)?;
-    if members == 0 {
+    if let Some(cause) = not_a_tar(&archive.file, 0, len) {
+        return Err(bad(format!("not a tar archive: {cause}")));
+    }
+    let mut members = Vec::new();
+    scan(whole, &mut |m| members.push(m)).map_err(bad)?;
+    if members.is_empty() {
         return Err(bad("a tar archive with no members".into()));
     }
+    // Extraction writes members in order, a later one over an earlier one of the same
+    // name: a class tar given twice is its later copy alone.
+    let mut last: HashMap<&[Vec<u8>], usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        last.insert(&m.path[..], i);
+    }
+    let last: Vec<bool> = (0..members.len())
+        .map(|i| last.get(&members[i].path[..]) == Some(&i))
+        .collect();
+    for (m, is_last) in members.into_iter().zip(last) {
+        index.outer(m, is_last, &archive.file);
+    }
     Ok(index.finish())
+}
+
+/// Why the bytes at `base` of `file` (`len` of them) are not a tar, from their first
+/// bytes, when that can be told: a compressed file, a byte-order mark, a zip.
+fn not_a_tar(file: &File, base: u64, len: u64) -> Option<&'static str> {
+    let mut head = vec![0u8; len.min(BLOCK) as usize];
+    read_exact_at(file, &mut head, base).ok()?;
+    let ustar = head.len() >= 262 && &head[257..262] == b"ustar";
+    // a tar's first block holds NULs, which `likely_cause` calls binary
+    likely_cause(&head).filter(|c| !ustar && !c.contains("binary"))
 }
 
 /// One member as the index sees it.
@@ -185,12 +235,12 @@ fn scan(w: Window<'_>, each: &mut dyn FnMut(Member)) -> Result<usize, String> {
     let mut tar = tar::Archive::new(w);
     let entries = tar
         .entries_with_seek()
-        .map_err(|e| format!("not a tar archive: {}", io_words(&e)))?;
+        .map_err(|e| format!("not a tar archive: {}", escape_text(&io_words(&e))))?;
     let mut count = 0;
     let mut last = String::new();
     let mut end = 0u64;
     for entry in entries {
-        let mut entry = entry.map_err(|e| damaged(&last, end, &e.to_string()))?;
+        let mut entry = entry.map_err(|e| damaged(&last, end, &escape_text(&e.to_string())))?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let pos = entry.raw_file_position();
@@ -314,8 +364,9 @@ struct Index {
 }
 
 impl Index {
-    /// A member of the outer archive; `.tar` files at its top are expanded.
-    fn outer(&mut self, m: Member, file: &File) {
+    /// A member of the outer archive; `.tar` files at its top are expanded, unless a
+    /// later member of the same name replaces them (`is_last` is false).
+    fn outer(&mut self, m: Member, is_last: bool, file: &File) {
         let is_class_tar = m.path.len() == 1
             && matches!(m.kind, Kind::File)
             && m.path[0].len() > 4
@@ -325,7 +376,23 @@ impl Index {
             self.member(m, Vec::new(), 0);
             return;
         }
+        if !is_last {
+            self.ignore(
+                &m.shown,
+                "replaced by a later entry of the same name (its images are not used)",
+            );
+            return;
+        }
         let stem = m.path[0][..m.path[0].len() - 4].to_vec();
+        if let Some(cause) = not_a_tar(file, m.pos, m.size) {
+            self.dirs
+                .insert(os_path(std::slice::from_ref(&stem)).into_os_string());
+            self.reject(
+                &m.shown,
+                format!("not a tar archive: {cause}; none of its images are used"),
+            );
+            return;
+        }
         let inner = Window {
             file,
             base: m.pos,

@@ -41,6 +41,15 @@ pub const BUILD_FILE: &str = "build.json";
 /// Name of the journal of an unfinished build.
 pub const JOURNAL_FILE: &str = ".build-journal.jsonl";
 
+/// The most decoding threads a build starts (each holds a decoder and an image).
+pub const MAX_WORKERS: usize = 1024;
+/// The largest shard size bound, in bytes (64 GiB): a shard is mapped whole by its
+/// readers and checked whole by `shard verify` and `shard merge`.
+pub const MAX_SHARD_BYTES: u64 = 64 << 30;
+/// The default [`BuildConfig::max_reject_fraction`]: a real ImageNet build rejects
+/// almost nothing, so more than this is a wrong input or labels, not bad files.
+pub const DEFAULT_MAX_REJECT_FRACTION: f64 = 0.05;
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct BuildConfig {
@@ -64,6 +73,10 @@ pub struct BuildConfig {
     pub max_shard_bytes: u64,
     /// Stop at the first input that cannot be used.
     pub strict: bool,
+    /// Stop, with an error, once more than this fraction of the inputs (`0..=1`) is
+    /// rejected: a wholesale mislabelling or a wrong folder is not a dataset. See
+    /// [`DEFAULT_MAX_REJECT_FRACTION`].
+    pub max_reject_fraction: f64,
     /// Replace a dataset in `output` built from other inputs or settings.
     pub force: bool,
     /// Record a CRC-32 of every input's content (not only its size and modification
@@ -159,6 +172,9 @@ pub fn build(
         });
     }
     let plan = job.plan()?;
+    if !plan.up_to_date {
+        job.check_usable()?;
+    }
     if plan.up_to_date {
         return Ok(job.summary(plan.manifest_if_current, plan.kept, None, true));
     }
@@ -195,6 +211,26 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
         return Err(BuildError::Input(
             "the number of workers must be at least 1".into(),
         ));
+    }
+    if config.workers > MAX_WORKERS {
+        return Err(BuildError::Input(format!(
+            "{} workers: at most {MAX_WORKERS} decoding threads are started",
+            config.workers
+        )));
+    }
+    if config.max_shard_bytes > MAX_SHARD_BYTES {
+        return Err(BuildError::Input(format!(
+            "a shard size bound of {} bytes is more than the largest allowed, {MAX_SHARD_BYTES} \
+             bytes ({} MiB)",
+            config.max_shard_bytes,
+            MAX_SHARD_BYTES >> 20
+        )));
+    }
+    if !(0.0..=1.0).contains(&config.max_reject_fraction) {
+        return Err(BuildError::Input(format!(
+            "a largest reject fraction of {} is not between 0 and 1",
+            config.max_reject_fraction
+        )));
     }
     if !(1..=100).contains(&config.jpeg_quality) {
         return Err(BuildError::Input(format!(
@@ -363,6 +399,58 @@ impl<'a> Job<'a> {
             }
         }
         Ok(fresh(true))
+    }
+
+    /// Refuse, before anything is written, an input with no usable image at all or
+    /// with more rejects found while listing than the build allows.
+    fn check_usable(&self) -> Result<(), BuildError> {
+        if self.inputs.images.is_empty() {
+            return Err(BuildError::Empty {
+                input: self.config.input.input.clone(),
+                rejects: self.inputs.rejects.len(),
+                ignored: self.inputs.ignored.len(),
+                first: self
+                    .inputs
+                    .rejects
+                    .first()
+                    .map(|r| format!("{}: {}", r.path, r.reason))
+                    .or_else(|| {
+                        self.inputs
+                            .ignored
+                            .first()
+                            .map(|i| format!("{}: {}", i.path, i.reason))
+                    }),
+            });
+        }
+        self.check_rejects(self.pre_rejects.len(), self.pre_rejects.first())
+    }
+
+    /// Inputs this build accounts for: its images and the rejects found listing them.
+    fn total(&self) -> usize {
+        self.range.len() + self.pre_rejects.len()
+    }
+
+    /// Whether `rejected` is more than the build allows.
+    fn too_many(&self, rejected: usize) -> bool {
+        rejected as f64 > self.config.max_reject_fraction * self.total() as f64
+    }
+
+    /// `Err` once `rejected` is more than the build allows.
+    fn check_rejects(&self, rejected: usize, first: Option<&Reject>) -> Result<(), BuildError> {
+        let total = self.total();
+        let limit = self.config.max_reject_fraction;
+        if self.too_many(rejected) {
+            return Err(BuildError::TooManyRejects {
+                rejected,
+                total,
+                limit,
+                first: first.cloned().unwrap_or_else(|| Reject {
+                    path: String::new(),
+                    reason: String::new(),
+                }),
+            });
+        }
+        Ok(())
     }
 
     fn occupied(&self, holds: Occupant) -> BuildError {
@@ -548,6 +636,13 @@ impl<'a> Job<'a> {
                                 digest.eat_image(img, content);
                             }
                             Err(reason) => {
+                                if let Some((path, why)) = self.source.damaged() {
+                                    return Err(BuildError::Damaged {
+                                        path: path.to_path_buf(),
+                                        member: img.rel.clone(),
+                                        reason: why.to_string(),
+                                    });
+                                }
                                 if config.strict {
                                     return Err(BuildError::Rejected {
                                         path: config.input.input.join(&img.path),
@@ -561,6 +656,17 @@ impl<'a> Job<'a> {
                                     reason,
                                 });
                                 rejected += 1;
+                                if self.too_many(rejected) || rejected == self.total() {
+                                    let all = self.all_rejects(segments);
+                                    let first = all.first().or(pending.first());
+                                    self.check_rejects(rejected, first)?;
+                                    return Err(BuildError::Empty {
+                                        input: config.input.input.clone(),
+                                        rejects: rejected,
+                                        ignored: self.ignored.len(),
+                                        first: first.map(|r| format!("{}: {}", r.path, r.reason)),
+                                    });
+                                }
                             }
                         }
                         next += 1;

@@ -519,12 +519,29 @@ fn flat(
     let (labels, source, labels_file) = match (&spec.labels, devkit) {
         (Some(p), _) => (read_labels(p)?, p.display().to_string(), Some(p.clone())),
         (None, Some(d)) if d.has_ground_truth() => {
-            let stems = files
+            let names = files
                 .iter()
                 .filter(|f| f.path.components().count() == 1)
-                .filter_map(|f| f.path.file_stem()?.to_str());
-            let (labels, source) = d.val_labels(stems)?;
+                .filter_map(|f| f.path.to_str());
+            let (labels, source) = d.val_labels(names)?;
             (labels, source, None)
+        }
+        // A devkit was given to label this flat input, and it cannot: say what it
+        // lacks, never take labels from a file that happens to lie beside the input.
+        (None, Some(_)) => {
+            return Err(BuildError::Input(format!(
+                "{} holds no class folders, so its labels must come from the devkit, and \
+                 the devkit ({}) holds no data/{}: give the whole devkit \
+                 (ILSVRC2012_devkit_t12.tar.gz or its folder), or the ground-truth file as \
+                 a second --devkit",
+                spec.input.display(),
+                spec.devkit
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::devkit::GROUND_TRUTH
+            )));
         }
         (None, _) => {
             let p = find_labels_file(near).ok_or_else(|| {

@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use build::{
-    BUILD_FILE, BuildConfig, BuildSummary, JOURNAL_FILE, Progress, REJECTS_FILE, build,
-    read_rejects,
+    BUILD_FILE, BuildConfig, BuildSummary, DEFAULT_MAX_REJECT_FRACTION, JOURNAL_FILE,
+    MAX_SHARD_BYTES, MAX_WORKERS, Progress, REJECTS_FILE, build, read_rejects,
 };
 pub use inputs::{Ignored, InputSpec, Inputs, discover};
 pub use lock::LOCK_FILE;
@@ -152,6 +152,52 @@ pub enum BuildError {
         /// The input file.
         path: PathBuf,
         /// Why.
+        reason: String,
+    },
+    /// The input holds no usable image: the build would be an empty dataset.
+    #[error(
+        "{input}: no usable images ({rejects} rejected, {ignored} ignored{}): an empty \
+         dataset is not built",
+        first.as_ref().map(|f| format!("; the first: {f}")).unwrap_or_default()
+    )]
+    Empty {
+        /// The input.
+        input: PathBuf,
+        /// Entries rejected.
+        rejects: usize,
+        /// Entries ignored.
+        ignored: usize,
+        /// The first reject (or ignored entry), `path: reason`.
+        first: Option<String>,
+    },
+    /// More inputs were rejected than [`BuildConfig::max_reject_fraction`] allows.
+    #[error(
+        "{rejected} of {total} inputs rejected, more than the {}% allowed (the first: {}: \
+         {}): so many rejects mean the wrong folder, layout or labels, not a few bad files",
+        (limit * 1e4).round() / 1e2, first.path, first.reason
+    )]
+    TooManyRejects {
+        /// Rejects so far.
+        rejected: usize,
+        /// Inputs of the build.
+        total: usize,
+        /// The fraction allowed.
+        limit: f64,
+        /// The first reject.
+        first: Reject,
+    },
+    /// An archive could no longer be read where its listing said (it was cut or
+    /// changed while the build read it): the build stops rather than reject the rest.
+    #[error(
+        "{path}: {reason} (member {member}): the archive was cut or changed after it was \
+         listed; the build stopped (run it again once the archive is whole: it resumes)"
+    )]
+    Damaged {
+        /// The archive.
+        path: PathBuf,
+        /// The member being read.
+        member: String,
+        /// What failed.
         reason: String,
     },
     /// Writing the dataset failed.

@@ -6,7 +6,9 @@
 //! bind the C library matio (a native build with HDF5) or, in pure Rust, parse with
 //! `unwrap`s on file data, which a build must not do on a downloaded file. This one
 //! checks every length against what is left before it reads, limits nesting depth and
-//! decompressed size, and says what is wrong and where. It is checked against files
+//! the memory the whole file may take once decoded ([`MAX_DECODED`]: inflated data,
+//! numbers at 8 bytes each as `f64`, every array counted), and says what is wrong and
+//! where. It is checked against files
 //! written by `scipy.io.savemat` (`tools/fixtures/devkit.py`).
 //!
 //! Layout (MathWorks, "MAT-File Format", level 5): a 128-byte header (text, subsystem
@@ -18,12 +20,41 @@
 //! for `mxCHAR`, the field-name length, field names and one `miMATRIX` per element and
 //! field (column-major) for `mxSTRUCT`, one `miMATRIX` per element for `mxCELL`.
 
+use std::cell::Cell;
 use std::io::Read;
 
 /// The most nested arrays read (struct in struct ...).
 const MAX_DEPTH: usize = 32;
-/// The most bytes a compressed variable may expand to.
-const MAX_INFLATED: u64 = 512 << 20;
+/// The most memory a file may take to decode, all variables together: compressed
+/// data inflated, every array's own size, numbers at 8 bytes each (they are stored as
+/// small as 1 byte and decoded to `f64`), text. ILSVRC2012's meta.mat (1,860 synsets
+/// of 8 fields) decodes to a few MiB, so this is many times what a devkit needs while
+/// a small hostile file cannot make a build take gigabytes.
+pub const MAX_DECODED: u64 = 64 << 20;
+
+/// What is left of [`MAX_DECODED`] while a file is read.
+struct Budget(Cell<u64>);
+
+impl Budget {
+    /// Account for `n` more bytes, before they are allocated.
+    fn spend(&self, n: u64, at: usize) -> Result<(), String> {
+        let left = self.0.get();
+        if n > left {
+            return Err(format!(
+                "byte {at}: decoding this file takes more than {} MiB of memory (inflated \
+                 data, arrays, and numbers at 8 bytes each), the most a devkit's meta.mat \
+                 is given; ILSVRC2012's needs a few MiB, so this file is damaged or not a \
+                 devkit's",
+                MAX_DECODED >> 20
+            ));
+        }
+        self.0.set(left - n);
+        Ok(())
+    }
+}
+
+/// Memory one decoded array takes besides its contents.
+const VALUE_BYTES: u64 = std::mem::size_of::<Value>() as u64;
 
 /// A MATLAB array.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,11 +174,13 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Variable>, String> {
         b"MI" => true,
         _ => return Err("not a level 5 MAT file (no endian mark at byte 126)".into()),
     };
+    let budget = Budget(Cell::new(MAX_DECODED));
     let mut r = Reader {
         b: bytes,
         at: 128,
         big,
         base: 0,
+        budget: &budget,
     };
     let mut vars = Vec::new();
     while r.at < bytes.len() {
@@ -160,21 +193,18 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Variable>, String> {
             MI_MATRIX => vars.push(matrix(&mut r.sub(data, start), 0)?),
             MI_COMPRESSED => {
                 let mut inflated = Vec::new();
+                let left = budget.0.get();
                 flate2::read::ZlibDecoder::new(data)
-                    .take(MAX_INFLATED + 1)
+                    .take(left + 1)
                     .read_to_end(&mut inflated)
                     .map_err(|e| format!("byte {start}: compressed variable: {e}"))?;
-                if inflated.len() as u64 > MAX_INFLATED {
-                    return Err(format!(
-                        "byte {start}: a compressed variable expands past {} MiB",
-                        MAX_INFLATED >> 20
-                    ));
-                }
+                budget.spend(inflated.len() as u64, start)?;
                 let mut inner = Reader {
                     b: &inflated,
                     at: 0,
                     big,
                     base: 0,
+                    budget: &budget,
                 };
                 let (ity, idata) = inner.element()?;
                 if ity != MI_MATRIX {
@@ -196,6 +226,8 @@ struct Reader<'a> {
     big: bool,
     /// Offset of `b` in the element it came from, for messages.
     base: usize,
+    /// The file's memory budget, shared by every reader of it.
+    budget: &'a Budget,
 }
 
 impl<'a> Reader<'a> {
@@ -205,6 +237,7 @@ impl<'a> Reader<'a> {
             at: 0,
             big: self.big,
             base: base + 8,
+            budget: self.budget,
         }
     }
 
@@ -275,6 +308,7 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
     if depth > MAX_DEPTH {
         return Err(format!("arrays nested more than {MAX_DEPTH} deep"));
     }
+    r.budget.spend(VALUE_BYTES, r.base)?;
     if r.b.is_empty() {
         // An empty matrix element: MATLAB's [] (as for an empty struct field).
         return Ok(Variable {
@@ -303,11 +337,15 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= r.b.len().saturating_mul(8) + 1)
         .ok_or_else(|| format!("byte {at}: dimensions {dims:?} are larger than the file"))?;
+    r.budget.spend(dims.len() as u64 * 8, at)?;
     let (_, name) = r.expect("name")?;
+    r.budget.spend(name.len() as u64, at)?;
     let name = String::from_utf8_lossy(name).into_owned();
     let value = match class {
         MX_CHAR => {
             let (ty, data) = r.expect("characters")?;
+            // UTF-16 to UTF-8 takes at most 3 bytes for 2, UTF-32 at most 4 for 4
+            r.budget.spend(data.len() as u64 * 3 / 2 + 4, at)?;
             Value::Char {
                 text: chars(ty, data, r.big)
                     .ok_or_else(|| format!("byte {at}: characters of type {ty}"))?,
@@ -316,6 +354,8 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
         }
         MX_DOUBLE..=MX_UINT64 => {
             let (ty, data) = r.expect("values")?;
+            let width = width(ty).ok_or_else(|| format!("byte {at}: values of type {ty}"))?;
+            r.budget.spend((data.len() / width) as u64 * 8, at)?;
             let data = numbers(ty, data, r.big)
                 .ok_or_else(|| format!("byte {at}: values of type {ty}"))?;
             if data.len() != count {
@@ -343,6 +383,7 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
                     names.len()
                 ));
             }
+            r.budget.spend(names.len() as u64, at)?;
             let fields: Vec<String> = names
                 .chunks(len)
                 .map(|c| {
@@ -350,7 +391,10 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
                     String::from_utf8_lossy(&c[..end]).into_owned()
                 })
                 .collect();
-            let mut elems = Vec::with_capacity(count.min(1 << 20));
+            let row_bytes = std::mem::size_of::<Vec<Value>>() as u64;
+            r.budget
+                .spend((count as u64).saturating_mul(row_bytes), at)?;
+            let mut elems = Vec::with_capacity(count);
             for _ in 0..count {
                 let mut row = Vec::with_capacity(fields.len());
                 for f in &fields {
@@ -365,7 +409,7 @@ fn matrix(r: &mut Reader<'_>, depth: usize) -> Result<Variable, String> {
             }
         }
         MX_CELL => {
-            let mut elems = Vec::with_capacity(count.min(1 << 20));
+            let mut elems = Vec::with_capacity(count.min(1 << 16));
             for i in 0..count {
                 elems.push(sub_matrix(r, depth, &format!("cell {i}"))?);
             }
@@ -390,6 +434,17 @@ fn sub_matrix(r: &mut Reader<'_>, depth: usize, what: &str) -> Result<Value, Str
 
 fn ints(ty: u32, b: &[u8], big: bool) -> Option<Vec<i64>> {
     numbers(ty, b, big).map(|v| v.into_iter().map(|x| x as i64).collect())
+}
+
+/// Bytes per value of a numeric storage type.
+fn width(ty: u32) -> Option<usize> {
+    Some(match ty {
+        MI_INT8 | MI_UINT8 => 1,
+        MI_INT16 | MI_UINT16 => 2,
+        MI_INT32 | MI_UINT32 | MI_SINGLE => 4,
+        MI_DOUBLE | MI_INT64 | MI_UINT64 => 8,
+        _ => return None,
+    })
 }
 
 /// Values of any numeric storage type (MATLAB stores a double array in the smallest
@@ -574,6 +629,102 @@ mod tests {
         assert_eq!(elems[1][0].scalar(), Some(2.0));
         assert_eq!(elems[1][3].numbers(), Some(&[1.0, 3.0][..]));
         assert_eq!(elems[0][3].numbers(), Some(&[][..]));
+    }
+
+    fn file(elements: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = write_struct_column("x", &["a"], &[]);
+        out.truncate(128);
+        for e in elements {
+            out.extend_from_slice(e);
+        }
+        out
+    }
+
+    /// A variable `name` of class double with `n` values stored as uint8 (as MATLAB
+    /// stores small whole numbers), or of class char with `n` UTF-8 bytes.
+    fn var(name: &str, class: u8, n: usize) -> Vec<u8> {
+        let mut m = Vec::new();
+        array_head(&mut m, class, &[1, n], name);
+        let ty = if class == MX_CHAR { MI_UTF8 } else { MI_UINT8 };
+        element(&mut m, ty, &vec![b'a'; n]);
+        let mut v = Vec::new();
+        element(&mut v, MI_MATRIX, &m);
+        v
+    }
+
+    fn compressed(var: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(var).unwrap();
+        let c = z.finish().unwrap();
+        let mut out = MI_COMPRESSED.to_le_bytes().to_vec();
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        out.extend_from_slice(&c);
+        out
+    }
+
+    /// Issue 26, item 2: the memory a file takes to decode is capped in all, not per
+    /// variable: many compressed variables, numbers stored 1 byte each and decoded to
+    /// 8, compressed or not.
+    #[test]
+    fn decoding_is_capped_in_total_and_says_so() {
+        let cap = format!("{} MiB", MAX_DECODED >> 20);
+        let n = (MAX_DECODED / 8) as usize + 4096;
+        // one variable whose numbers expand 8x past the cap: small, and compressed
+        let one = file(&[compressed(&var("ids", MX_DOUBLE, n))]);
+        assert!(one.len() < 200_000, "{}", one.len());
+        let err = read(&one).unwrap_err();
+        assert!(err.contains(&cap) && err.contains("8 bytes"), "{err}");
+        // the same stored plainly
+        let err = read(&file(&[var("ids", MX_DOUBLE, n)])).unwrap_err();
+        assert!(err.contains(&cap), "{err}");
+        // many variables, each well under the cap, past it together
+        let each = (MAX_DECODED / 6) as usize;
+        let many: Vec<Vec<u8>> = (0..8)
+            .map(|i| compressed(&var(&format!("v{i}"), MX_CHAR, each)))
+            .collect();
+        let err = read(&file(&many)).unwrap_err();
+        assert!(err.contains(&cap), "{err}");
+        // one of them alone reads
+        let vars = read(&file(&many[..1])).unwrap();
+        assert_eq!(vars[0].value.text().map(str::len), Some(each));
+    }
+
+    /// ILSVRC2012's meta.mat has 1,860 synsets: one of that shape, with longer text
+    /// than the real one, reads well inside the cap.
+    #[test]
+    fn a_devkit_sized_file_reads_inside_the_cap() {
+        let rows: Vec<Vec<Field>> = (0..1860)
+            .map(|i| {
+                vec![
+                    Field::Number(f64::from(i + 1)),
+                    Field::Text(format!("n{i:08}")),
+                    Field::Text("a long name, with synonyms, ".repeat(4)),
+                    Field::Text("a gloss that explains the synset at length; ".repeat(8)),
+                    Field::Number(0.0),
+                    Field::Numbers((0..40).map(f64::from).collect()),
+                    Field::Number(0.0),
+                    Field::Number(1300.0),
+                ]
+            })
+            .collect();
+        let fields = [
+            "ILSVRC2012_ID",
+            "WNID",
+            "words",
+            "gloss",
+            "num_children",
+            "children",
+            "wordnet_height",
+            "num_train_images",
+        ];
+        let b = write_struct_column("synsets", &fields, &rows);
+        let vars = read(&b).unwrap();
+        let Value::Struct { elems, .. } = &vars[0].value else {
+            panic!()
+        };
+        assert_eq!(elems.len(), 1860);
+        assert!((b.len() as u64) * 4 < MAX_DECODED, "{}", b.len());
     }
 
     #[test]

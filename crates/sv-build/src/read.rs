@@ -40,6 +40,15 @@ impl Source {
         }
     }
 
+    /// Why the source can no longer be read, once a read found it damaged (an
+    /// archive cut or changed after it was listed): the build stops.
+    pub fn damaged(&self) -> Option<(&Path, &str)> {
+        match self {
+            Source::Archive(a) => a.damaged().map(|why| (a.path.as_path(), why)),
+            Source::Folder(_) => None,
+        }
+    }
+
     /// Whether one thread should read for all workers (an archive, read in order).
     pub fn sequential(&self) -> bool {
         matches!(self, Source::Archive(_))
@@ -79,16 +88,124 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 }
 
 /// A text file the build reads besides images (labels, class names, ground truth).
+/// A leading UTF-8 byte-order mark (which some editors and spreadsheet programs
+/// write) is dropped: it is an encoding marker, not part of the first line.
 pub(crate) fn read_text(path: &Path) -> Result<String, crate::BuildError> {
     let bytes = read_regular(path, MAX_INPUT_BYTES)
         .map_err(|reason| crate::BuildError::Input(format!("{}: {reason}", path.display())))?;
-    String::from_utf8(bytes).map_err(|e| {
-        crate::BuildError::Input(format!(
-            "{}: not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
+    text_of(bytes).map_err(|why| crate::BuildError::Input(format!("{}: {why}", path.display())))
+}
+
+/// `bytes` as text (a leading byte-order mark dropped); `Err` says why they are not,
+/// with the likely cause.
+pub(crate) fn text_of(bytes: Vec<u8>) -> Result<String, String> {
+    let cause = likely_cause(&bytes);
+    match String::from_utf8(bytes) {
+        Ok(mut text) => {
+            if text.starts_with(BOM) {
+                text.drain(..BOM.len_utf8());
+            }
+            Ok(text)
+        }
+        Err(e) => Err(format!(
+            "not UTF-8 text (invalid byte at offset {}){}",
+            e.utf8_error().valid_up_to(),
+            cause.map(|c| format!(": {c}")).unwrap_or_default()
+        )),
+    }
+}
+
+/// Unicode's byte-order mark, U+FEFF.
+const BOM: char = '\u{feff}';
+
+/// What a file that is not what it should be most likely is, from its first bytes:
+/// a compressed file, a byte-order mark, binary data.
+pub(crate) fn likely_cause(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (
+            &[0x1f, 0x8b],
+            "this looks like a gzip file (decompress it first, e.g. with gunzip)",
+        ),
+        (b"BZh", "this looks like a bzip2 file (decompress it first)"),
+        (
+            &[0xfd, b'7', b'z', b'X', b'Z', 0],
+            "this looks like an xz file (decompress it first)",
+        ),
+        (
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            "this looks like a zstd file (decompress it first)",
+        ),
+        (
+            b"PK\x03\x04",
+            "this looks like a zip file, not a tar archive",
+        ),
+        (
+            b"7z\xbc\xaf",
+            "this looks like a 7-Zip file, not a tar archive",
+        ),
+        (
+            "\u{feff}".as_bytes(),
+            "it starts with a UTF-8 byte-order mark (an invisible U+FEFF some editors write)",
+        ),
+        (
+            &[0xff, 0xfe],
+            "it starts with a UTF-16 byte-order mark: save it as UTF-8",
+        ),
+        (
+            &[0xfe, 0xff],
+            "it starts with a UTF-16 byte-order mark: save it as UTF-8",
+        ),
+    ];
+    MAGIC
+        .iter()
+        .find(|(m, _)| head.starts_with(m))
+        .map(|(_, c)| *c)
+        .or_else(|| {
+            head.iter()
+                .take(512)
+                .any(|&b| b == 0)
+                .then_some("it holds binary data")
+        })
+}
+
+/// `text` with control and invisible characters written as escapes, so that what a
+/// damaged file put into a message (a library's error quoting its bytes, say) shows.
+pub(crate) fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let invisible = c.is_control()
+            || matches!(c, '\u{feff}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}');
+        if invisible {
+            out.extend(c.escape_default());
+        } else if c == '\u{fffd}' {
+            // what a lossy conversion left of bytes that are not UTF-8
+            out.push_str("\\u{fffd}");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Text taken from a file, for a message: at most `max` characters, in backticks,
+/// with control and invisible characters written as escapes (`\u{feff}`), and the
+/// likely cause named when it starts like a known kind of file or holds a
+/// byte-order mark.
+pub(crate) fn quote(text: &str, max: usize) -> String {
+    let shown: String = text.chars().take(max).collect();
+    let mut out = format!("`{}", escape_text(&shown));
+    if text.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out.push('`');
+    let cause = likely_cause(text.as_bytes()).or_else(|| {
+        text.contains(BOM)
+            .then_some("it holds a UTF-8 byte-order mark (an invisible U+FEFF)")
+    });
+    if let Some(c) = cause {
+        out.push_str(&format!(" ({c})"));
+    }
+    out
 }
 
 fn too_large(len: u64, limit: u64) -> String {

@@ -47,6 +47,8 @@ fn config(input: &Path, output: &Path, workers: usize, codec: Codec) -> BuildCon
         // 64x64x3 = 12,288 bytes: five raw records per shard.
         max_shard_bytes: 4096 + 5 * (12_288 + 24),
         strict: false,
+        // These tests put bad files among few images; the bound has its own tests.
+        max_reject_fraction: 1.0,
         force: false,
         hash_inputs: false,
         part: None,
@@ -789,4 +791,195 @@ fn three_parts_merged_equal_one_build() {
     // A whole build is not a part; an unfinished part is named as such.
     let err = refuse(vec![whole.clone()], "m6");
     assert!(err.contains("not a part"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------
+// Hardening (issue 26).
+
+/// Item 9: a class tar that appears twice in the train tar is its later copy alone,
+/// as extracting the outer tar and then the class tars gives: the bytes of that tree.
+#[test]
+fn a_class_tar_given_twice_is_replaced_as_extraction_does() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 3, 4);
+    let class_tar = |dir: &Path, names: &[&str]| {
+        let mut inner = tar::Builder::new(Vec::new());
+        for n in names {
+            append(
+                &mut inner,
+                n.as_bytes(),
+                &std::fs::read(dir.join(n)).unwrap(),
+                1,
+            );
+        }
+        inner.into_inner().unwrap()
+    };
+    let c0 = input.join("n00000000");
+    let first = class_tar(&c0, &["img_000.JPEG", "img_001.JPEG", "img_002.JPEG"]);
+    let second = class_tar(&c0, &["img_001.JPEG", "img_003.JPEG"]);
+    let archive = t.path().join("train.tar");
+    let mut outer = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    append(&mut outer, b"n00000000.tar", &first, 1);
+    for c in ["n00000001", "n00000002"] {
+        let names = [
+            "img_000.JPEG",
+            "img_001.JPEG",
+            "img_002.JPEG",
+            "img_003.JPEG",
+        ];
+        append(
+            &mut outer,
+            format!("{c}.tar").as_bytes(),
+            &class_tar(&input.join(c), &names),
+            1,
+        );
+    }
+    append(&mut outer, b"n00000000.tar", &second, 1);
+    outer.finish().unwrap();
+    drop(outer);
+    // the extracted tree: class 0 holds the second copy's two images
+    std::fs::remove_file(c0.join("img_000.JPEG")).unwrap();
+    std::fs::remove_file(c0.join("img_002.JPEG")).unwrap();
+    let from_tree = t.path().join("tree");
+    let from_tar = t.path().join("tar");
+    build(&config(&input, &from_tree, 2, Codec::Jpeg), &|_| {}).unwrap();
+    let s = build(&config(&archive, &from_tar, 2, Codec::Jpeg), &|_| {}).unwrap();
+    assert_eq!(s.manifest.records, 10);
+    assert!(
+        s.ignored
+            .iter()
+            .any(|i| i.path == "n00000000.tar" && i.reason.contains("replaced")),
+        "{:?}",
+        s.ignored
+    );
+    let (a, b) = (files(&from_tree), files(&from_tar));
+    for (name, bytes) in &a {
+        if name.ends_with(".svs") || name == "manifest.json" || name == "rejects.jsonl" {
+            assert!(
+                b.get(name) == Some(bytes),
+                "{name} differs between tree and tar"
+            );
+        }
+    }
+}
+
+/// Item 12: an archive cut while the build reads it is an error naming it, not the
+/// rest of its members turned into rejects and a dataset.
+#[test]
+fn an_archive_cut_while_it_is_read_stops_the_build() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 6);
+    let archive = t.path().join("train.tar");
+    tar_of_tars(&input, &archive, false);
+    let len = std::fs::metadata(&archive).unwrap().len();
+    let out = t.path().join("out");
+    let cut = |p: sv_build::Progress| {
+        if let sv_build::Progress::Start { .. } = p {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&archive)
+                .unwrap();
+            f.set_len(len / 2).unwrap();
+        }
+    };
+    let err = build(&config(&archive, &out, 2, Codec::Raw), &cut).unwrap_err();
+    assert!(matches!(err, sv_build::BuildError::Damaged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("train.tar") && text.contains("cut or changed"),
+        "{text}"
+    );
+    assert!(!out.join("manifest.json").exists());
+}
+
+/// Item 14: nothing usable is an error, not an empty dataset; so is a build whose
+/// rejects pass the bound (the default: a few percent).
+#[test]
+fn an_empty_or_mostly_rejected_build_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 10);
+    // every file bad
+    let bad = t.path().join("bad");
+    for c in ["n1", "n2"] {
+        std::fs::create_dir_all(bad.join(c)).unwrap();
+        std::fs::write(bad.join(c).join("a.JPEG"), b"not an image").unwrap();
+    }
+    let out = t.path().join("out-bad");
+    let err = build(&config(&bad, &out, 2, Codec::Raw), &|_| {}).unwrap_err();
+    assert!(matches!(err, sv_build::BuildError::Empty { .. }), "{err}");
+    assert!(!out.join("manifest.json").exists());
+    // no image at all: class folders that are empty, or only hidden files
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(empty.join("n1")).unwrap();
+    std::fs::write(empty.join("n1/.hidden"), b"x").unwrap();
+    let err = build(
+        &config(&empty, &t.path().join("out-empty"), 1, Codec::Raw),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, sv_build::BuildError::Empty { .. }), "{err}");
+    assert!(err.to_string().contains("no usable images"), "{err}");
+    // 3 bad among 20: 13% rejected, more than the default 5%
+    for i in 0..3 {
+        std::fs::write(input.join(format!("n00000001/zz_{i}.JPEG")), b"junk").unwrap();
+    }
+    let mut c = config(&input, &t.path().join("out-some"), 2, Codec::Raw);
+    c.max_reject_fraction = sv_build::DEFAULT_MAX_REJECT_FRACTION;
+    let err = build(&c, &|_| {}).unwrap_err();
+    let sv_build::BuildError::TooManyRejects {
+        rejected,
+        total,
+        first,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (*rejected, *total),
+        (2, 23),
+        "stops at the first reject past 5% of 23"
+    );
+    assert_eq!(first.path, "n00000001/zz_0.JPEG");
+    assert!(err.to_string().contains("5%"), "{err}");
+    // allowed: the same command with a larger bound resumes and finishes
+    c.max_reject_fraction = 0.2;
+    let s = build(&c, &|_| {}).unwrap();
+    assert_eq!((s.manifest.records, s.rejects.len()), (20, 3));
+    // rejects found while listing count before anything is decoded
+    let mut l = config(&input, &t.path().join("out-list"), 2, Codec::Raw);
+    l.input.classes = Some(vec![sv_core::ClassInfo {
+        wnid: "n00000000".into(),
+        name: "zero".into(),
+    }]);
+    l.max_reject_fraction = 0.1;
+    let err = build(&l, &|_| {}).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sv_build::BuildError::TooManyRejects { rejected: 13, .. }
+        ),
+        "{err}"
+    );
+    assert!(!t.path().join("out-list/.build-journal.jsonl").exists());
+}
+
+/// Item 3: counts that size threads or memory are bounded in the library too.
+#[test]
+fn worker_count_shard_bound_and_fraction_are_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 1, 1);
+    let out = t.path().join("out");
+    let mut c = config(&input, &out, usize::MAX, Codec::Raw);
+    let err = build(&c, &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("at most 1024"), "{err}");
+    c.workers = 1;
+    c.max_shard_bytes = u64::MAX;
+    let err = build(&c, &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("65536 MiB"), "{err}");
+    c.max_shard_bytes = 1 << 20;
+    c.max_reject_fraction = f64::NAN;
+    let err = build(&c, &|_| {}).unwrap_err().to_string();
+    assert!(err.contains("between 0 and 1"), "{err}");
+    assert!(!out.join("manifest.json").exists());
 }

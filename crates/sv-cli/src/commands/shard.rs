@@ -103,18 +103,25 @@ pub struct BuildArgs {
     /// and ImageNet's own files; 4:4:4 keeps it whole.
     #[arg(long, value_enum, default_value = "4:2:0")]
     subsampling: SubsamplingArg,
-    /// Decoding threads (default: all cores; at least 1).
-    #[arg(long)]
+    /// Decoding threads (default: all cores; 1 to 1024).
+    #[arg(long, value_parser = sv_cli::args::count_up_to(sv_build::MAX_WORKERS))]
     workers: Option<usize>,
     /// Side of the stored square images.
     #[arg(long, default_value_t = sv_core::DEFAULT_SIDE)]
     size: u32,
-    /// Largest shard file, in MiB: no shard is larger.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Largest shard file, in MiB: no shard is larger (1 to 65536).
+    #[arg(long, default_value_t = 1024,
+          value_parser = sv_cli::args::count_up_to(sv_build::MAX_SHARD_BYTES >> 20))]
     max_shard_mib: u64,
     /// Fail on the first file that cannot be used instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Stop with an error once more than this fraction of the input files (0 to 1)
+    /// is rejected: a real ImageNet build rejects almost none, so many rejects mean a
+    /// wrong folder, layout or labels. 1 builds whatever can be used.
+    #[arg(long, value_name = "FRACTION", default_value_t = sv_build::DEFAULT_MAX_REJECT_FRACTION,
+          value_parser = parse_fraction)]
+    max_reject_fraction: f64,
     /// Replace a dataset in --output that was built from other inputs or settings.
     #[arg(long)]
     force: bool,
@@ -142,8 +149,8 @@ pub struct MergeArgs {
 pub struct VerifyArgs {
     /// The dataset folder.
     dir: PathBuf,
-    /// Threads (default: all cores).
-    #[arg(long, value_parser = sv_cli::args::at_least_one::<usize>)]
+    /// Threads (default: all cores; 1 to 1024).
+    #[arg(long, value_parser = sv_cli::args::count_up_to(sv_build::MAX_WORKERS))]
     workers: Option<usize>,
 }
 
@@ -227,9 +234,13 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
             SubsamplingArg::S444 => Subsampling::S444,
         },
         side: a.size,
-        workers: a.workers.unwrap_or_else(num_cpus::get).max(1),
+        workers: a
+            .workers
+            .unwrap_or_else(num_cpus::get)
+            .clamp(1, sv_build::MAX_WORKERS),
         max_shard_bytes: a.max_shard_mib.saturating_mul(1 << 20),
         strict: a.strict,
+        max_reject_fraction: a.max_reject_fraction,
         force: a.force,
         hash_inputs: a.hash_inputs,
         part: a.part,
@@ -349,6 +360,15 @@ fn parse_part(text: &str) -> Result<sv_build::Part, String> {
     sv_build::Part::parse(text)
 }
 
+/// A fraction, `0` to `1`.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err(format!("`{text}` is not between 0 and 1")),
+        Err(_) => Err(format!("`{text}` is not a number (a fraction, 0 to 1)")),
+    }
+}
+
 /// The library's error with the command's context, and advice in flag terms.
 fn build_error(e: sv_build::BuildError, a: &BuildArgs) -> anyhow::Error {
     let advice = match &e {
@@ -359,6 +379,10 @@ fn build_error(e: sv_build::BuildError, a: &BuildArgs) -> anyhow::Error {
                 "; or pass --force to build beside the files there (they are kept)"
             }
         },
+        sv_build::BuildError::TooManyRejects { .. } => {
+            "; check --input and the labels, or pass --max-reject-fraction 1 to build what \
+             can be used (running the same command again resumes)"
+        }
         _ => "",
     };
     let text = format!("{:#}", anyhow::Error::new(e));
