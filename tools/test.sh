@@ -34,3 +34,19 @@ tools/vendor-zune-jpeg.sh --check
 # Data preparation must build without libtorch.
 cargo check --locked -p sv-cli --no-default-features
 cargo test --workspace --locked "$@"
+
+# The Python package (crates/sv-py, a workspace of its own): maturin builds its abi3
+# wheel in the dev profile into this same target directory (the engine crates compiled
+# above are reused where their features match), pip installs it into the cached venv,
+# and pytest runs its suite (which drives the supervision binary for synth and
+# `bench pipeline`, and runs examples/pytorch_train.py).
+if ! python3 -c "import maturin, pytest, numpy" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "maturin==1.16.0" "pytest==9.2.0" numpy
+fi
+cargo fmt --manifest-path crates/sv-py/Cargo.toml -- --check
+cargo build --locked -p sv-cli --bin supervision
+rm -rf target/sv-py-wheel
+CARGO_TARGET_DIR="$PWD/target" python3 -m maturin build --quiet --profile dev \
+  --manifest-path crates/sv-py/Cargo.toml --interpreter python3 --out target/sv-py-wheel
+python3 -m pip install --quiet --force-reinstall --no-deps target/sv-py-wheel/*.whl
+SUPERVISION_BIN="$PWD/target/debug/supervision" python3 -m pytest -q crates/sv-py/tests

@@ -301,12 +301,12 @@ def test_rss_stays_flat_over_many_epochs(data):
     loader = supervision.Loader(data["jpeg"], 4, crop=CROP, workers=2, lighting="imagenet",
                                 output="float32", mean="imagenet")
     samples = []
-    for epoch in range(60):
+    for epoch in range(100):
         for images, labels in loader:
             t = torch.from_numpy(images)
             assert t.shape[0] == 4
-        gc.collect()
-        if epoch in (10, 59):
+        if epoch in (10, 99):
+            gc.collect()
             samples.append(rss_kib())
     # each epoch starts and stops a pipeline (threads, runtime, buffers) and hands out
     # its batches as arrays: nothing of it may stay behind
