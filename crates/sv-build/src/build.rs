@@ -12,25 +12,30 @@
 //!   command knows which shards are still up to date;
 //! - `.build-journal.jsonl` while a build runs, or after it was interrupted;
 //! - `.build.lock` while a build runs (see [`crate::lock`]).
+//!
+//! The helpers for those files are in the `files` module.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, mpsc};
 
 use sv_core::{Geometry, Split};
 use sv_shard::{
-    Codec, DATA_OFFSET, DatasetWriter, INDEX_ENTRY_SIZE, MANIFEST_FILE, Manifest, ShardEntry,
-    Subsampling, WriterConfig,
+    Codec, DATA_OFFSET, DatasetWriter, INDEX_ENTRY_SIZE, Manifest, ShardEntry, Subsampling,
+    WriterConfig,
 };
 
+use crate::files::{
+    entries, journal_append, list_our_files, not_ours_in_the_way, read_own_file, remove,
+    write_journal, write_json_atomic, write_rejects,
+};
 use crate::inputs::{Ignored, InputSpec, Inputs, discover};
 use crate::journal::{
     BuildRecord, Check, JournalHead, LAYOUT, Segment, SegmentDigest, inputs_digest, line,
     listing_digest, parse_journal, parse_record, settings_fingerprint,
 };
-use crate::lock::{LOCK_FILE, OutputLock};
+use crate::lock::OutputLock;
 use crate::read::Source;
 use crate::{BuildError, Occupant, Part, PartRecord, Reject};
 
@@ -919,150 +924,4 @@ impl Gate {
         let _guard = self.state.lock();
         self.cv.notify_all();
     }
-}
-
-fn remove(p: &Path) -> Result<(), BuildError> {
-    std::fs::remove_file(p).map_err(|source| BuildError::Io {
-        path: p.to_path_buf(),
-        op: "remove",
-        source,
-    })
-}
-
-/// Everything in the output folder but its lock file.
-pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    Ok(std::fs::read_dir(out)
-        .map_err(|source| BuildError::Io {
-            path: out.to_path_buf(),
-            op: "list",
-            source,
-        })?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != LOCK_FILE)
-        .map(|e| e.path())
-        .collect())
-}
-
-/// Files a build writes (and may remove): nothing else is touched.
-pub(crate) fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
-        path: out.to_path_buf(),
-        op: "list",
-        source,
-    })?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name == MANIFEST_FILE
-                || name == REJECTS_FILE
-                || name == BUILD_FILE
-                || name == JOURNAL_FILE
-                || name.ends_with(".svs")
-                || name.ends_with(".tmp")
-        })
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// An entry named like a build's file that is not a regular file (a folder, say).
-fn not_ours_in_the_way(out: &Path) -> Result<Option<(PathBuf, &'static str)>, BuildError> {
-    let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
-        path: out.to_path_buf(),
-        op: "list",
-        source,
-    })?;
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = [MANIFEST_FILE, REJECTS_FILE, BUILD_FILE, JOURNAL_FILE].contains(&name.as_str())
-            || name.ends_with(".svs");
-        if let Ok(ft) = e.file_type()
-            && ours
-            && !ft.is_file()
-        {
-            return Ok(Some((e.path(), crate::read::kind_of(ft))));
-        }
-    }
-    Ok(None)
-}
-
-/// The largest journal or build record read (a whole ImageNet build's is a few MiB).
-const MAX_RECORD_BYTES: u64 = 256 << 20;
-
-/// The bytes of one of the build's own files in the output folder, `None` if it does
-/// not exist. Only a regular file is read: a FIFO or device in its place is an error
-/// naming it, never a wait.
-pub(crate) fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, BuildError> {
-    match sv_core::fs::read_regular(path, MAX_RECORD_BYTES) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(sv_shard::ShardError::from(e).into()),
-    }
-}
-
-fn write_journal(out: &Path, body: &[u8]) -> Result<std::fs::File, BuildError> {
-    let path = out.join(JOURNAL_FILE);
-    let io = |op| {
-        let path = path.clone();
-        move |source| BuildError::Io { path, op, source }
-    };
-    let mut f = std::fs::File::create(&path).map_err(io("create"))?;
-    f.write_all(body).map_err(io("write"))?;
-    f.sync_all().map_err(io("sync"))?;
-    Ok(f)
-}
-
-fn journal_append(file: &mut std::fs::File, out: &Path, entry: &Segment) -> Result<(), BuildError> {
-    let text = line(entry)?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_data())
-        .map_err(|source| BuildError::Io {
-            path: out.join(JOURNAL_FILE),
-            op: "write",
-            source,
-        })
-}
-
-pub(crate) fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
-    let mut body = String::new();
-    for r in rejects {
-        body.push_str(&line(r)?);
-    }
-    write_atomic(out, REJECTS_FILE, body.as_bytes())
-}
-
-/// Read `rejects.jsonl` from a finished build.
-pub fn read_rejects(out: &Path) -> Result<Vec<Reject>, BuildError> {
-    let path = out.join(REJECTS_FILE);
-    let text = crate::read::read_text(&path)?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(n, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| BuildError::Input(format!("{}: line {}: {e}", path.display(), n + 1)))
-        })
-        .collect()
-}
-
-pub(crate) fn write_json_atomic<T: serde::Serialize>(
-    out: &Path,
-    name: &str,
-    v: &T,
-) -> Result<(), BuildError> {
-    let mut text = serde_json::to_vec_pretty(v)
-        .map_err(|e| BuildError::Input(format!("cannot serialise {name}: {e}")))?;
-    text.push(b'\n');
-    write_atomic(out, name, &text)
-}
-
-pub(crate) fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
-    sv_core::fs::write_atomic(out.join(name), bytes).map_err(sv_shard::ShardError::from)?;
-    Ok(())
 }

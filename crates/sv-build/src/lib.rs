@@ -15,6 +15,7 @@
 mod archive;
 mod build;
 pub mod devkit;
+mod files;
 pub mod hub;
 pub mod inputs;
 mod journal;
@@ -29,8 +30,9 @@ use serde::{Deserialize, Serialize};
 
 pub use build::{
     BUILD_FILE, BuildConfig, BuildSummary, DEFAULT_MAX_REJECT_FRACTION, JOURNAL_FILE,
-    MAX_SHARD_BYTES, MAX_WORKERS, Progress, REJECTS_FILE, build, read_rejects,
+    MAX_SHARD_BYTES, MAX_WORKERS, Progress, REJECTS_FILE, build,
 };
+pub use files::read_rejects;
 pub use inputs::{Ignored, InputSpec, Inputs, discover};
 pub use lock::LOCK_FILE;
 pub use merge::{MergeConfig, MergeSummary, merge};

@@ -16,9 +16,8 @@ use std::path::{Path, PathBuf};
 
 use sv_shard::{Dataset, Manifest, ShardEntry, WriterConfig};
 
-use crate::build::{
-    BUILD_FILE, JOURNAL_FILE, entries, list_our_files, write_json_atomic, write_rejects,
-};
+use crate::build::{BUILD_FILE, JOURNAL_FILE};
+use crate::files::{entries, list_our_files, write_json_atomic, write_rejects};
 use crate::journal::{BuildRecord, LAYOUT, parse_record};
 use crate::lock::OutputLock;
 use crate::{BuildError, Occupant, PartRecord, Reject, read_rejects};
@@ -179,7 +178,7 @@ fn open_part(dir: &Path) -> Result<PartIn, BuildError> {
             "an unfinished build (run its command again to finish it, then merge)".into(),
         ));
     }
-    let record = crate::build::read_own_file(&dir.join(BUILD_FILE))?
+    let record = crate::files::read_own_file(&dir.join(BUILD_FILE))?
         .and_then(|b| parse_record(&b))
         .ok_or_else(|| bad(format!("no {BUILD_FILE} of a finished build")))?;
     let part = record
