@@ -245,3 +245,142 @@ fn closed_stdout_is_a_quiet_exit() {
         assert_quiet_exit(supervision().args(["train", "--help"]), "train --help");
     }
 }
+
+/// Runs `cmd` with a deadline: an exec loop or a hang is a test failure, not a stuck
+/// CI. Returns (exit code, stderr).
+fn bounded(cmd: &mut Command, what: &str) -> (Option<i32>, String) {
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("{what}: still running after 20 s (an exec loop?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    (out.status.code(), err)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_torch_binary_that_is_supervision_itself_is_refused() {
+    // Issue 26, item 4: each of these re-executed `supervision train` forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let front = dir.path().join("supervision");
+    std::fs::copy(binary(), &front).expect("copy binary");
+    let torch = dir.path().join("supervision-torch");
+    let run = |env_torch: Option<&Path>| {
+        let mut cmd = Command::new(&front);
+        cmd.args(["train", "--help"])
+            .env_remove("SUPERVISION_TORCH")
+            .env_remove("SUPERVISION_FORWARDED_BY")
+            .env("PATH", dir.path());
+        if let Some(p) = env_torch {
+            cmd.env("SUPERVISION_TORCH", p);
+        }
+        cmd
+    };
+    let refused = |cmd: &mut Command, what: &str| {
+        let (code, err) = bounded(cmd, what);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(
+            err.contains("supervision-torch") && err.contains("SUPERVISION_TORCH"),
+            "{what}: {err}"
+        );
+        err
+    };
+    // SUPERVISION_TORCH naming `supervision`, directly and through a relative path.
+    let err = refused(&mut run(Some(&front)), "SUPERVISION_TORCH=supervision");
+    assert!(err.contains("start itself forever"), "{err}");
+    let mut cmd = run(Some(Path::new("./supervision")));
+    cmd.current_dir(dir.path());
+    refused(&mut cmd, "SUPERVISION_TORCH=./supervision");
+    // supervision-torch beside it as a symbolic link, a hard link, a copy, and
+    // scripts that run supervision (with and without exec).
+    std::os::unix::fs::symlink(&front, &torch).expect("symlink");
+    refused(&mut run(None), "symlink");
+    std::fs::remove_file(&torch).unwrap();
+    std::fs::hard_link(&front, &torch).expect("hard link");
+    refused(&mut run(None), "hard link");
+    std::fs::remove_file(&torch).unwrap();
+    std::fs::copy(&front, &torch).expect("copy");
+    let err = refused(&mut run(None), "copy");
+    assert!(err.contains("ran `supervision` again"), "{err}");
+    for script in [
+        format!("#!/bin/sh\nexec '{}' \"$@\"\n", front.display()),
+        format!("#!/bin/sh\n'{}' \"$@\"\n", front.display()),
+    ] {
+        std::fs::remove_file(&torch).unwrap();
+        std::fs::write(&torch, &script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&torch, std::fs::Permissions::from_mode(0o755)).unwrap();
+        refused(&mut run(None), &script);
+    }
+}
+
+#[test]
+fn environment_variables_are_checked_like_flags() {
+    // Issue 26, item 6: SUPERVISION_PROGRESS_SECS=1e20 panicked in
+    // Duration::from_secs_f64; other bad values were silently ignored.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("synth");
+    let synth = [
+        "synth",
+        "--output",
+        s(&out),
+        "--classes",
+        "1",
+        "--per-class",
+        "1",
+        "--val-per-class",
+        "0",
+        "--min-side",
+        "32",
+        "--max-side",
+        "40",
+    ];
+    for (var, value, want) in [
+        ("SUPERVISION_PROGRESS_SECS", "1e20", "must be at most 86400"),
+        (
+            "SUPERVISION_PROGRESS_SECS",
+            "86401",
+            "must be at most 86400",
+        ),
+        ("SUPERVISION_PROGRESS_SECS", "-1", "from 0 to 86400"),
+        ("SUPERVISION_PROGRESS_SECS", "NaN", "from 0 to 86400"),
+        (
+            "SUPERVISION_PROGRESS_SECS",
+            "soon",
+            "not a number of seconds",
+        ),
+        ("SUPERVISION_TORCH", "", "set but empty"),
+        ("RUST_LOG", "sv_build=lots", "not a log filter"),
+    ] {
+        let (code, err) = bounded(supervision().args(synth).env(var, value), var);
+        assert_eq!(code, Some(2), "{var}={value}: {err}");
+        assert!(
+            err.contains(&format!("{var}={value:?}")) || err.contains(var),
+            "{var}={value}: {err}"
+        );
+        assert!(err.contains(want), "{var}={value}: {err}");
+        assert!(!out.exists(), "{var}={value}: the command ran");
+    }
+    // Good values still work.
+    let (code, err) = bounded(
+        supervision()
+            .args(synth)
+            .env("SUPERVISION_PROGRESS_SECS", "0.5")
+            .env("RUST_LOG", "warn"),
+        "good values",
+    );
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -13,6 +13,7 @@
 
 pub mod args;
 pub mod cli_args;
+pub mod env;
 pub mod output;
 pub mod progress;
 
@@ -20,6 +21,33 @@ pub mod progress;
 /// everything, and the progress lines of long commands ([`progress`]), which are
 /// written only when stderr is not a terminal (on a terminal the bar shows instead).
 pub const DEFAULT_LOG_FILTER: &str = "warn,sv_cli::progress=info";
+
+/// What both executables do first, before parsing their flags: ignore SIGXFSZ
+/// ([`ignore_file_size_signal`]) and check the environment variables they read
+/// ([`env::check`]). A bad variable ends the process with its message and exit code
+/// 2, as a bad flag does.
+pub fn start() {
+    ignore_file_size_signal();
+    if let Err(e) = env::check() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// Ignore SIGXFSZ, so that a write past the file-size limit (`ulimit -f`, a batch
+/// system's RLIMIT_FSIZE) fails with EFBIG ("File too large") and the command's normal
+/// clean-up runs: temporary files removed, an error naming the file. By default the
+/// signal kills the process (exit 153) and leaves `.tmp` files behind. An ignored
+/// signal stays ignored across exec, so `supervision-torch` started by `supervision`
+/// and the ranks it starts inherit this.
+pub fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it
+    // is safe at any point of the program.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
 
 /// The logging flag both executables take (`-v`, `-vv`), for [`init_tracing`].
 #[derive(clap::Args, Debug, Clone, Copy)]
@@ -38,8 +66,12 @@ pub fn init_tracing(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // RUST_LOG was checked by `start`; a bad one here (a program that skipped it)
+    // falls back to the default.
+    let filter = env::log_filter()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -68,6 +68,8 @@ struct Forwarded {
 }
 
 fn main() {
+    // SIGXFSZ ignored, environment variables checked: before anything else.
+    sv_cli::start();
     // `supervision help train` asks the binary that knows train's options.
     let raw: Vec<OsString> = std::env::args_os().collect();
     if raw.len() >= 3 && raw[1] == "help" && forward::is_torch_command(&raw[2]) {

@@ -20,8 +20,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub const DEFAULT_LOG_SECS: f64 = 30.0;
 
 /// The environment variable that sets the count-line interval (seconds, fractions
-/// allowed; 0 logs every update).
-pub const LOG_SECS_ENV: &str = "SUPERVISION_PROGRESS_SECS";
+/// allowed, 0 to 86400; 0 logs every update).
+pub const LOG_SECS_ENV: &str = crate::env::PROGRESS_SECS;
 
 /// A bar on a terminal, periodic `tracing` lines elsewhere. Shared by reference between
 /// threads (every method takes `&self`).
@@ -74,15 +74,18 @@ pub fn hidden(what: &str) -> Progress {
     }
 }
 
+/// `SUPERVISION_PROGRESS_SECS` ([`crate::env::progress_secs`]), or the default. Both
+/// binaries refuse a bad value at start ([`crate::start`]); a program that skipped
+/// that check gets a warning and the default, never a panic.
 fn log_interval() -> Duration {
-    std::env::var(LOG_SECS_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(
-            Duration::from_secs_f64(DEFAULT_LOG_SECS),
-            Duration::from_secs_f64,
-        )
+    let default = Duration::from_secs_f64(DEFAULT_LOG_SECS);
+    match crate::env::progress_secs() {
+        Ok(secs) => secs.unwrap_or(default),
+        Err(e) => {
+            tracing::warn!("{e:#}; using {DEFAULT_LOG_SECS} s");
+            default
+        }
+    }
 }
 
 impl Progress {

@@ -41,6 +41,8 @@ enum Command {
 }
 
 fn main() {
+    // SIGXFSZ ignored, environment variables checked: before anything else.
+    sv_cli::start();
     // the matches say which flags were typed (train --resume compares only those)
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
