@@ -412,3 +412,205 @@ fn train_logs_windows_and_epochs_writes_tensorboard_and_keeps_history() {
     assert!(exists("epoch-0003.safetensors") && exists("epoch-0004.safetensors"));
     assert_eq!(events(&out.join("tensorboard")).len(), 2);
 }
+
+/// Runs `supervision ARGS` with a deadline: a hang is a test failure, not a stuck CI.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    let mut child = supervision()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "supervision {args:?} hung (killed after 30 s); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn plot_draws_any_finite_value_in_bounded_time() {
+    // Issue 26, item 1: a loss of 1e308 overflowed the axis range and plotters' tick
+    // search spun forever; lr 5e-324 with images/s 1.7e308 took 24 GB. Every field
+    // takes each extreme here, paired with another extreme on the next line.
+    let t = tempfile::tempdir().unwrap();
+    let max = f64::MAX;
+    let pairs = [
+        (1e308, 1e308),
+        (5e-324, 1.7e308),
+        (-1e308, 1e-310),
+        (max, -max),
+        (0.0, 1e308),
+        (1e-300, 1e300),
+    ];
+    let line = |step: f64, v: f64| {
+        serde_json::json!({"kind": "train", "step": step, "loss": v, "top1_err": v, "lr": v,
+            "images_per_s": v, "data_wait_share": v})
+    };
+    let epoch = |step: f64, v: f64| {
+        serde_json::json!({"kind": "epoch", "step": step, "train_loss": v,
+            "val_top1_err": v, "val_top5_err": v})
+    };
+    let eval = |step: f64, v: f64| serde_json::json!({"kind": "eval", "step": step, "mode": "ten-crop", "top1_err": v});
+    let mut files = Vec::new();
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        files.push((
+            format!("pair{i}"),
+            vec![line(1.0, a), line(2.0, b), epoch(2.0, a), eval(2.0, b)],
+        ));
+    }
+    // Extreme steps: the x axis.
+    files.push((
+        "steps".into(),
+        vec![
+            line(5e-324, 1.0),
+            line(1e308, 2.0),
+            line(-max, 0.5),
+            epoch(max, 1.0),
+            eval(-1e308, 0.5),
+        ],
+    ));
+    for (name, lines) in &files {
+        let metrics = t.path().join(format!("{name}.jsonl"));
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&metrics, text).unwrap();
+        let exts: &[&str] = if name == "pair1" {
+            &["png", "svg"]
+        } else {
+            &["png"]
+        };
+        for ext in exts {
+            let out = t.path().join(format!("{name}.{ext}"));
+            let o = run_bounded(&["plot", s(&metrics), "--output", s(&out)]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{name}.{ext}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+            if *ext == "png" {
+                assert_eq!(sv_tests::png_dims(&out), (1400, 900), "{name}");
+            }
+            // Extreme numbers are written in scientific notation, not 309 digits.
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(stdout.lines().all(|l| l.len() < 200), "{stdout}");
+        }
+    }
+    let svg = std::fs::read_to_string(t.path().join("pair1.svg")).unwrap();
+    assert!(
+        !svg.contains("00000000000000000000"),
+        "a tick of 300 digits"
+    );
+}
+
+#[test]
+fn plot_skips_a_cut_last_line_and_names_a_bad_line_elsewhere() {
+    // Issue 26, item 19: a crash leaves the last line cut; `train --resume` drops it,
+    // plot refused the whole file.
+    let t = tempfile::tempdir().unwrap();
+    let metrics = t.path().join("metrics.jsonl");
+    metrics_file(&metrics);
+    let whole = std::fs::read(&metrics).unwrap();
+    let lines = whole.iter().filter(|&&b| b == b'\n').count();
+    let out = t.path().join("curves.png");
+    for cut in [
+        &br#"{"kind":"train","step":26,"lo"#[..],
+        // cut inside a multi-byte character
+        &b"{\"kind\":\"train\",\"note\":\"\xc3"[..],
+    ] {
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(cut);
+        std::fs::write(&metrics, &bytes).unwrap();
+        let o = run_bounded(&["plot", s(&metrics), "--output", s(&out)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let name = format!("metrics.jsonl:{}", lines + 1);
+        assert!(
+            err.contains("WARN") && err.contains(&name) && err.contains("cut short"),
+            "{err}"
+        );
+        // The file is read, not repaired: plot writes nothing but the figure.
+        assert_eq!(std::fs::read(&metrics).unwrap(), bytes);
+    }
+    // A bad line that is not the last, or a last line that is whole (it ends in a
+    // newline), is an error naming it.
+    let mut middle = whole.clone();
+    let second = middle.iter().position(|&b| b == b'\n').unwrap() + 1;
+    middle.splice(second..second, b"{not json\n".iter().copied());
+    let mut last_whole = whole.clone();
+    last_whole.extend_from_slice(b"{\"kind\":\n");
+    let mut bad_utf8 = whole.clone();
+    bad_utf8.splice(second..second, b"\xff\xfe\n".iter().copied());
+    for (bytes, line) in [(middle, 2), (last_whole, lines + 1), (bad_utf8, 2)] {
+        std::fs::write(&metrics, &bytes).unwrap();
+        let o = run_bounded(&["plot", s(&metrics), "--output", s(&out)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("metrics.jsonl:{line}: not a metrics record")),
+            "{err}"
+        );
+    }
+}
+
+/// The binary ignores SIGXFSZ itself (issue 26, item 7): under a file-size limit set
+/// by a plain shell (`ulimit -f`, which leaves the signal's default action, death), a
+/// write past the limit fails with "File too large", the command's clean-up removes
+/// its temporary files and the exit code is 1, not a signal death (153).
+#[cfg(unix)]
+#[test]
+fn a_file_size_limit_is_an_error_not_a_signal_death() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::tempdir().unwrap();
+    let (root, _) = small_synth(t.path(), 3, &[]);
+    let shards = t.path().join("shards");
+    let metrics = t.path().join("metrics.jsonl");
+    metrics_file(&metrics);
+    let figure = t.path().join("curves.png");
+    let shards_in = root.join("train");
+    let runs: [&[&str]; 2] = [
+        &[
+            "shard",
+            "build",
+            "--input",
+            s(&shards_in),
+            "--output",
+            s(&shards),
+        ],
+        &["plot", s(&metrics), "--output", s(&figure)],
+    ];
+    for args in runs {
+        // 16 blocks of 512 bytes: every shard and figure here is larger.
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -f 16 && exec \"$0\" \"$@\"")
+            .arg(sv_tests::binary())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.signal(), None, "{args:?} died by a signal: {err}");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("File too large"), "{args:?}: {err}");
+        let mut left = Vec::new();
+        for dir in [t.path(), shards.as_path()] {
+            if dir.exists() {
+                left.extend(
+                    sv_tests::names(dir)
+                        .into_iter()
+                        .filter(|n| n.contains(".tmp")),
+                );
+            }
+        }
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+    assert!(!figure.exists());
+}

@@ -3,6 +3,15 @@
 //! panels with axis labels (units), tick values and legends, the step on every x axis.
 //! Drawn with plotters; text in DejaVu Sans, embedded in the binary from the `dejavu`
 //! crate (no system fonts are looked up). PNG or SVG, by the output's extension.
+//!
+//! A metrics file is input from outside: a run that diverged writes a loss of 1e308,
+//! a hostile file writes anything. Every value is plotted in bounded time and memory:
+//! axis ranges are computed from values held within [`LIMIT`] (learning rates within
+//! [`LR_RANGE`], log scale), and points beyond a panel's range are drawn at
+//! its edge, so neither plotters' tick search (which loops forever on an infinite or
+//! zero-based log range) nor its line rasteriser (which walks every pixel of a line
+//! that ends 2^31 pixels away) sees an extreme value. A last line cut short (what a
+//! crash leaves) is skipped with a warning, as `train --resume` does.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +56,16 @@ pub struct Args {
 
 type Points = Vec<(f64, f64)>;
 
+/// Largest magnitude an axis reaches: axis padding (x1.6) and plotters' tick
+/// arithmetic (x10) must stay finite.
+const LIMIT: f64 = 1e300;
+
+/// The learning rates the log axis spans at most: a range from a subnormal (5e-324)
+/// has no finite lower decade, and one whose ends differ by more than f64's range
+/// (1e-300 to 1e300) makes plotters count decades forever. Two hundred decades hold
+/// every rate a run uses.
+const LR_RANGE: (f64, f64) = (1e-100, 1e100);
+
 #[derive(Default)]
 struct Series {
     loss: Points,
@@ -64,20 +83,55 @@ struct Series {
 fn read(path: &Path) -> Result<Series> {
     // only a regular file: a FIFO in its place would be waited on forever
     let bytes = sv_core::fs::read_regular(path, 1 << 30)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: not a metrics file (not UTF-8 text)", path.display()))?;
     let mut s = Series::default();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+    let mut lines = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .peekable();
+    while let Some((i, line)) = lines.next() {
+        let complete = line.ends_with(b"\n");
+        let parsed = std::str::from_utf8(line)
+            .map_err(|_| anyhow!("not UTF-8 text"))
+            .and_then(|text| {
+                let text = text.trim();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map(Some)
+                    .map_err(anyhow::Error::from)
+            });
+        let v = match parsed {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            // The last line, cut short by a crash or a full disk: `train --resume`
+            // drops it too.
+            Err(e) if !complete && lines.peek().is_none() => {
+                tracing::warn!(
+                    "{}:{}: skipping the last line, cut short ({e}); a run that crashed \
+                     leaves one",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "{}:{}: not a metrics record (JSON)",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        };
         let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
         let Some(step) = num("step") else { continue };
+        if !step.is_finite() {
+            continue;
+        }
         let push = |series: &mut Points, key: &str, scale: f64| {
-            if let Some(y) = num(key).filter(|y| y.is_finite()) {
-                series.push((step, scale * y));
+            // scaled first: 1e308 x 100 is no longer finite
+            if let Some(y) = num(key).map(|y| scale * y).filter(|y| y.is_finite()) {
+                series.push((step, y));
             }
         };
         match v.get("kind").and_then(serde_json::Value::as_str) {
@@ -96,10 +150,9 @@ fn read(path: &Path) -> Result<Series> {
                 push(&mut s.val_top5, "val_top5_err", 100.0);
             }
             Some("eval") => {
-                if let Some(e) = num("top1_err").filter(|e| e.is_finite()) {
+                if let Some(e) = num("top1_err").map(|e| 100.0 * e).filter(|e| e.is_finite()) {
                     let mode = v.get("mode").and_then(serde_json::Value::as_str);
-                    s.evals
-                        .push((step, 100.0 * e, mode.unwrap_or("final").to_string()));
+                    s.evals.push((step, e, mode.unwrap_or("final").to_string()));
                 }
             }
             _ => {}
@@ -131,6 +184,37 @@ fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
             None => Some((v, v)),
             Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
         })
+}
+
+/// Upper end of a linear axis from 0: the largest value (held within [`LIMIT`]) with
+/// `pad` headroom, at least `min`.
+fn top(hi: f64, pad: f64, min: f64) -> f64 {
+    (hi.min(LIMIT) * pad).max(min)
+}
+
+/// `points` held inside the chart's ranges, so that what is drawn never lies far
+/// outside the panel (plotters walks every pixel of a line, on the panel or not).
+fn inside<X, Y>(points: &Points, coord: &Cartesian2d<X, Y>) -> Points
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let (xr, yr) = (coord.get_x_range(), coord.get_y_range());
+    let hold = |v: f64, r: &std::ops::Range<f64>| v.clamp(r.start.min(r.end), r.end.max(r.start));
+    points
+        .iter()
+        .map(|&(x, y)| (hold(x, &xr), hold(y, &yr)))
+        .collect()
+}
+
+/// A tick or summary number: whole or with `decimals` when it reads well, in
+/// scientific notation when its digits would not fit a label.
+fn number(v: f64, decimals: usize) -> String {
+    if v != 0.0 && !(1e-3..1e6).contains(&v.abs()) {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.decimals$}")
+    }
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -259,7 +343,7 @@ where
     if points.is_empty() {
         return Ok(());
     }
-    let pts = points.iter().copied();
+    let pts = inside(points, c.as_coord_spec()).into_iter();
     let drawn = match stroke {
         Stroke::Line(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w))),
         Stroke::Dots(w) => c.draw_series(LineSeries::new(pts, color.stroke_width(w)).point_size(4)),
@@ -283,17 +367,14 @@ where
     let panels = root.split_evenly((2, 2));
     let steps = [&s.loss, &s.epoch_loss, &s.val_top1, &s.lr, &s.images_per_s];
     let x_max = range(steps.iter().flat_map(|v| v.iter().map(|p| p.0)))
-        .map_or(1.0, |(_, hi)| hi)
-        .max(1.0);
-    let whole = |v: &f64| format!("{v:.0}");
+        .map_or(1.0, |(_, hi)| top(hi, 1.0, 1.0));
+    let whole = |v: &f64| number(*v, 0);
 
     // 1. loss
     let (_, l_hi) = range(s.loss.iter().chain(&s.epoch_loss).map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let y = 0.0..(l_hi * 1.08).max(1e-3);
+    let y = 0.0..top(l_hi, 1.08, 1e-3);
     let mut c = panel(&panels[0], "Training loss", x_max, y, false)?;
-    axes(&mut c, "cross-entropy loss (nats)", 10, &|v| {
-        format!("{v:.1}")
-    })?;
+    axes(&mut c, "cross-entropy loss (nats)", 10, &|v| number(*v, 1))?;
     let faint = TRAIN.mix(0.45);
     curve(
         &mut c,
@@ -336,20 +417,18 @@ where
         "val top-1, per epoch",
     )?;
     if let Some((step, top1, mode)) = s.evals.last() {
-        c.draw_series(std::iter::once(TriangleMarker::new(
-            (*step, *top1),
-            8,
-            VAL.filled(),
-        )))
-        .map_err(draw_err)?
-        .label(format!("final {mode} top-1: {top1:.1}%"))
-        .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, VAL.filled()));
+        let at = inside(&vec![(*step, *top1)], c.as_coord_spec())[0];
+        c.draw_series(std::iter::once(TriangleMarker::new(at, 8, VAL.filled())))
+            .map_err(draw_err)?
+            .label(format!("final {mode} top-1: {}%", number(*top1, 1)))
+            .legend(|(x, y)| TriangleMarker::new((x + 12, y), 6, VAL.filled()));
     }
     legend_box(&mut c)?;
 
     // 3. learning rate, log scale: whole decades, padded so that the end ticks and a
     // flat line stay inside.
-    let (lr_lo, lr_hi) = range(s.lr.iter().map(|p| p.1)).unwrap_or((1e-3, 1e-1));
+    let (lr_lo, lr_hi) =
+        range(s.lr.iter().map(|p| p.1.clamp(LR_RANGE.0, LR_RANGE.1))).unwrap_or((1e-3, 1e-1));
     let lo = 10f64.powf(lr_lo.log10().floor()) * 0.6;
     let hi = (10f64.powf(lr_hi.log10().ceil()) * 1.6).max(lo * 20.0);
     let mut c = panel(
@@ -367,7 +446,7 @@ where
 
     // 4. throughput (left axis) and data wait (right axis)
     let (_, ips_hi) = range(s.images_per_s.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
-    let y = 0.0..(ips_hi * 1.1).max(1.0);
+    let y = 0.0..top(ips_hi, 1.1, 1.0);
     let mut c = panel(&panels[3], "Throughput", x_max, y, true)?
         .set_secondary_coord(0.0..x_max, 0.0..100.0);
     axes(&mut c, "training images / s", 10, &whole)?;
@@ -387,7 +466,7 @@ where
         .draw()
         .map_err(draw_err)?;
     if !s.data_wait.is_empty() {
-        let pts = s.data_wait.iter().copied();
+        let pts = inside(&s.data_wait, c.borrow_secondary().as_coord_spec()).into_iter();
         c.draw_secondary_series(DashedLineSeries::new(pts, 6, 4, GREY.stroke_width(2)))
             .map_err(draw_err)?
             .label("data wait % (right)")
@@ -478,18 +557,20 @@ pub fn run(args: Args) -> Result<i32> {
         }
     };
     sv_core::fs::write_atomic(&args.output, &bytes)?;
+    let last_step =
+        range(s.loss.iter().chain(&s.lr).chain(&s.val_top1).map(|p| p.0)).map_or(0.0, |(_, hi)| hi);
     sv_cli::outln!(
         "wrote {} ({}x{} px): loss, error, learning rate, throughput over {} steps",
         args.output.display(),
         args.width,
         args.height,
-        range(s.loss.iter().chain(&s.lr).chain(&s.val_top1).map(|p| p.0)).map_or(0.0, |(_, hi)| hi)
+        number(last_step, 0)
     );
     if let Some((_, t1)) = s.val_top1.last() {
-        sv_cli::outln!("  last validation top-1 error {t1:.2}%");
+        sv_cli::outln!("  last validation top-1 error {}%", number(*t1, 2));
     }
     if let Some((_, t1, mode)) = s.evals.last() {
-        sv_cli::outln!("  final {mode} top-1 error {t1:.2}%");
+        sv_cli::outln!("  final {mode} top-1 error {}%", number(*t1, 2));
     }
     Ok(0)
 }
