@@ -267,3 +267,61 @@ fn zero_counts_are_refused_in_words() {
         );
     }
 }
+
+#[test]
+fn counts_past_their_limits_are_refused_naming_flag_and_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    dataset(&dir, 8, Codec::Raw);
+    // u64::MAX workers panicked with "capacity overflow"; 1e8 took 17 GB and
+    // thousands of threads; a batch of 2^62 overflowed the buffer size (issue 26,
+    // item 3).
+    for (flag, value, want) in [
+        ("--workers", "18446744073709551615", "must be at most 1024"),
+        ("--workers", "100000000", "must be at most 1024"),
+        ("--workers", "1e8", "not a whole number"),
+        (
+            "--batch-size",
+            "4611686018427387904",
+            "must be at most 65536",
+        ),
+        ("--batch-size", "65537", "must be at most 65536"),
+    ] {
+        let err = fails(&["bench", "pipeline", "--shards", s(&dir), flag, value]);
+        assert!(
+            err.contains(&format!("'{value}' for '{flag}")) && err.contains(want),
+            "{flag} {value}:\n{err}"
+        );
+    }
+    // A sum of two counts that no longer fits is refused, not wrapped or panicking.
+    let err = fails(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(&dir),
+        "--batch-size",
+        "2",
+        "--warmup",
+        "18446744073709551615",
+        "--batches",
+        "2",
+    ]);
+    assert!(
+        err.contains("--warmup") && err.contains("--batches"),
+        "{err}"
+    );
+    // At the limits the flags are taken (the crop, not the count, refuses this one).
+    let err = fails(&[
+        "bench",
+        "pipeline",
+        "--shards",
+        s(&dir),
+        "--workers",
+        "1024",
+        "--batch-size",
+        "65536",
+        "--crop",
+        "65",
+    ]);
+    assert!(!err.contains("must be at most"), "{err}");
+}

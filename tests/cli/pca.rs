@@ -444,4 +444,15 @@ fn workers_zero_is_refused_in_words() {
             "{err}"
         );
     }
+    // No upper bound used to mean a thread per --workers (issue 26, item 3).
+    let err = fails(&pca_args(
+        &shards,
+        &out,
+        &["--workers", "18446744073709551615"],
+    ));
+    assert!(
+        err.contains("--workers") && err.contains("must be at most 1024"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

@@ -204,19 +204,48 @@ fn refuses_a_non_empty_output_unless_forced() {
         "--classes",
         "0",
     ]);
-    assert!(err.contains("classes 0"), "{err}");
+    assert!(err.contains("'0' for '--classes"), "{err}");
 }
 
 #[test]
-fn zero_counts_are_refused_naming_the_flag() {
+fn counts_out_of_range_are_refused_naming_the_flag_and_limit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("z");
-    for (flag, what) in [("--per-class", "training image"), ("--classes", "classes")] {
-        let err = fails(&["synth", "--output", s(&out), flag, "0"]);
+    // Each of the large ones planned every image in memory before writing one
+    // (u32::MAX per class is 17 billion), or started a thread per image (issue 26,
+    // item 3).
+    for (flag, value, want) in [
+        ("--per-class", "0", "must be at least 1"),
+        ("--classes", "0", "must be at least 1"),
+        ("--classes", "10001", "must be at most 10000"),
+        ("--per-class", "4294967295", "must be at most 5000000"),
+        ("--val-per-class", "5000001", "must be at most 5000000"),
+        ("--threads", "18446744073709551615", "must be at most 1024"),
+        ("--classes", "1e7", "not a whole number"),
+    ] {
+        let err = fails(&["synth", "--output", s(&out), flag, value]);
         assert!(
-            err.contains(&format!("{flag} 0")) && err.contains("at least 1") && err.contains(what),
-            "{err}"
+            err.contains(&format!("'{value}' for '{flag}")) && err.contains(want),
+            "{flag} {value}: {err}"
         );
         assert!(!out.exists(), "nothing is written for a refused command");
     }
+    // Each flag in range, their product not: refused before --force deletes anything.
+    std::fs::create_dir_all(out.join("train")).unwrap();
+    std::fs::write(out.join("train/old.JPEG"), b"old").unwrap();
+    let err = fails(&[
+        "synth",
+        "--output",
+        s(&out),
+        "--classes",
+        "10000",
+        "--per-class",
+        "501",
+        "--force",
+    ]);
+    assert!(
+        err.contains("5010000 images") && err.contains("--per-class"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("train/old.JPEG")).unwrap(), b"old");
 }

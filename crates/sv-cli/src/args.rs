@@ -14,21 +14,23 @@ use std::str::FromStr;
 /// Most worker threads any command starts (`--workers`, `--threads`): 1,024 is
 /// several times the core count of the largest machines a job is given, and each
 /// thread costs a stack and, in the loader, a batch buffer.
-pub const MAX_WORKERS: usize = 1024;
+pub const MAX_WORKERS: usize = sv_pipeline::MAX_WORKERS;
 
 /// Most batches the loader may queue beyond one per worker (`--prefetch`), or let the
 /// consumer hold: each is one batch buffer.
-pub const MAX_PREFETCH: usize = 256;
+pub const MAX_PREFETCH: usize = sv_pipeline::MAX_PREFETCH;
 
 /// Largest batch one process makes (`--batch-size` of train, eval and bench): 65,536
 /// samples. Large-batch ImageNet training reaches 32K samples in all, spread over
 /// hundreds of devices; one batch of 65,536 227x227 crops is already 10 GB of uint8.
-pub const MAX_BATCH_SIZE: usize = 1 << 16;
+pub const MAX_BATCH_SIZE: usize = sv_pipeline::MAX_BATCH_SIZE;
 
-/// Most classes a dataset may have (`synth --classes`, `--synthetic-classes`): ten
-/// times ImageNet-21k's 21,841. Per-class tables and the model's last layer grow with
-/// it (`--synthetic-classes 10000000` took 24 GB before this bound).
-pub const MAX_CLASSES: usize = 250_000;
+/// Most classes a model may be built for (`--synthetic-classes`): about five times
+/// ImageNet-21k's 21,841. The last layer grows with it (4096 x 100,000 weights is
+/// 1.6 GB, three times over with gradients and momentum; `--synthetic-classes
+/// 10000000` took 24 GB before this bound). `synth --classes` has its own, smaller
+/// bound ([`sv_synth::MAX_CLASSES`]).
+pub const MAX_CLASSES: usize = 100_000;
 
 /// A count that must be at least 1 (`--workers`, `--batch-size`, `--per-class`, ...):
 /// `value_parser = sv_cli::args::at_least_one::<usize>`. Prefer [`count_up_to`] for a

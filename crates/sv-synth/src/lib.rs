@@ -39,14 +39,27 @@ use rand::Rng as _;
 use rand::seq::SliceRandom as _;
 use sv_core::ClassInfo;
 
+/// Most classes [`generate`] writes: the class signatures (shape, texture, palette)
+/// stay told apart well past ImageNet's 1,000.
+pub const MAX_CLASSES: u32 = 10_000;
+
+/// Most images [`generate`] writes per split: about four ImageNet training sets
+/// (1,281,167 images). Every image is planned in memory first (about 150 bytes
+/// each), so the count bounds memory as well as time.
+pub const MAX_IMAGES: u64 = 5_000_000;
+
+/// Most worker threads [`SynthConfig::threads`] may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// Everything `generate` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SynthConfig {
-    /// Number of classes (1..=10_000).
+    /// Number of classes (1..=[`MAX_CLASSES`]).
     pub classes: u32,
-    /// Training images per class (at least 1).
+    /// Training images per class (at least 1; at most [`MAX_IMAGES`] in all).
     pub per_class: u32,
-    /// Validation images per class (0 writes an empty val folder and csv).
+    /// Validation images per class (0 writes an empty val folder and csv; at most
+    /// [`MAX_IMAGES`] in all).
     pub val_per_class: u32,
     /// Seed of every random choice.
     pub seed: u64,
@@ -54,10 +67,19 @@ pub struct SynthConfig {
     pub min_side: u32,
     /// Largest longer side in pixels (at least `min_side`).
     pub max_side: u32,
-    /// Worker threads; 0 uses every core. Never changes the output.
+    /// Worker threads (at most [`MAX_THREADS`]); 0 uses every core. Never changes the
+    /// output.
     pub threads: usize,
     /// Also write the three ILSVRC2012 archives (see [`archives`]).
     pub archives: bool,
+}
+
+impl SynthConfig {
+    /// Check every setting against its range (what [`generate`] does first), so a
+    /// caller can refuse a configuration before touching the output folder.
+    pub fn validate(&self) -> Result<(), SynthError> {
+        check(self)
+    }
 }
 
 impl Default for SynthConfig {
@@ -170,11 +192,33 @@ const STREAM_QUIRKS: u64 = 0x5155_524B;
 
 fn check(config: &SynthConfig) -> Result<(), SynthError> {
     let bad = |m: String| Err(SynthError::InvalidConfig(m));
-    if !(1..=10_000).contains(&config.classes) {
-        return bad(format!("classes {} (want 1..=10000)", config.classes));
+    if !(1..=MAX_CLASSES).contains(&config.classes) {
+        return bad(format!(
+            "classes {} (want 1..={MAX_CLASSES})",
+            config.classes
+        ));
     }
     if config.per_class == 0 {
         return bad("per_class 0 (want at least 1)".into());
+    }
+    for (split, per_class) in [
+        ("per_class", config.per_class),
+        ("val_per_class", config.val_per_class),
+    ] {
+        let images = u64::from(config.classes) * u64::from(per_class);
+        if images > MAX_IMAGES {
+            return bad(format!(
+                "classes {} x {split} {per_class} is {images} images (want at most \
+                 {MAX_IMAGES} per split)",
+                config.classes
+            ));
+        }
+    }
+    if config.threads > MAX_THREADS {
+        return bad(format!(
+            "threads {} (want 0..={MAX_THREADS}; 0 is every core)",
+            config.threads
+        ));
     }
     if config.min_side < 16 {
         return bad(format!("min_side {} (want at least 16)", config.min_side));
@@ -525,6 +569,25 @@ mod tests {
             },
             SynthConfig {
                 max_side: 30,
+                ..small(0)
+            },
+            // Each of these planned every image in memory first (u32::MAX per class
+            // is 17 billion jobs) or started a thread per image.
+            SynthConfig {
+                classes: MAX_CLASSES + 1,
+                ..small(0)
+            },
+            SynthConfig {
+                per_class: u32::MAX,
+                ..small(0)
+            },
+            SynthConfig {
+                classes: MAX_CLASSES,
+                val_per_class: 501,
+                ..small(0)
+            },
+            SynthConfig {
+                threads: usize::MAX,
                 ..small(0)
             },
         ] {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use serde::Serialize;
+use sv_cli::args::{MAX_BATCH_SIZE, MAX_WORKERS, count_up_to};
 use sv_pipeline::{
     Augment, Layout, Lighting, LightingConvention, Loader, LoaderConfig, Mean, Normalize, Output,
 };
@@ -59,10 +60,10 @@ pub struct PipelineArgs {
     #[arg(long, value_name = "DIR")]
     shards: PathBuf,
     /// Samples per batch.
-    #[arg(long, default_value_t = 128, value_parser = sv_cli::args::at_least_one::<u64>)]
-    batch_size: u64,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
+    #[arg(long, default_value_t = 128, value_parser = count_up_to(MAX_BATCH_SIZE))]
+    batch_size: usize,
+    /// Worker threads (default: all cores, at most 1024).
+    #[arg(long, value_name = "N", value_parser = count_up_to(MAX_WORKERS))]
     workers: Option<usize>,
     /// Batches to time (epochs repeat as needed).
     #[arg(long, default_value_t = 100, value_parser = sv_cli::args::at_least_one::<u64>)]
@@ -202,6 +203,13 @@ fn lighting_from_stats(stats: &sv_stats::PcaStats, convention: LightingConventio
 }
 
 fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
+    let Some(total) = args.warmup.checked_add(args.batches) else {
+        bail!(
+            "--warmup {} plus --batches {} is more than 2^64 batches",
+            args.warmup,
+            args.batches
+        );
+    };
     let dataset = Arc::new(
         Dataset::open(&args.shards)
             .with_context(|| format!("opening the shard dataset {}", args.shards.display()))?,
@@ -244,9 +252,12 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             None => Normalize::imagenet(),
         }),
     };
-    let workers = args.workers.unwrap_or_else(num_cpus::get);
+    // A machine with more cores than the loader's limit gets the limit.
+    let workers = args
+        .workers
+        .unwrap_or_else(|| num_cpus::get().min(MAX_WORKERS));
     let config = LoaderConfig {
-        batch_size: usize::try_from(args.batch_size).context("--batch-size is too large")?,
+        batch_size: args.batch_size,
         workers,
         seed: args.seed,
         augment: Augment::Train {
@@ -261,7 +272,6 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     };
     let mut loader = Loader::new(dataset.clone(), config).context("starting the pipeline")?;
     let mut digest = (!args.no_digest).then(crc32fast::Hasher::new);
-    let total = args.warmup + args.batches;
     let mut images = 0u64;
     let mut input_bytes = 0u64;
     let mut output_bytes = 0u64;
@@ -328,7 +338,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             (OutputForm::F32, _) | (_, LayoutArg::Nchw) => "nchw",
             (_, LayoutArg::Nhwc) => "nhwc",
         },
-        batch_size: args.batch_size,
+        batch_size: args.batch_size as u64,
         workers: workers as u64,
         warmup_batches: args.warmup,
         batches: args.batches,

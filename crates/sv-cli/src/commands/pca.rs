@@ -42,8 +42,8 @@ pub struct ComputeArgs {
     /// Use a seeded subset of N records for a quick estimate.
     #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<u64>)]
     sample: Option<u64>,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
+    /// Worker threads (default: all cores, at most 1024).
+    #[arg(long, value_name = "N", value_parser = sv_cli::args::count_up_to(sv_cli::args::MAX_WORKERS))]
     workers: Option<usize>,
     /// Seed of the --sample draw.
     #[arg(long, default_value_t = 0)]

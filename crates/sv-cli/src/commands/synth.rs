@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use sv_cli::args::{count_up_to, zero_up_to};
+
+/// [`sv_synth::MAX_IMAGES`] as a per-class bound (the total is checked by sv-synth).
+const MAX_IMAGES: u32 = sv_synth::MAX_IMAGES as u32; // 5,000,000 fits
 
 /// Write a small synthetic ImageNet look-alike in ImageNet's Kaggle layout.
 ///
@@ -21,14 +25,14 @@ pub struct Args {
     /// Output directory; must be empty or missing unless --force is given.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
-    /// Number of classes.
-    #[arg(long, default_value_t = 10, value_name = "C")]
+    /// Number of classes (at most 10000).
+    #[arg(long, default_value_t = 10, value_name = "C", value_parser = count_up_to(sv_synth::MAX_CLASSES))]
     pub classes: u32,
-    /// Training images per class.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    /// Training images per class (at most 5000000 in all).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = count_up_to(MAX_IMAGES))]
     pub per_class: u32,
-    /// Validation images per class.
-    #[arg(long, default_value_t = 10, value_name = "M")]
+    /// Validation images per class (at most 5000000 in all).
+    #[arg(long, default_value_t = 10, value_name = "M", value_parser = zero_up_to(MAX_IMAGES))]
     pub val_per_class: u32,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0, value_name = "S")]
@@ -39,8 +43,8 @@ pub struct Args {
     /// Largest longer side of an image, in pixels.
     #[arg(long, default_value_t = 900, value_name = "PX")]
     pub max_side: u32,
-    /// Worker threads (0: every core). The output does not depend on it.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// Worker threads (0: every core; at most 1024). The output does not depend on it.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = zero_up_to(sv_synth::MAX_THREADS))]
     pub threads: usize,
     /// Also write the same images as ImageNet is downloaded: ILSVRC2012_img_train.tar
     /// (a tar of one tar per class), ILSVRC2012_img_val.tar and
@@ -95,13 +99,6 @@ fn prepare_output(dir: &Path, force: bool) -> anyhow::Result<()> {
 
 /// Run the command; returns the exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    if args.classes == 0 {
-        bail!("--classes 0: synth needs at least 1 class");
-    }
-    if args.per_class == 0 {
-        bail!("--per-class 0: synth needs at least 1 training image per class");
-    }
-    prepare_output(&args.output, args.force)?;
     let config = sv_synth::SynthConfig {
         classes: args.classes,
         per_class: args.per_class,
@@ -112,7 +109,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         threads: args.threads,
         archives: args.archives,
     };
-    let total = u64::from(args.classes) * u64::from(args.per_class + args.val_per_class);
+    // Checked before --force deletes anything: the product of two flags can be refused.
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e} (--classes, --per-class, --val-per-class)"))?;
+    prepare_output(&args.output, args.force)?;
+    let total =
+        u64::from(args.classes) * (u64::from(args.per_class) + u64::from(args.val_per_class));
     let bar = sv_cli::progress::bar("synth", total, "images");
     let start = std::time::Instant::now();
     let summary = sv_synth::generate(&args.output, &config, |done, _| bar.set_position(done))
