@@ -34,7 +34,7 @@
 //! exist there); they are leaked instead. A `Loader` that is not being iterated may
 //! be iterated in a child: the child starts its own pipeline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
@@ -272,7 +272,7 @@ fn lighting_arg(value: Option<&Bound<'_, PyAny>>) -> PyResult<LightingArg> {
     }
 }
 
-fn load_stats(py: Python<'_>, path: &PathBuf, what: &str) -> PyResult<sv_stats::PcaStats> {
+fn load_stats(py: Python<'_>, path: &Path, what: &str) -> PyResult<sv_stats::PcaStats> {
     let loaded = py.detach(|| sv_stats::PcaStats::load(path));
     loaded.map_err(|e| {
         let err = errors::stats(&e);
@@ -288,11 +288,7 @@ fn load_stats(py: Python<'_>, path: &PathBuf, what: &str) -> PyResult<sv_stats::
 
 /// The mean image named in a statistics file, relative to that file's folder when
 /// the recorded path does not exist as written.
-fn mean_image(
-    py: Python<'_>,
-    stats: &sv_stats::PcaStats,
-    stats_path: &PathBuf,
-) -> PyResult<Vec<f32>> {
+fn mean_image(py: Python<'_>, stats: &sv_stats::PcaStats, stats_path: &Path) -> PyResult<Vec<f32>> {
     let info = stats.mean_image.as_ref().ok_or_else(|| {
         errors::value(format!(
             "mean=\"image\": {} names no mean image (compute_stats(..., mean_image=...) writes one)",
@@ -485,10 +481,7 @@ impl Loader {
                 "lighting is training augmentation: pass lighting=None with train=False",
             ));
         }
-        let float = match choice("output", output, &["uint8", "float32"])? {
-            "uint8" => false,
-            _ => true,
-        };
+        let float = choice("output", output, &["uint8", "float32"])? == "float32";
         let layout = match layout {
             None => None,
             Some(l) => Some(choice("layout", l, &["NHWC", "NCHW"])?),

@@ -267,6 +267,7 @@ fn check_output(path: &Path, what: &str) -> PyResult<()> {
 /// bad arguments or statistics that cannot be used (a channel without variance).
 #[pyfunction]
 #[pyo3(signature = (shards, output, *, mean_image=None, sample=None, workers=None, seed=0, verify=true))]
+#[allow(clippy::too_many_arguments)]
 pub fn compute_stats<'py>(
     py: Python<'py>,
     shards: PathBuf,
