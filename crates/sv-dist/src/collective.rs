@@ -1,7 +1,7 @@
 //! The collective operations data-parallel training needs, behind a small trait so
 //! the training logic is the same over NCCL ([`crate::nccl::NcclCollective`], the
-//! product) and over threads in one process ([`crate::testing::ThreadCollective`], a
-//! test double), plus the helpers built on them: gradient all-reduce in a few large
+//! product) and over threads in one process (`testing::ThreadCollective`, a test
+//! double behind the `testing` feature), plus the helpers built on them: gradient all-reduce in a few large
 //! buckets, the initial broadcast with its checksum check, and reduced counts.
 
 use tch::{Device, Kind, Tensor};

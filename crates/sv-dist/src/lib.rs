@@ -11,8 +11,9 @@
 //! - [`nccl`]: the product implementation: c10d's ProcessGroupNCCL over the TCPStore
 //!   rendezvous (libtorch's own, through sv-c10), with [`watchdog`] heartbeats that name
 //!   a rank that died, hung or failed.
-//! - [`testing`]: a TEST DOUBLE of the trait over threads in one process, so the
-//!   multi-rank logic is tested on machines without GPUs. Never used by the CLI.
+//! - `testing` (the `testing` cargo feature, for tests only): a TEST DOUBLE of the
+//!   trait over threads in one process, so the multi-rank logic is tested on machines
+//!   without GPUs. Never built into the CLI.
 #![warn(missing_docs)]
 
 pub mod collective;
@@ -20,6 +21,7 @@ mod error;
 pub mod launch;
 pub mod nccl;
 pub mod supervise;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod watchdog;
 

@@ -1,8 +1,6 @@
-//! sv-dist on a machine without GPUs: the averaging arithmetic against one rank, the heartbeats over a real TCPStore (in one
-//! process and between two), the rendezvous, NCCL's clean refusal, and data-parallel
-//! training through sv-train's `Trainer` with the thread test double of the
-//! Collective trait.
+//! sv-dist on a machine without GPUs: the heartbeats over a real TCPStore (in one
+//! process and between two), the rendezvous and NCCL's clean refusal. The multi-rank
+//! training tests, over the thread test double of the Collective trait, live with the
+//! trainer (crates/sv-train/tests/dist).
 
-mod semantics;
 mod store;
-mod trainer;
