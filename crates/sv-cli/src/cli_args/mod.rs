@@ -1,9 +1,29 @@
 //! The flags of `train`, `eval` and `predict`, defined here in the libtorch-free part
-//! of sv-cli so that both executables know them: `supervision-torch` parses them, and
-//! `supervision`, which hands those commands over, still describes them in its shell
-//! completions and manual page ([`reference`]).
+//! of sv-cli so that both executables know them: `supervision-torch` parses them
+//! ([`TorchCommand`]), and `supervision`, which hands those commands over, can
+//! describe them.
 
+pub mod dist;
+pub mod eval;
 pub mod numbers;
+pub mod predict;
+pub mod train;
+
+pub use dist::{Collective, DistArgs};
+pub use eval::EvalArgs;
+pub use predict::PredictArgs;
+pub use train::{Given, TrainArgs};
+
+/// The commands `supervision-torch` runs.
+#[derive(clap::Subcommand, Debug)]
+pub enum TorchCommand {
+    /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
+    Train(Box<TrainArgs>),
+    /// Top-1/top-5 error of a checkpoint on a validation shard set (libtorch).
+    Eval(EvalArgs),
+    /// Top-5 classes of image files under a checkpoint (libtorch).
+    Predict(PredictArgs),
+}
 
 /// Largest gradient all-reduce bucket (`--bucket-mib`): 16 GiB, far above the 233 MiB of
 /// AlexNet's gradients, and small enough that the byte count fits any usize.

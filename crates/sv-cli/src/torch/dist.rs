@@ -1,14 +1,15 @@
-//! `supervision train` as one rank of a data-parallel job: its flags, who started this
+//! `supervision train` as one rank of a data-parallel job: who started this
 //! process (torchrun, srun, `--nproc-per-node`, or nobody), its device, and joining
-//! the job over NCCL. The rules live in sv-dist; this is the CLI's glue.
+//! the job over NCCL. The rules live in sv-dist, the flags in
+//! `sv_cli::cli_args::dist`; this is the CLI's glue.
 
 use std::ffi::OsString;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use sv_cli::args::count_up_to;
-use sv_cli::cli_args::{MAX_BUCKET_MIB, MAX_TIMEOUT_SECS, MAX_WORLD_SIZE};
+use sv_cli::cli_args::MAX_WORLD_SIZE;
+use sv_cli::cli_args::dist::{Collective as CliCollective, DistArgs};
 use sv_train::Device;
 use sv_train::sv_dist::launch::visible_cuda_devices;
 use sv_train::sv_dist::nccl::{DistConfig, NcclCollective};
@@ -17,71 +18,26 @@ use sv_train::sv_dist::watchdog::{Failure, WatchdogConfig};
 use sv_train::sv_dist::{Collective, Launcher, RankEnv};
 use sv_train::trainer::ParallelConfig;
 
-/// Flags of data-parallel training (a block of `supervision train`'s flags).
-#[derive(clap::Args, Debug)]
-#[command(next_help_heading = "Data parallel (one process per GPU, NCCL)")]
-pub struct DistArgs {
-    /// Start N ranks on this machine, one per GPU (cuda:0 .. cuda:N-1), and stop them
-    /// all when one fails, as `torchrun --nproc-per-node N` does. Leave it out under
-    /// torchrun or srun: they start the ranks, and each reads its place from their
-    /// environment (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, or
-    /// SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and the node list).
-    #[arg(long, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
-    pub nproc_per_node: Option<usize>,
-    /// `auto`: NCCL when the job has more than one rank, nothing for one; `nccl`: NCCL
-    /// even for a single rank (to check or measure that path).
-    #[arg(long, default_value = "auto", value_name = "auto|nccl")]
-    pub collective: String,
-    /// Seconds every rank may take to reach the rendezvous before the missing ones are
-    /// named.
-    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
-    pub rendezvous_timeout: u64,
-    /// Seconds without a heartbeat (sent every second) after which a rank counts as
-    /// dead: the others stop with an error naming it.
-    #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
-    pub heartbeat_timeout: u64,
-    /// Seconds a rank may stay behind the others' step (alive but stuck, e.g. on
-    /// storage) before they stop with an error naming it.
-    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = count_up_to(MAX_TIMEOUT_SECS))]
-    pub stall_timeout: u64,
-    /// Largest gradient all-reduce bucket, in MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = count_up_to(MAX_BUCKET_MIB))]
-    pub bucket_mib: usize,
-    /// Also compare every rank's weights with rank 0's (checksums) every N steps; 0:
-    /// only before each checkpoint.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub check_replicas_every: u64,
+/// The trainer's side of the data-parallel flags.
+pub fn parallel(args: &DistArgs) -> ParallelConfig {
+    ParallelConfig {
+        bucket_bytes: args.bucket_mib << 20,
+        check_every: args.check_replicas_every,
+    }
 }
 
-impl DistArgs {
-    /// The trainer's side of these flags.
-    pub fn parallel(&self) -> ParallelConfig {
-        ParallelConfig {
-            bucket_bytes: self.bucket_mib << 20,
-            check_every: self.check_replicas_every,
-        }
-    }
-
-    fn config(&self) -> DistConfig {
-        let watchdog = WatchdogConfig {
-            dead_after: Duration::from_secs(self.heartbeat_timeout),
-            stall_after: Duration::from_secs(self.stall_timeout),
-            ..WatchdogConfig::default()
-        };
-        DistConfig {
-            rendezvous_timeout: Duration::from_secs(self.rendezvous_timeout),
-            watchdog,
-            // past our stall limit, so the heartbeats name the rank first
-            nccl_timeout: watchdog.stall_after + Duration::from_secs(120),
-        }
-    }
-
-    fn force_nccl(&self) -> Result<bool> {
-        match self.collective.as_str() {
-            "auto" => Ok(false),
-            "nccl" => Ok(true),
-            c => bail!("unknown --collective {c} (auto, nccl)"),
-        }
+/// The rendezvous and watchdog's side of the data-parallel flags.
+fn dist_config(args: &DistArgs) -> DistConfig {
+    let watchdog = WatchdogConfig {
+        dead_after: Duration::from_secs(args.heartbeat_timeout),
+        stall_after: Duration::from_secs(args.stall_timeout),
+        ..WatchdogConfig::default()
+    };
+    DistConfig {
+        rendezvous_timeout: Duration::from_secs(args.rendezvous_timeout),
+        watchdog,
+        // past our stall limit, so the heartbeats name the rank first
+        nccl_timeout: watchdog.stall_after + Duration::from_secs(120),
     }
 }
 
@@ -99,7 +55,7 @@ pub enum Role {
 impl Role {
     /// Reads the launcher's environment and the flags.
     pub fn resolve(args: &DistArgs) -> Result<Role> {
-        let force = args.force_nccl()?;
+        let force = args.collective == CliCollective::Nccl;
         let env = RankEnv::from_env().context("read the launcher's environment")?;
         if let Some(e) = &env {
             check_world_size(e)?;
@@ -185,7 +141,7 @@ pub fn join(env: &RankEnv, device: Device, args: &DistArgs) -> Result<Box<dyn Co
         });
     });
     let coll =
-        NcclCollective::join(env, device, &args.config(), on_failure).with_context(|| {
+        NcclCollective::join(env, device, &dist_config(args), on_failure).with_context(|| {
             format!(
                 "rank {me} of {} joining the job at {} ({})",
                 env.world_size,
@@ -219,7 +175,7 @@ pub fn run_local_ranks(n: usize, args: &DistArgs, device_flag: &str) -> Result<i
              on one process without --nproc-per-node, or on a machine with {n} GPUs"
         );
     }
-    let config = args.config();
+    let config = dist_config(args);
     let server = sv_train::sv_dist::nccl::host_store(n, config.rendezvous_timeout)
         .context("start the rendezvous store for the local ranks")?;
     let port = server.port().context("the rendezvous store's port")?;

@@ -1,40 +1,12 @@
 //! `supervision eval --checkpoint F --val DIR [--ten-crop]`: top-1 and top-5 error of a
 //! checkpoint on a validation shard set.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
-use sv_cli::args::{MAX_BATCH_SIZE, at_least_one, count_up_to};
+use sv_cli::cli_args::EvalArgs;
 use sv_shard::Dataset;
 use sv_train::eval::{EvalMode, evaluate, load_for_inference};
 
-/// Flags of `supervision eval`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Checkpoint written by `supervision train` (last.safetensors, best.safetensors).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Validation shard set.
-    #[arg(long)]
-    pub val: PathBuf,
-    /// Average the softmax of ten views (corners, centre, reflections) as the paper.
-    #[arg(long)]
-    pub ten_crop: bool,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = count_up_to(MAX_BATCH_SIZE))]
-    pub batch_size: usize,
-    /// Score only the first N images.
-    #[arg(long, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
-    pub limit: Option<usize>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run(args: Args) -> Result<i32> {
+pub fn run(args: EvalArgs) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
     let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
     let data = Dataset::open(&args.val).with_context(|| format!("open {}", args.val.display()))?;

@@ -4,11 +4,14 @@
 
 mod dist;
 mod eval;
+mod outdir;
 mod predict;
 mod resume;
+mod settings;
 mod train;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use sv_cli::cli_args::{Given, TorchCommand};
 
 /// `--version`: also what this build links (from build.rs): libtorch's directory and
 /// whether NCCL (multi-GPU training) is in, or why not.
@@ -26,18 +29,10 @@ const LONG_VERSION: &str = concat!(
 struct Cli {
     #[command(flatten)]
     log: sv_cli::Verbosity,
+    /// The flags are defined in sv-cli's library (`sv_cli::cli_args`), where
+    /// `supervision` finds them for its completions and manual pages.
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Train AlexNet on shard sets (libtorch; CPU or CUDA).
-    Train(Box<train::Args>),
-    /// Top-1/top-5 error of a checkpoint on a validation shard set.
-    Eval(eval::Args),
-    /// Top-5 classes of image files under a checkpoint.
-    Predict(predict::Args),
+    command: TorchCommand,
 }
 
 fn main() {
@@ -50,15 +45,15 @@ fn main() {
     // a shard truncated under a memory map: a message naming it, not "Bus error"
     sv_shard::report_truncated_shards();
     let result = match cli.command {
-        Command::Train(args) => {
+        TorchCommand::Train(args) => {
             let given = matches
                 .subcommand_matches("train")
-                .map(train::Given::from_matches)
+                .map(Given::from_matches)
                 .unwrap_or_default();
             train::run(*args, &given)
         }
-        Command::Eval(args) => eval::run(args),
-        Command::Predict(args) => predict::run(args),
+        TorchCommand::Eval(args) => eval::run(args),
+        TorchCommand::Predict(args) => predict::run(args),
     };
     sv_cli::exit_with(result)
 }

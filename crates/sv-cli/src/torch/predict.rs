@@ -3,42 +3,12 @@
 //! to 256, centre square, sv-image's Preprocessor), then scored on the centre crop or,
 //! with `--ten-crop`, on the paper's ten views.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
-use sv_cli::args::{at_least_one, count_up_to};
+use sv_cli::cli_args::PredictArgs;
 use sv_image::{PrepConfig, Preprocessor};
 use sv_train::eval::{EvalMode, load_for_inference, predict_host};
 
-/// Flags of `supervision predict`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Checkpoint written by `supervision train`.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Image files (JPEG or PNG).
-    #[arg(required = true)]
-    pub images: Vec<PathBuf>,
-    /// Side of the stored square the image is first reduced to (the shards' side).
-    /// Default: the side of the images the checkpoint was trained on (older
-    /// checkpoints: of its mean image if it has one, else 256).
-    #[arg(long, allow_negative_numbers = true, value_parser = count_up_to(sv_cli::cli_args::MAX_SIDE))]
-    pub size: Option<u32>,
-    /// How many classes to print per image.
-    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = at_least_one::<usize>)]
-    pub top: usize,
-    /// Average the ten views instead of the centre crop.
-    #[arg(long)]
-    pub ten_crop: bool,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn run(args: Args) -> Result<i32> {
+pub fn run(args: PredictArgs) -> Result<i32> {
     let device = sv_train::parse_device(&args.device)?;
     let (ck, model, norm) = load_for_inference(&args.checkpoint, device)?;
     let trained = ck.meta.trained_side();

@@ -22,7 +22,7 @@ use sv_train::schedule::ScheduleConfig;
 use sv_train::sv_pipeline::Lighting;
 use sv_train::trainer::TrainConfig;
 
-use super::train::{Args, Given};
+use sv_cli::cli_args::{Given, TrainArgs as Args};
 
 /// What this invocation says, next to the checkpoint.
 pub struct Invocation<'a> {
@@ -200,7 +200,8 @@ fn compare_data(
         let convention = saved
             .lighting
             .map_or("none".to_string(), |l| flag_value(&l.convention));
-        c.fixed("lighting", &convention, &inv.args.lighting, String::clone);
+        let lighting = inv.args.lighting.as_str().to_string();
+        c.fixed("lighting", &convention, &lighting, String::clone);
         if let (Some(s), Some(n)) = (&saved.lighting, &now.lighting) {
             let numbers = |l: &Lighting| (l.eigval, l.eigvec, l.std);
             let show = |l: &(_, _, _)| format!("lighting eigenvalues {:?}", l.0);
@@ -255,8 +256,8 @@ fn saved_data(meta: &sv_train::checkpoint::CheckpointMeta) -> Result<Option<Data
 }
 
 fn saved_config(meta: &sv_train::checkpoint::CheckpointMeta) -> Result<TrainConfig> {
-    serde_json::from_value(meta.config.clone())
-        .context("the checkpoint's training configuration cannot be read")
+    // the checkpoint's settings are typed (read and checked when it was loaded)
+    Ok(meta.config())
 }
 
 /// Checks this invocation against the checkpoint and returns the configuration the
@@ -284,7 +285,12 @@ pub fn settings(inv: &Invocation<'_>, header: &CheckpointHeader) -> Result<Train
         changes: Vec::new(),
     };
     let num = |v: &f64| v.to_string();
-    c.fixed("model", &meta.model.name, &args.model, String::clone);
+    c.fixed(
+        "model",
+        &meta.model.name,
+        &args.model.as_str().to_string(),
+        String::clone,
+    );
     c.fixed("init", &Some(meta.model.init), &now.init, flag_value);
     c.fixed(
         "input_scale",
