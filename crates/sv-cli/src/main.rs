@@ -9,7 +9,7 @@ mod forward;
 
 use std::ffi::OsString;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// SuperVision: prepare ImageNet into memory-mapped shards, compute its statistics,
 /// stream augmented batches and train AlexNet as the 2012 paper did.
@@ -52,6 +52,12 @@ enum Command {
     /// Benchmarks: the input pipeline's throughput and determinism digest.
     #[command(subcommand)]
     Bench(commands::bench::Cmd),
+    /// Shell completion script (bash, zsh, fish, ...) on stdout, every command's flags
+    /// included: `supervision completions bash > ~/.local/share/bash-completion/completions/supervision`.
+    Completions(sv_cli::cli_args::reference::CompletionsArgs),
+    /// Manual page (roff) on stdout: `supervision man | man -l -`; `supervision man
+    /// train` for a command's own page.
+    Man(sv_cli::cli_args::reference::ManArgs),
 }
 
 /// The arguments of a command that `supervision-torch` runs, passed on untouched
@@ -89,6 +95,8 @@ fn main() {
         Command::Model(cmd) => commands::model::run(cmd),
         Command::Plot(args) => commands::plot::run(args),
         Command::Bench(cmd) => commands::bench::run(cmd),
+        Command::Completions(a) => sv_cli::cli_args::reference::run_completions(Cli::command(), &a),
+        Command::Man(a) => sv_cli::cli_args::reference::run_man(Cli::command(), &a),
     };
     sv_cli::exit_with(result)
 }

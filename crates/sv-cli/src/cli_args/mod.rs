@@ -1,12 +1,13 @@
 //! The flags of `train`, `eval` and `predict`, defined here in the libtorch-free part
 //! of sv-cli so that both executables know them: `supervision-torch` parses them
-//! ([`TorchCommand`]), and `supervision`, which hands those commands over, can
-//! describe them.
+//! ([`TorchCommand`]), and `supervision`, which hands those commands over, describes
+//! them in its shell completions and manual page ([`reference`]).
 
 pub mod dist;
 pub mod eval;
 pub mod numbers;
 pub mod predict;
+pub mod reference;
 pub mod train;
 
 pub use dist::{Collective, DistArgs};
