@@ -23,6 +23,7 @@ mod bench;
 mod dist;
 mod outputs;
 mod pca;
+mod reference;
 mod shard;
 mod startup;
 #[cfg(feature = "train")]
