@@ -1,8 +1,13 @@
 //! Checkpoints: one safetensors file holding the weights (under the model's parameter
 //! names), the momentum buffers (`momentum.<name>`) and, in the safetensors metadata
 //! under the key `supervision`, a JSON [`CheckpointMeta`]: model description, class
-//! list, input normalisation, schedule state, pipeline position, seed and the training
-//! configuration. PyTorch reads it with `safetensors.torch.load_file`.
+//! list, input normalisation, schedule state, pipeline position, seed and the run's
+//! settings, typed: `spec` ([`RunSpec`], what fixes the run) and `limits`
+//! ([`RunLimits`], what the invocation that wrote it was asked for). PyTorch reads it
+//! with `safetensors.torch.load_file`.
+//!
+//! Versions. 3 (written now) stores `spec` and `limits`; 2 and 1 stored both in one
+//! flat `config` object, which is read into the two halves (see [`crate::config`]).
 //!
 //! Checksums (version 2). Two more metadata keys hold CRC-32s, as 8 lowercase hex
 //! digits: `supervision.tensor_crc32`, a JSON object with the CRC of every tensor's
@@ -35,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sv_core::ClassInfo;
 use tch::{Device, Kind, Tensor};
 
+use crate::config::{RunLimits, RunSpec, TrainConfig};
 use crate::error::{Result, TorchContext, TrainError, io_err};
 use crate::input::{Normalization, PixelMean};
 use crate::model::ModelSpec;
@@ -48,8 +54,9 @@ use sv_core::fs::AtomicFile;
 
 /// Identifies our checkpoints inside the metadata.
 pub const CHECKPOINT_FORMAT: &str = "supervision-checkpoint";
-/// Metadata layout version (2: with checksums).
-pub const CHECKPOINT_VERSION: u32 = 2;
+/// Metadata layout version (2: with checksums; 3: the settings typed as `spec` and
+/// `limits`).
+pub const CHECKPOINT_VERSION: u32 = 3;
 /// The version written before checksums existed, still read (unchecked).
 const UNCHECKED_VERSION: u32 = 1;
 const META_KEY: &str = "supervision";
@@ -63,6 +70,7 @@ pub const MEAN_IMAGE_TENSOR: &str = "input.mean_image";
 
 /// Everything besides the tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredMeta")]
 pub struct CheckpointMeta {
     /// Always [`CHECKPOINT_FORMAT`].
     pub format: String,
@@ -84,23 +92,87 @@ pub struct CheckpointMeta {
     pub schedule: Schedule,
     /// Seed of the run (data order, augmentation, dropout).
     pub seed: u64,
-    /// The training configuration, as JSON, for the record.
-    pub config: serde_json::Value,
+    /// What fixes the run (a resumed run keeps it).
+    pub spec: RunSpec,
+    /// What the invocation that wrote it was asked for (a resumed run takes its own).
+    pub limits: RunLimits,
     /// Best validation top-1 error so far (decides when best.safetensors is written).
-    #[serde(default)]
     pub best_top1: Option<f64>,
     /// The fp16 loss scaler's state, when the run trains in fp16.
-    #[serde(default)]
     pub loss_scale: Option<ScalerState>,
     /// Ranks of the data-parallel job that wrote it (1 for one process, and for files
     /// written before this field existed): a resumed run must have as many.
-    #[serde(default = "one_rank")]
     pub world_size: usize,
     /// The running sums of the epoch in progress up to `step` (a checkpoint written
     /// inside an epoch), so a resumed run reports the whole epoch's mean loss and
     /// throughput; None at an epoch boundary and in older files.
-    #[serde(default)]
     pub epoch_sums: Option<EpochSums>,
+}
+
+/// The metadata as files of every version hold it: `spec` and `limits` (version 3),
+/// or one flat `config` (versions 1 and 2).
+#[derive(Deserialize)]
+struct StoredMeta {
+    format: String,
+    version: u32,
+    model: ModelSpec,
+    classes: Vec<ClassInfo>,
+    normalization: Normalization,
+    step: u64,
+    epoch: u64,
+    batch_in_epoch: u64,
+    schedule: Schedule,
+    seed: u64,
+    #[serde(default)]
+    spec: Option<RunSpec>,
+    #[serde(default)]
+    limits: Option<RunLimits>,
+    #[serde(default)]
+    config: Option<TrainConfig>,
+    #[serde(default)]
+    best_top1: Option<f64>,
+    #[serde(default)]
+    loss_scale: Option<ScalerState>,
+    #[serde(default = "one_rank")]
+    world_size: usize,
+    #[serde(default)]
+    epoch_sums: Option<EpochSums>,
+}
+
+impl TryFrom<StoredMeta> for CheckpointMeta {
+    type Error = String;
+
+    fn try_from(m: StoredMeta) -> std::result::Result<Self, String> {
+        let (spec, limits) = match (m.spec, m.limits, m.config) {
+            (Some(spec), Some(limits), _) => (spec, limits),
+            (_, _, Some(config)) => (config.spec(), config.limits()),
+            _ => {
+                return Err(format!(
+                    "version {} metadata without the run's settings (`spec` and `limits`, or \
+                     `config`)",
+                    m.version
+                ));
+            }
+        };
+        Ok(CheckpointMeta {
+            format: m.format,
+            version: m.version,
+            model: m.model,
+            classes: m.classes,
+            normalization: m.normalization,
+            step: m.step,
+            epoch: m.epoch,
+            batch_in_epoch: m.batch_in_epoch,
+            schedule: m.schedule,
+            seed: m.seed,
+            spec,
+            limits,
+            best_top1: m.best_top1,
+            loss_scale: m.loss_scale,
+            world_size: m.world_size,
+            epoch_sums: m.epoch_sums,
+        })
+    }
 }
 
 impl CheckpointMeta {
@@ -108,12 +180,17 @@ impl CheckpointMeta {
     /// taken from images of this side), when the checkpoint says: its data settings,
     /// else its mean image. Evaluation must see images of this side.
     pub fn trained_side(&self) -> Option<u32> {
-        self.config
-            .get("data")
-            .and_then(|d| d.get("side"))
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|s| u32::try_from(s).ok())
+        self.spec
+            .data
+            .as_ref()
+            .map(|d| d.side)
             .or_else(|| self.normalization.mean_image.as_ref().map(|m| m.side))
+    }
+
+    /// The run's settings in one [`TrainConfig`] (its spec, and the limits of the
+    /// invocation that wrote it).
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig::from_parts(self.spec.clone(), self.limits.clone())
     }
 }
 
@@ -505,10 +582,10 @@ impl CheckpointHeader {
             source: e,
         })?;
         if meta.format != CHECKPOINT_FORMAT
-            || !(meta.version == CHECKPOINT_VERSION || meta.version == UNCHECKED_VERSION)
+            || !(UNCHECKED_VERSION..=CHECKPOINT_VERSION).contains(&meta.version)
         {
             return Err(bad(format!(
-                "format {} v{}, expected {CHECKPOINT_FORMAT} v{UNCHECKED_VERSION} or v{CHECKPOINT_VERSION}",
+                "format {} v{}, expected {CHECKPOINT_FORMAT} v{UNCHECKED_VERSION} to v{CHECKPOINT_VERSION}",
                 meta.format, meta.version
             )));
         }
@@ -531,7 +608,8 @@ impl CheckpointHeader {
         }
         let (Some(crcs_json), Some(stored)) = (get(TENSOR_CRC_KEY), get(META_CRC_KEY)) else {
             return Err(bad(format!(
-                "version {CHECKPOINT_VERSION} without its checksums (`{TENSOR_CRC_KEY}`, `{META_CRC_KEY}`): damaged"
+                "version {} without its checksums (`{TENSOR_CRC_KEY}`, `{META_CRC_KEY}`): damaged",
+                meta.version
             )));
         };
         let stored = parse_crc(stored)

@@ -16,6 +16,8 @@
 //!   training over sv-dist's collectives ([`trainer::Trainer::distribute`]).
 //! - [`window`]: metrics windows and totals; device values read a window later.
 //! - [`eval`]: top-1/top-5 error, centre crop and ten-crop.
+//! - [`config`]: a run's settings: what fixes it ([`config::RunSpec`]) and what may
+//!   change between invocations ([`config::RunLimits`]); the resume rules.
 //! - [`checkpoint`]: atomic safetensors checkpoints with JSON metadata.
 //! - [`metrics`]: the JSON-lines metrics log and top-k counting.
 //! - [`data`]: the training data source over sv-pipeline's loader.
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 mod error;
 pub mod eval;

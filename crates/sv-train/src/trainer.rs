@@ -24,7 +24,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use sv_core::{ClassInfo, mix64};
 use sv_shard::Dataset;
 use tch::{Device, Kind, Tensor};
@@ -34,127 +33,22 @@ use crate::checkpoint::{
 };
 use crate::error::{Result, TorchContext, TrainError};
 use crate::eval::{EvalMode, EvalResult, evaluate};
-use crate::input::{DeviceNorm, InputScale, Normalization};
+use crate::input::{DeviceNorm, Normalization};
 use crate::metrics::{MetricsRecord, MetricsSink};
-use crate::model::{InitScheme, Model, ModelSpec};
-use crate::optim::{PaperSgd, ScalerState, SgdConfig};
-use crate::params::Precision;
+use crate::model::{Model, ModelSpec};
+use crate::optim::{PaperSgd, ScalerState};
 use crate::prefetch::{DeviceBatch, HostMemory, Prefetcher, Transfer, transfer_for};
 use crate::runlock::RunLock;
-use crate::schedule::{Schedule, ScheduleConfig};
+use crate::schedule::Schedule;
 use crate::stop::StopFlag;
 use crate::window::{ClosedWindow, Totals, Window, WindowEnd};
 
 mod parallel;
 pub use parallel::ParallelConfig;
 
+pub use crate::config::TrainConfig;
 pub use crate::data::TrainData;
 pub use crate::files::{BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_FILE};
-
-/// Everything a run is configured with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Registered model name (see [`crate::model::MODEL_NAMES`]).
-    pub model: String,
-    /// Override of the model's default initialisation.
-    pub init: Option<InitScheme>,
-    /// Override of the model's input scale (`alexnet`: the paper's centred raw values;
-    /// `alexnet-owt`: mean/std as torchvision).
-    #[serde(default)]
-    pub input_scale: Option<InputScale>,
-    /// Images per step (128 in the paper).
-    pub batch_size: usize,
-    /// Epochs to train in total.
-    pub epochs: u64,
-    /// Stop after this many steps in total (tests, benchmarks); a checkpoint is written.
-    pub max_steps: Option<u64>,
-    /// Initial learning rate (0.01).
-    pub lr: f64,
-    /// Learning-rate schedule.
-    pub schedule: ScheduleConfig,
-    /// Momentum and weight decay.
-    pub sgd: SgdConfig,
-    /// Seed for init, dropout and (through the data source) data order and augmentation.
-    pub seed: u64,
-    /// Write `last.safetensors` every this many steps (0: only at epoch ends).
-    pub checkpoint_every: u64,
-    /// Steps per metrics window.
-    pub log_every: u64,
-    /// Evaluate on at most this many validation images per epoch.
-    pub val_limit: Option<usize>,
-    /// Views used by the final evaluation after the last epoch.
-    pub final_ten_crop: bool,
-    /// Batches staged ahead by the prefetch thread.
-    pub prefetch_depth: usize,
-    /// Precision of the forward and backward passes (default: bf16 on CUDA, fp32 on
-    /// the CPU). A run-time choice: a resumed run takes this invocation's.
-    #[serde(default)]
-    pub precision: Option<Precision>,
-    /// Channels-last input and convolutions (default: on CUDA).
-    #[serde(default)]
-    pub channels_last: Option<bool>,
-    /// Initial fp16 loss scale (default 65536, PyTorch GradScaler's).
-    #[serde(default)]
-    pub loss_scale: Option<f64>,
-    /// Copy batches to a CUDA device on a side stream (default: on).
-    #[serde(default)]
-    pub copy_stream: Option<bool>,
-    /// Override of the dropout probability of every dropout layer (the models: 0.5).
-    /// 0 turns dropout off, as tests comparing runs step by step need.
-    #[serde(default)]
-    pub dropout: Option<f64>,
-    /// What the data source makes batches of (image side, augmentation, loader), for
-    /// the checkpoint: the trainer does not read it; the caller keeps it true to the
-    /// [`TrainData`] it passes.
-    #[serde(default)]
-    pub data: Option<crate::data::DataSettings>,
-    /// Epoch checkpoints kept besides last and best (0: none), see
-    /// [`checkpoint::keep_epoch`].
-    #[serde(default)]
-    pub keep_epochs: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            model: "alexnet".into(),
-            init: None,
-            input_scale: None,
-            batch_size: 128,
-            epochs: 90,
-            max_steps: None,
-            lr: 0.01,
-            schedule: ScheduleConfig::paper(),
-            sgd: SgdConfig::default(),
-            seed: 0,
-            checkpoint_every: 1000,
-            log_every: 20,
-            val_limit: None,
-            final_ten_crop: true,
-            prefetch_depth: 1,
-            precision: None,
-            channels_last: None,
-            loss_scale: None,
-            copy_stream: None,
-            dropout: None,
-            data: None,
-            keep_epochs: 0,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// The precision on `device`: the configured one, else bf16 on CUDA, fp32 on CPU.
-    pub fn precision_on(&self, device: Device) -> Precision {
-        self.precision
-            .unwrap_or_else(|| Precision::default_for(device))
-    }
-
-    /// Whether inputs are channels-last on `device`: as configured, else on CUDA.
-    pub fn channels_last_on(&self, device: Device) -> bool {
-        self.channels_last.unwrap_or(device.is_cuda())
-    }
-}
 
 /// What the loop reports as it goes (the CLI draws it).
 #[derive(Debug)]
@@ -407,24 +301,9 @@ impl Trainer {
         out_dir: &Path,
     ) -> Result<Trainer> {
         let ck = checkpoint::load(path)?;
-        let saved: TrainConfig =
-            serde_json::from_value(ck.meta.config.clone()).map_err(|e| TrainError::Json {
-                path: path.into(),
-                source: e,
-            })?;
-        let config = TrainConfig {
-            model: saved.model,
-            init: saved.init,
-            input_scale: saved.input_scale,
-            batch_size: saved.batch_size,
-            lr: saved.lr,
-            schedule: saved.schedule,
-            sgd: saved.sgd,
-            seed: saved.seed,
-            // the layers (and their dropout) come from the checkpoint's model
-            dropout: saved.dropout,
-            ..config
-        };
+        // the run's spec (model, batch, rates, schedule, seed, dropout, data) and
+        // today's limits; the layers come from the checkpoint's model
+        let config = TrainConfig::resumed(ck.meta.spec.clone(), &config);
         let mut model = Model::with_precision(&ck.meta.model, device, config.precision_on(device))?;
         model.load_params(&ck.params, path)?;
         let mut opt = PaperSgd::new(model.store(), config.sgd)?;
@@ -503,10 +382,8 @@ impl Trainer {
             batch_in_epoch: self.batch_in_epoch,
             schedule: self.schedule.clone(),
             seed: self.config.seed,
-            config: serde_json::to_value(&self.config).map_err(|e| TrainError::Json {
-                path: self.out_dir.clone(),
-                source: e,
-            })?,
+            spec: self.config.spec(),
+            limits: self.config.limits(),
             best_top1: self.best_top1,
             loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
             world_size: self.world_size(),

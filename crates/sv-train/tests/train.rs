@@ -903,10 +903,11 @@ fn a_damaged_checkpoint_is_refused_naming_the_tensor() {
     let md = v1["__metadata__"].as_object_mut().unwrap();
     md.remove("supervision.crc32");
     md.remove("supervision.tensor_crc32");
-    let meta = md["supervision"]
-        .as_str()
-        .unwrap()
-        .replacen("\"version\":2", "\"version\":1", 1);
+    let meta = md["supervision"].as_str().unwrap().replacen(
+        &format!("\"version\":{}", checkpoint::CHECKPOINT_VERSION),
+        "\"version\":1",
+        1,
+    );
     md.insert("supervision".into(), meta.into());
     write_with_header(&bad, &v1, &data);
     let ck = checkpoint::load(&bad).unwrap();
@@ -932,6 +933,94 @@ fn a_damaged_checkpoint_is_refused_naming_the_tensor() {
     assert!(
         err.contains("directory") && !err.contains("os error 21: Is a"),
         "{err}"
+    );
+}
+
+/// The `config` object of a format-2 checkpoint of [`config`]`(Some(2))`, as the
+/// trainer wrote it before the settings were stored as `spec` and `limits` (issue 22),
+/// with the data settings the CLI kept.
+const FORMAT_2_CONFIG: &str = r#"{"model":"alexnet-tiny","init":null,"input_scale":null,
+"batch_size":8,"epochs":3,"max_steps":2,"lr":0.01,"schedule":{"kind":"plateau","patience":1,
+"threshold":0.0,"factor":0.1,"min_lr":1e-6,"max_drops":3},"sgd":{"momentum":0.9,
+"weight_decay":0.0005,"decay_biases":true},"seed":11,"checkpoint_every":2,"log_every":2,
+"val_limit":null,"final_ten_crop":false,"prefetch_depth":1,"precision":null,
+"channels_last":null,"loss_scale":null,"copy_stream":null,"dropout":null,
+"data":{"side":72,"mirror":true,"lighting":null,"loader":"simple","dataset":"abc"},
+"keep_epochs":0}"#;
+
+/// A checkpoint written in format 2 (one flat `config`, checksums) still loads, its
+/// settings read into the typed spec and limits, and resumes exactly as the same
+/// checkpoint in today's format does.
+#[test]
+fn a_format_2_checkpoint_loads_and_resumes() {
+    let _g = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let train = make_set(&tmp.path().join("train"), Split::Train, 4, 4, 1);
+    let val = make_set(&tmp.path().join("val"), Split::Val, 4, 1, 2);
+    let now = tmp.path().join("now");
+    trained(
+        &now,
+        2,
+        &Normalization::default(),
+        &mut source(&train, 11),
+        &val,
+    );
+    let (mut h, data) = header(&now.join(LAST_CHECKPOINT));
+    // today's metadata, rewritten as format 2 wrote it
+    let md = h["__metadata__"].as_object_mut().unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(md["supervision"].as_str().unwrap()).unwrap();
+    let m = meta.as_object_mut().unwrap();
+    assert!(m.contains_key("spec") && m.contains_key("limits"));
+    m.remove("spec");
+    m.remove("limits");
+    m.insert("version".into(), 2.into());
+    m.insert(
+        "config".into(),
+        serde_json::from_str(FORMAT_2_CONFIG).unwrap(),
+    );
+    let meta = serde_json::to_string(&meta).unwrap();
+    let crcs = md["supervision.tensor_crc32"].as_str().unwrap().to_string();
+    let crc = crc32fast::hash(format!("{meta}\n{crcs}").as_bytes());
+    md.insert("supervision".into(), meta.into());
+    md.insert("supervision.crc32".into(), format!("{crc:08x}").into());
+    let old = tmp.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    write_with_header(&old.join(LAST_CHECKPOINT), &h, &data);
+
+    let ck = checkpoint::load(&old.join(LAST_CHECKPOINT)).unwrap();
+    assert_eq!(ck.meta.version, 2);
+    // the same spec as today's file, and the data settings it kept
+    let mut want = checkpoint::load(&now.join(LAST_CHECKPOINT))
+        .unwrap()
+        .meta
+        .spec;
+    want.data = ck.meta.spec.data.clone();
+    assert_eq!(ck.meta.spec, want);
+    assert_eq!(
+        ck.meta.spec.data.as_ref().map(|d| d.loader.as_str()),
+        Some("simple")
+    );
+    assert_eq!((ck.meta.spec.batch_size, ck.meta.spec.seed), (8, 11));
+    assert_eq!(
+        (ck.meta.limits.max_steps, ck.meta.limits.log_every),
+        (Some(2), 2)
+    );
+    assert_eq!(ck.meta.trained_side(), Some(72));
+    let header = checkpoint::read_header(&old.join(LAST_CHECKPOINT)).unwrap();
+    assert_eq!(header.meta, ck.meta);
+    // both resume to the same weights
+    resumed(&now, 4, &mut source(&train, 11), &val);
+    resumed(&old, 4, &mut source(&train, 11), &val);
+    assert_eq!(
+        weights(&now.join(LAST_CHECKPOINT)),
+        weights(&old.join(LAST_CHECKPOINT))
+    );
+    let resaved = checkpoint::load(&old.join(LAST_CHECKPOINT)).unwrap();
+    assert_eq!(resaved.meta.version, checkpoint::CHECKPOINT_VERSION);
+    assert_eq!(
+        resaved.meta.spec.data, ck.meta.spec.data,
+        "the data settings carry over"
     );
 }
 
