@@ -157,9 +157,10 @@ pub fn detect(spec: &InputSpec, o: &HubOptions) -> Result<Option<InputFormat>, B
         return Ok(None); // the folder build says it does not exist
     };
     if meta.is_file() {
-        return Ok(match sniff(input)? {
+        // Unreadable: the archive build says why.
+        return Ok(match sniff(input).ok().flatten() {
             Some(InputFormat::Parquet) => Some(InputFormat::Parquet),
-            Some(InputFormat::Tar) if wds::looks_like_wds(input, label_key(o))? => {
+            Some(InputFormat::Tar) if wds::looks_like_wds(input, label_key(o)).unwrap_or(false) => {
                 Some(InputFormat::Wds)
             }
             _ => None,
@@ -168,14 +169,22 @@ pub fn detect(spec: &InputSpec, o: &HubOptions) -> Result<Option<InputFormat>, B
     if meta.is_dir() {
         // A folder of hub files: regular files only at its top (a class-folder tree
         // has folders there).
+        // Only the first files and those named .tar or .parquet are opened, so a flat
+        // folder of 50,000 JPEGs costs a listing, not 50,000 reads; a file that cannot
+        // be read here is left to the folder build to report.
         let (dirs, files) = top_level(input)?;
         if dirs > 0 || files.is_empty() {
             return Ok(None);
         }
-        for f in &files {
-            match sniff(f)? {
+        let named = |f: &&PathBuf| f.extension().is_some_and(|e| e == "tar" || e == "parquet");
+        let candidates = files
+            .iter()
+            .take(16)
+            .chain(files.iter().skip(16).filter(named));
+        for f in candidates {
+            match sniff(f).ok().flatten() {
                 Some(InputFormat::Parquet) => return Ok(Some(InputFormat::Parquet)),
-                Some(InputFormat::Tar) if wds::looks_like_wds(f, label_key(o))? => {
+                Some(InputFormat::Tar) if wds::looks_like_wds(f, label_key(o)).unwrap_or(false) => {
                     return Ok(Some(InputFormat::Wds));
                 }
                 _ => {}
@@ -244,10 +253,19 @@ fn top_level(dir: &Path) -> Result<(usize, Vec<PathBuf>), BuildError> {
             continue;
         }
         let p = e.path();
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => dirs += 1,
-            Ok(m) if m.is_file() => files.push(p),
-            _ => {}
+        // The entry's type from the listing; a link is followed.
+        let (is_dir, is_file) = match e.file_type() {
+            Ok(t) if t.is_symlink() => match std::fs::metadata(&p) {
+                Ok(m) => (m.is_dir(), m.is_file()),
+                Err(_) => (false, false),
+            },
+            Ok(t) => (t.is_dir(), t.is_file()),
+            Err(_) => (false, false),
+        };
+        if is_dir {
+            dirs += 1;
+        } else if is_file {
+            files.push(p);
         }
     }
     files.sort_by(|a, b| crate::inputs::path_bytes(a).cmp(&crate::inputs::path_bytes(b)));
@@ -522,7 +540,10 @@ pub fn discover(
     let mut rejects = Vec::new();
     let mut ignored = Vec::new();
     let mut image_column = None;
-    for (f, l) in files.iter().zip(listings) {
+    // WebDataset keys are unique over the whole set: a sample key seen in an earlier
+    // tar is a duplicate (the key is the member path up to its extension).
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    for (at, (f, l)) in files.iter().zip(listings).enumerate() {
         let mtime = std::fs::metadata(&f.path)
             .map(|m| mtime_of(&m))
             .unwrap_or((0, 0));
@@ -541,6 +562,25 @@ pub fn discover(
             });
         }
         for s in l.samples {
+            if format == InputFormat::Wds {
+                let key = s
+                    .shown
+                    .split_once('.')
+                    .map_or(&*s.shown, |(k, _)| k)
+                    .to_string();
+                if let Some(&first) = keys.get(&key).filter(|&&i| i != at) {
+                    rejects.push(Reject {
+                        path: format!("{file_shown}/{}", s.shown),
+                        reason: format!(
+                            "sample {key} is also in {} (a duplicate key); this later copy is \
+                             not used",
+                            display_path(&files[first].label)
+                        ),
+                    });
+                    continue;
+                }
+                keys.insert(key, at);
+            }
             let rel = match format {
                 InputFormat::Parquet => format!("{file_shown} {}", s.shown),
                 _ => format!("{file_shown}/{}", s.shown),
@@ -579,6 +619,14 @@ pub fn discover(
         classes_from,
         image_column,
     };
+    tracing::info!(
+        source = %hub.describe(),
+        classes = classes.len(),
+        classes_from = %hub.classes_from,
+        samples = images.len(),
+        rejects = rejects.len(),
+        "hub input listed"
+    );
     Ok(HubInputs {
         classes,
         images,
@@ -726,8 +774,9 @@ pub(crate) struct Reader {
 
 #[derive(Debug, Default)]
 struct ReaderState {
-    /// Open files, by index (opened when first read).
-    open: HashMap<usize, Arc<File>>,
+    /// The open file, by index (one at a time: a set of 1,024 tars must not hold
+    /// 1,024 descriptors).
+    open: Option<(usize, Arc<File>)>,
     /// The file the last sample came from.
     last: usize,
     /// The parquet cursor.
@@ -754,13 +803,14 @@ impl Reader {
         let offset = img
             .offset
             .ok_or_else(|| format!("internal error: no offset for {}", img.rel))?;
-        let file = match st.open.get(&at) {
-            Some(file) => Arc::clone(file),
-            None => {
+        let file = match &st.open {
+            Some((i, file)) if *i == at => Arc::clone(file),
+            _ => {
+                st.open = None;
                 let (file, _) =
                     open_regular(&f.path).map_err(|r| format!("{}: {r}", f.path.display()))?;
                 let file = Arc::new(file);
-                st.open.insert(at, Arc::clone(&file));
+                st.open = Some((at, Arc::clone(&file)));
                 file
             }
         };
