@@ -27,8 +27,9 @@ use sv_shard::{
 };
 
 use crate::files::{
-    entries, journal_append, list_our_files, not_ours_in_the_way, read_own_file, remove,
-    write_journal, write_json_atomic, write_rejects,
+    STAGING_DIR, entries, fresh_staging, journal_append, list_our_files, not_ours_in_the_way,
+    promote, read_own_file, remove, remove_staging, write_journal, write_json_atomic,
+    write_rejects,
 };
 use crate::inputs::{Ignored, InputSpec, Inputs, discover};
 use crate::journal::{
@@ -167,7 +168,7 @@ pub fn build(
     }
     let _lock = OutputLock::acquire(out)?;
     let inputs = discover(&config.input, Some(out))?;
-    let job = Job::new(config, &inputs)?;
+    let mut job = Job::new(config, &inputs)?;
     if config.strict
         && let Some(r) = job.pre_rejects.first()
     {
@@ -176,9 +177,23 @@ pub fn build(
             reason: r.reason.clone(),
         });
     }
-    let plan = job.plan()?;
+    // A build forced over another dataset is written beside it, in the staging
+    // folder, and replaces it once whole; cut short, it resumes there.
+    let staged = job.staged_build_matches()?;
+    if staged {
+        job.dir = out.join(STAGING_DIR);
+    }
+    let mut plan = job.plan()?;
     if !plan.up_to_date {
         job.check_usable()?;
+    }
+    if !staged && !plan.up_to_date {
+        if plan.clear_first && !list_our_files(out)?.is_empty() {
+            job.dir = fresh_staging(out)?;
+            plan.clear_first = false;
+        } else {
+            remove_staging(out)?;
+        }
     }
     if plan.up_to_date {
         return Ok(job.summary(plan.manifest_if_current, plan.kept, None, true));
@@ -191,7 +206,7 @@ pub fn build(
         done: start - job.range.start,
     });
     let done_shards = kept.iter().filter_map(|s| s.shard.clone()).collect();
-    let writer = DatasetWriter::resume(out, job.writer.clone(), done_shards)?;
+    let writer = DatasetWriter::resume(job.out(), job.writer.clone(), done_shards)?;
     let mut segments = kept.clone();
     let (writer, tail) = job.run(writer, start, &mut segments, &mut journal, progress)?;
     let before = writer.completed().len();
@@ -203,7 +218,10 @@ pub fn build(
         });
     }
     drop(journal);
-    let _ = std::fs::remove_file(out.join(JOURNAL_FILE));
+    let _ = std::fs::remove_file(job.out().join(JOURNAL_FILE));
+    if job.out() != out {
+        promote(job.out(), out)?;
+    }
     Ok(job.summary(Some(manifest), segments, plan.dropped, false)).map(|mut s| {
         s.resumed_shards = kept.iter().filter(|k| k.shard.is_some()).count();
         s.resumed_inputs = start - job.range.start;
@@ -296,6 +314,9 @@ struct Plan {
 
 /// One build's settings and inputs, resolved.
 struct Job<'a> {
+    /// The folder written: the output, or its staging folder when the build replaces
+    /// another dataset there.
+    dir: PathBuf,
     config: &'a BuildConfig,
     inputs: &'a Inputs,
     writer: WriterConfig,
@@ -343,11 +364,20 @@ impl<'a> Job<'a> {
             range,
             pre_rejects,
             ignored,
+            dir: config.output.clone(),
         })
     }
 
     fn out(&self) -> &Path {
-        &self.config.output
+        &self.dir
+    }
+
+    /// Whether the output's staging folder holds this build, cut short.
+    fn staged_build_matches(&self) -> Result<bool, BuildError> {
+        let path = self.config.output.join(STAGING_DIR).join(JOURNAL_FILE);
+        Ok(read_own_file(&path)?
+            .and_then(|b| parse_journal(&String::from_utf8_lossy(&b)))
+            .is_some_and(|(head, _)| head.fingerprint == self.fingerprint))
     }
 
     fn check(&self) -> Check<'_> {

@@ -5,7 +5,10 @@
 //! - `manifest.json`, `rejects.jsonl`, `build.json`, `.build-journal.jsonl`: the
 //!   dataset's record and the build's own;
 //! - `*.svs`: shards;
-//! - `*.tmp`: a file being written (sv-core's atomic writes), left by a killed build.
+//! - `*.tmp`: a file being written (sv-core's atomic writes), left by a killed build;
+//! - `.supervision-staging/`: a dataset being built or merged with `force` over
+//!   another one, moved into place once whole ([`promote`]), so the old dataset stays
+//!   until the new one exists (a full disk loses nothing).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,10 @@ use crate::build::{BUILD_FILE, JOURNAL_FILE, REJECTS_FILE};
 use crate::journal::{Segment, line};
 use crate::lock::LOCK_FILE;
 use crate::{BuildError, Reject};
+
+/// The folder inside an output folder where a dataset that replaces another is
+/// written before it is moved into place.
+pub(crate) const STAGING_DIR: &str = ".supervision-staging";
 
 /// What kind of file of a build's a name is, if it is one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +65,7 @@ pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
             source,
         })?
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name() != LOCK_FILE)
+        .filter(|e| e.file_name() != LOCK_FILE && e.file_name() != STAGING_DIR)
         .map(|e| e.path())
         .collect())
 }
@@ -183,4 +190,87 @@ pub(crate) fn write_json_atomic<T: serde::Serialize>(
 pub(crate) fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), BuildError> {
     sv_core::fs::write_atomic(out.join(name), bytes).map_err(sv_shard::ShardError::from)?;
     Ok(())
+}
+
+/// A fresh staging folder in `out` (an earlier one, left by a killed build or merge,
+/// is removed first).
+pub(crate) fn fresh_staging(out: &Path) -> Result<PathBuf, BuildError> {
+    let stage = out.join(STAGING_DIR);
+    remove_staging(out)?;
+    std::fs::create_dir(&stage).map_err(|source| BuildError::Io {
+        path: stage.clone(),
+        op: "create",
+        source,
+    })?;
+    Ok(stage)
+}
+
+/// Remove the staging folder of `out`, if there is one: only the build's own files
+/// in it, then the folder (anything else in it keeps it, and is an error).
+pub(crate) fn remove_staging(out: &Path) -> Result<(), BuildError> {
+    let stage = out.join(STAGING_DIR);
+    match std::fs::symlink_metadata(&stage) {
+        Err(_) => return Ok(()),
+        Ok(m) if !m.is_dir() => {
+            return Err(BuildError::Input(format!(
+                "{} is {}, where a build stages a dataset; move it away",
+                stage.display(),
+                crate::read::kind_of(m.file_type())
+            )));
+        }
+        Ok(_) => {}
+    }
+    for p in list_our_files(&stage)? {
+        remove(&p)?;
+    }
+    std::fs::remove_dir(&stage).map_err(|source| BuildError::Io {
+        path: stage,
+        op: "remove",
+        source,
+    })
+}
+
+/// Move the finished dataset in `stage` into `out`, replacing the one there: its
+/// shards first, then the build's other files of `out` that it does not replace are
+/// removed, then its records with `manifest.json` last; the staging folder goes
+/// once it is empty. Renames within one filesystem need no space, so the old
+/// dataset is only removed once the new one is whole on disk.
+pub(crate) fn promote(stage: &Path, out: &Path) -> Result<(), BuildError> {
+    let new = list_our_files(stage)?;
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let names: Vec<String> = new.iter().map(|p| name(p)).collect();
+    let rank = |p: &PathBuf| match name(p).as_str() {
+        n if n == MANIFEST_FILE => 3,
+        n if n == BUILD_FILE => 2,
+        n if owned(n) == Some(Owned::Shard) => 0,
+        _ => 1,
+    };
+    let mut order = new.clone();
+    order.sort_by_key(rank);
+    let mv = |p: &Path| {
+        std::fs::rename(p, out.join(name(p))).map_err(|source| BuildError::Io {
+            path: p.to_path_buf(),
+            op: "move into place",
+            source,
+        })
+    };
+    let (shards, records): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        order.iter().partition(|p| rank(p) == 0);
+    for p in shards {
+        mv(p)?;
+    }
+    for p in list_our_files(out)? {
+        if !names.contains(&name(&p)) {
+            remove(&p)?;
+        }
+    }
+    for p in records {
+        mv(p)?;
+    }
+    sv_core::fs::sync_dir(out).map_err(sv_shard::ShardError::from)?;
+    remove_staging(out)
 }

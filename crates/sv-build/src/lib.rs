@@ -202,6 +202,17 @@ pub enum BuildError {
         /// What failed.
         reason: String,
     },
+    /// A shard's bytes are not what its manifest says (found while merging).
+    #[error(
+        "{path}: {reason}: the shard is damaged (`shard verify` names the record); rebuild \
+         its part"
+    )]
+    ShardDamaged {
+        /// The shard.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// Writing the dataset failed.
     #[error(transparent)]
     Shard(#[from] sv_shard::ShardError),

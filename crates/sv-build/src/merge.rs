@@ -12,13 +12,17 @@
 //! The parts' shards are kept byte for byte, so the merged dataset's records equal a
 //! single build's, while its shard boundaries fall where the parts ended.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sv_shard::{Dataset, Manifest, ShardEntry, WriterConfig};
 
 use crate::build::{BUILD_FILE, JOURNAL_FILE};
-use crate::files::{entries, list_our_files, write_json_atomic, write_rejects};
-use crate::journal::{BuildRecord, LAYOUT, parse_record};
+use crate::files::{
+    Owned, entries, fresh_staging, list_our_files, owned, promote, read_own_file, remove,
+    remove_staging, write_journal, write_json_atomic, write_rejects,
+};
+use crate::journal::{BuildRecord, Digest, JournalHead, LAYOUT, line, parse_journal, parse_record};
 use crate::lock::OutputLock;
 use crate::{BuildError, Occupant, PartRecord, Reject, read_rejects};
 use sv_core::fs::AtomicFile;
@@ -30,7 +34,8 @@ pub struct MergeConfig {
     pub parts: Vec<PathBuf>,
     /// The dataset folder to write.
     pub output: PathBuf,
-    /// Replace a dataset in `output` (only the build's own files are removed).
+    /// Replace a dataset in `output` (only the build's own files are removed, once
+    /// the new dataset is whole beside them).
     pub force: bool,
 }
 
@@ -47,6 +52,8 @@ pub struct MergeSummary {
     pub copied: usize,
     /// Rejects of all parts.
     pub rejects: usize,
+    /// The output already held this merge, whole: nothing was written.
+    pub up_to_date: bool,
 }
 
 struct PartIn {
@@ -100,70 +107,196 @@ pub fn merge(config: &MergeConfig) -> Result<MergeSummary, BuildError> {
         source,
     })?;
     let _lock = OutputLock::acquire(out)?;
-    clear_output(out, config.force)?;
-
-    let first = &parts[0].manifest;
-    let writer = WriterConfig {
-        split: first.split,
-        side: first.side,
-        codec: first.codec,
-        jpeg_quality: first.jpeg_quality.unwrap_or(90),
-        // a manifest without the field holds 4:4:4 records
-        jpeg_subsampling: first
-            .jpeg_subsampling
-            .unwrap_or(sv_shard::Subsampling::S444),
-        classes: first.classes.clone(),
-        max_shard_bytes: 0,
+    let plan = Plan::new(&parts)?;
+    let summary = |linked, copied, up_to_date| MergeSummary {
+        manifest: plan.manifest.clone(),
+        parts: parts.len(),
+        linked,
+        copied,
+        rejects: plan.rejects.len(),
+        up_to_date,
     };
-    let (mut shards, mut linked, mut copied) = (Vec::new(), 0, 0);
-    let mut rejects: Vec<Reject> = Vec::new();
-    let mut segments = Vec::new();
-    for p in &parts {
-        for s in &p.manifest.shards {
-            let name = writer.shard_name(shards.len());
-            if place(&p.dir.join(&s.name), &out.join(&name))? {
+    let target = match where_to_write(out, &plan, config.force)? {
+        Target::UpToDate => return Ok(summary(0, 0, true)),
+        Target::Here => out.clone(),
+        Target::Staged => fresh_staging(out)?,
+    };
+    let (linked, copied) = plan.write(&target)?;
+    if target != *out {
+        promote(&target, out)?;
+    }
+    Ok(summary(linked, copied, false))
+}
+
+/// The merged dataset, worked out before anything is written.
+struct Plan {
+    /// Each shard: where it is in its part, and its entry under its new name.
+    shards: Vec<(PathBuf, ShardEntry)>,
+    rejects: Vec<Reject>,
+    manifest: Manifest,
+    record: BuildRecord,
+}
+
+impl Plan {
+    fn new(parts: &[PartIn]) -> Result<Plan, BuildError> {
+        let first = &parts[0].manifest;
+        let writer = WriterConfig {
+            split: first.split,
+            side: first.side,
+            codec: first.codec,
+            jpeg_quality: first.jpeg_quality.unwrap_or(90),
+            // a manifest without the field holds 4:4:4 records
+            jpeg_subsampling: first
+                .jpeg_subsampling
+                .unwrap_or(sv_shard::Subsampling::S444),
+            classes: first.classes.clone(),
+            max_shard_bytes: 0,
+        };
+        let mut shards = Vec::new();
+        let mut rejects: Vec<Reject> = Vec::new();
+        let mut segments = Vec::new();
+        // What the merge is made of: every part's settings, inputs and shards. The
+        // same parts merge to the same fingerprint, so a merge run again is up to
+        // date (or resumes), and a part rebuilt since is noticed.
+        let mut digest = Digest::new();
+        for p in parts {
+            for s in &p.manifest.shards {
+                let name = writer.shard_name(shards.len());
+                digest.eat(format!("{} {} {} {}", s.name, s.records, s.bytes, s.crc32).as_bytes());
+                shards.push((p.dir.join(&s.name), ShardEntry { name, ..s.clone() }));
+            }
+            rejects.extend(read_rejects(&p.dir)?);
+            segments.extend(p.record.segments.iter().cloned());
+            digest.eat(p.part.inputs.as_bytes());
+            digest.eat(p.record.fingerprint.as_bytes());
+        }
+        // The segments keep their part's shard names; renumber them as placed.
+        let mut n = 0;
+        for seg in &mut segments {
+            if let Some(shard) = &mut seg.shard {
+                shard.name = writer.shard_name(n);
+                n += 1;
+            }
+        }
+        let manifest = writer.manifest(shards.iter().map(|(_, e)| e.clone()).collect());
+        let p0 = &parts[0];
+        let record = BuildRecord {
+            layout: LAYOUT,
+            // Not any build's fingerprint: a later `build` into this folder starts over.
+            fingerprint: format!(
+                "merged {} parts of {} ({})",
+                parts.len(),
+                p0.part.settings,
+                digest.hex()
+            ),
+            hash_inputs: segments.iter().all(|s| s.content.is_some()),
+            listing: p0.record.listing.clone(),
+            inputs: parts.iter().map(|p| p.record.inputs).sum(),
+            records: manifest.records,
+            rejects: rejects.len(),
+            segments,
+            ignored: p0.record.ignored.clone(),
+            part: None,
+        };
+        Ok(Plan {
+            shards,
+            rejects,
+            manifest,
+            record,
+        })
+    }
+
+    /// Write the merged dataset into `dir`: a journal naming this merge first (so a
+    /// merge cut short is known as this one), the shards, then the records.
+    /// Returns (linked, copied).
+    fn write(&self, dir: &Path) -> Result<(usize, usize), BuildError> {
+        let head = line(&JournalHead {
+            layout: LAYOUT,
+            fingerprint: self.record.fingerprint.clone(),
+        })?;
+        drop(write_journal(dir, head.as_bytes())?);
+        let (mut linked, mut copied) = (0, 0);
+        for (src, entry) in &self.shards {
+            if place(src, &dir.join(&entry.name), entry)? {
                 linked += 1;
             } else {
                 copied += 1;
             }
-            shards.push(ShardEntry { name, ..s.clone() });
         }
-        rejects.extend(read_rejects(&p.dir)?);
-        segments.extend(p.record.segments.iter().cloned());
-    }
-    // The segments keep their part's shard names; renumber them as placed.
-    let mut n = 0;
-    for seg in &mut segments {
-        if let Some(shard) = &mut seg.shard {
-            shard.name = writer.shard_name(n);
-            n += 1;
+        write_rejects(dir, &self.rejects)?;
+        sv_shard::write_manifest(dir, &self.manifest)?;
+        write_json_atomic(dir, BUILD_FILE, &self.record)?;
+        remove(&dir.join(JOURNAL_FILE))?;
+        // what an interrupted merge or build left that this dataset does not hold
+        let keep: Vec<&str> = self.shards.iter().map(|(_, e)| e.name.as_str()).collect();
+        for p in list_our_files(dir)? {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.as_deref().unwrap_or("");
+            if owned(name) != Some(Owned::Record) && !keep.contains(&name) {
+                remove(&p)?;
+            }
         }
+        Ok((linked, copied))
     }
-    write_rejects(out, &rejects)?;
-    let manifest = writer.manifest(shards);
-    sv_shard::write_manifest(out, &manifest)?;
-    let p0 = &parts[0];
-    let record = BuildRecord {
-        layout: LAYOUT,
-        // Not any build's fingerprint: a later `build` into this folder starts over.
-        fingerprint: format!("merged {} parts of {}", parts.len(), p0.part.settings),
-        hash_inputs: segments.iter().all(|s| s.content.is_some()),
-        listing: p0.record.listing.clone(),
-        inputs: parts.iter().map(|p| p.record.inputs).sum(),
-        records: manifest.records,
-        rejects: rejects.len(),
-        segments,
-        ignored: p0.record.ignored.clone(),
-        part: None,
-    };
-    write_json_atomic(out, BUILD_FILE, &record)?;
-    Ok(MergeSummary {
-        manifest,
-        parts: parts.len(),
-        linked,
-        copied,
-        rejects: rejects.len(),
-    })
+}
+
+/// Where a merge writes.
+enum Target {
+    /// The output already holds this merge, whole.
+    UpToDate,
+    /// Into the output: it is empty, holds only other files (with `force`), or holds
+    /// this same merge unfinished.
+    Here,
+    /// Into a staging folder, then moved over the dataset there (`force`).
+    Staged,
+}
+
+fn where_to_write(out: &Path, plan: &Plan, force: bool) -> Result<Target, BuildError> {
+    let fingerprint = &plan.record.fingerprint;
+    let journal = read_own_file(&out.join(JOURNAL_FILE))?
+        .and_then(|b| parse_journal(&String::from_utf8_lossy(&b)))
+        .map(|(head, _)| head.fingerprint);
+    let record = read_own_file(&out.join(BUILD_FILE))?.and_then(|b| parse_record(&b));
+    if journal.is_none()
+        && record.as_ref().is_some_and(|r| r == &plan.record)
+        && Manifest::load(out).ok().as_ref() == Some(&plan.manifest)
+        && Dataset::open(out).is_ok()
+        && read_rejects(out).ok().as_ref() == Some(&plan.rejects)
+    {
+        return Ok(Target::UpToDate);
+    }
+    // the same merge, cut short or damaged since: done again in place
+    if journal.as_ref() == Some(fingerprint)
+        || record
+            .as_ref()
+            .is_some_and(|r| &r.fingerprint == fingerprint)
+    {
+        return Ok(Target::Here);
+    }
+    let ours = list_our_files(out)?;
+    if ours.is_empty() {
+        if !force && !entries(out)?.is_empty() {
+            return Err(occupied(out, Occupant::OtherFiles));
+        }
+        remove_staging(out)?;
+        return Ok(Target::Here);
+    }
+    if !force {
+        let holds = if journal.is_some() {
+            Occupant::InterruptedBuild
+        } else {
+            Occupant::OtherDataset
+        };
+        return Err(occupied(out, holds));
+    }
+    Ok(Target::Staged)
+}
+
+fn occupied(out: &Path, holds: Occupant) -> BuildError {
+    BuildError::Occupied {
+        dir: out.to_path_buf(),
+        holds,
+    }
 }
 
 /// A finished part build, locked so no build changes it while it is merged.
@@ -178,7 +311,7 @@ fn open_part(dir: &Path) -> Result<PartIn, BuildError> {
             "an unfinished build (run its command again to finish it, then merge)".into(),
         ));
     }
-    let record = crate::files::read_own_file(&dir.join(BUILD_FILE))?
+    let record = read_own_file(&dir.join(BUILD_FILE))?
         .and_then(|b| parse_record(&b))
         .ok_or_else(|| bad(format!("no {BUILD_FILE} of a finished build")))?;
     let part = record
@@ -267,46 +400,67 @@ fn check_parts(parts: &mut [PartIn]) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn clear_output(out: &Path, force: bool) -> Result<(), BuildError> {
-    let ours = list_our_files(out)?;
-    if !force && !entries(out)?.is_empty() {
-        return Err(BuildError::Occupied {
-            dir: out.to_path_buf(),
-            holds: if ours.is_empty() {
-                Occupant::OtherFiles
-            } else {
-                Occupant::OtherDataset
-            },
+/// Hard-link `src` as `dst`, or copy it where a link cannot be made (another
+/// filesystem); either way its bytes are read and their CRC-32 checked against the
+/// part's manifest (`entry`), so a damaged part is refused, not carried into the
+/// merged dataset under its old checksum. Returns whether it was linked. `src` must
+/// be a regular file (a link would otherwise carry a FIFO or a symbolic link into the
+/// merged dataset); a copy is written through [`AtomicFile`], so a failure leaves no
+/// partial shard or temporary file. The folder is synced when the manifest is
+/// written after the last shard.
+fn place(src: &Path, dst: &Path, entry: &ShardEntry) -> Result<bool, BuildError> {
+    let mut from = sv_core::fs::open_regular(src).map_err(sv_shard::ShardError::from)?;
+    let read_err = |source| BuildError::Io {
+        path: src.to_path_buf(),
+        op: "read",
+        source,
+    };
+    // a file of this merge's, cut short by an earlier run, is replaced
+    let _ = std::fs::remove_file(dst);
+    let linked = std::fs::hard_link(src, dst).is_ok();
+    let mut hasher = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut to = if linked {
+        None
+    } else {
+        Some(AtomicFile::create(dst).map_err(sv_shard::ShardError::from)?)
+    };
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+        if let Some(to) = &mut to {
+            to.write_all(&buf[..n]).map_err(|source| BuildError::Io {
+                path: dst.to_path_buf(),
+                op: "copy",
+                source,
+            })?;
+        }
+    }
+    let crc = format!("{:08x}", hasher.finalize());
+    if crc != entry.crc32 || len != entry.bytes {
+        if linked {
+            let _ = std::fs::remove_file(dst);
+        }
+        return Err(BuildError::ShardDamaged {
+            path: src.to_path_buf(),
+            reason: format!(
+                "{len} bytes with CRC-32 {crc}, where its part's manifest says {} bytes with \
+                 CRC-32 {}",
+                entry.bytes, entry.crc32
+            ),
         });
     }
-    for p in ours {
-        std::fs::remove_file(&p).map_err(|source| BuildError::Io {
-            path: p.clone(),
-            op: "remove",
-            source,
-        })?;
+    if let Some(to) = to {
+        to.commit().map_err(sv_shard::ShardError::from)?;
     }
-    Ok(())
-}
-
-/// Hard-link `src` as `dst`, or copy it where a link cannot be made (another
-/// filesystem). Returns whether it was linked. `src` must be a regular file (a link
-/// would otherwise carry a FIFO or a symbolic link into the merged dataset); a copy is
-/// written through [`AtomicFile`], so a failure leaves no partial shard or temporary
-/// file. The folder is synced when the manifest is written after the last shard.
-fn place(src: &Path, dst: &Path) -> Result<bool, BuildError> {
-    let mut from = sv_core::fs::open_regular(src).map_err(sv_shard::ShardError::from)?;
-    if std::fs::hard_link(src, dst).is_ok() {
-        return Ok(true);
-    }
-    let mut to = AtomicFile::create(dst).map_err(sv_shard::ShardError::from)?;
-    std::io::copy(&mut from, &mut to).map_err(|source| BuildError::Io {
-        path: dst.to_path_buf(),
-        op: "copy",
-        source,
-    })?;
-    to.commit().map_err(sv_shard::ShardError::from)?;
-    Ok(false)
+    Ok(linked)
 }
 
 #[cfg(test)]
@@ -328,15 +482,28 @@ mod tests {
         mkfifo(&fifo);
         let link = d.path().join("b.svs");
         std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let entry = |bytes: &[u8]| ShardEntry {
+            name: String::new(),
+            records: 1,
+            bytes: bytes.len() as u64,
+            crc32: format!("{:08x}", crc32fast::hash(bytes)),
+        };
         for src in [&fifo, &link] {
             let dst = d.path().join("out.svs");
-            let err = place(src, &dst).unwrap_err().to_string();
+            let err = place(src, &dst, &entry(b"")).unwrap_err().to_string();
             assert!(err.contains("FIFO"), "{err}");
             assert!(std::fs::symlink_metadata(&dst).is_err(), "{err}");
         }
         let file = d.path().join("c.svs");
         std::fs::write(&file, b"shard").unwrap();
-        assert!(place(&file, &d.path().join("out.svs")).unwrap());
+        assert!(place(&file, &d.path().join("out.svs"), &entry(b"shard")).unwrap());
+        // Issue 26, item 13: bytes that do not match the manifest are refused, and
+        // nothing is left in the output
+        let err = place(&file, &d.path().join("bad.svs"), &entry(b"shars"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CRC-32"), "{err}");
+        assert!(!d.path().join("bad.svs").exists());
         assert_eq!(std::fs::read(d.path().join("out.svs")).unwrap(), b"shard");
     }
 }

@@ -983,3 +983,138 @@ fn worker_count_shard_bound_and_fraction_are_bounded() {
     assert!(err.contains("between 0 and 1"), "{err}");
     assert!(!out.join("manifest.json").exists());
 }
+
+/// The files of a dataset folder (not its folders: a staging folder is checked apart).
+fn regular_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+fn merge_into(
+    parts: &[PathBuf],
+    out: &Path,
+    force: bool,
+) -> Result<sv_build::MergeSummary, sv_build::BuildError> {
+    sv_build::merge(&sv_build::MergeConfig {
+        parts: parts.to_vec(),
+        output: out.to_path_buf(),
+        force,
+    })
+}
+
+/// Items 13, 15 and 17: merge checks the CRC of every shard it places; `--force`
+/// keeps the old dataset until the new one is whole; a merge run again is up to date,
+/// and one cut short resumes, never "other inputs".
+#[test]
+fn merge_verifies_resumes_and_replaces_only_once_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 6);
+    let parts: Vec<PathBuf> = (0..2).map(|k| t.path().join(format!("part{k}"))).collect();
+    for k in 0..2 {
+        build(&part_config(&input, &parts[k], k, 2), &|_| {}).unwrap();
+    }
+    let merged = t.path().join("merged");
+    let first = merge_into(&parts, &merged, false).unwrap();
+    assert!(!first.up_to_date);
+    let before = regular_files(&merged);
+    // run again: up to date, nothing written
+    let again = merge_into(&parts, &merged, false).unwrap();
+    assert!(again.up_to_date);
+    assert_eq!(regular_files(&merged), before);
+
+    // a flipped payload byte in part 1's shard (the size and the part's manifest
+    // unchanged) is refused, naming the shard
+    let shard = parts[1].join(&sv_shard::Manifest::load(&parts[1]).unwrap().shards[0].name);
+    let good = std::fs::read(&shard).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x40;
+    // a new inode, so the merged dataset's hard link keeps the good bytes
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::write(&shard, &bad).unwrap();
+    let fresh = t.path().join("fresh");
+    let err = merge_into(&parts, &fresh, false).unwrap_err();
+    assert!(
+        matches!(err, sv_build::BuildError::ShardDamaged { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&shard.display().to_string()),
+        "{err}"
+    );
+    assert!(!fresh.join("manifest.json").exists());
+    // --force over a dataset: the failure leaves the old one whole
+    let whole = t.path().join("whole");
+    build(&config(&input, &whole, 2, Codec::Raw), &|_| {}).unwrap();
+    let old = regular_files(&whole);
+    let err = merge_into(&parts, &whole, true).unwrap_err();
+    assert!(
+        matches!(err, sv_build::BuildError::ShardDamaged { .. }),
+        "{err}"
+    );
+    assert_eq!(regular_files(&whole), old, "the old dataset was changed");
+    verify_ok(&whole);
+    // the part repaired: the merge cut short in `fresh` resumes; --force replaces
+    std::fs::write(&shard, &good).unwrap();
+    let resumed = merge_into(&parts, &fresh, false).unwrap();
+    assert!(!resumed.up_to_date);
+    assert_eq!(records(&fresh), records(&merged));
+    let replaced = merge_into(&parts, &whole, true).unwrap();
+    assert!(!replaced.up_to_date);
+    assert_eq!(records(&whole), records(&merged));
+    assert_eq!(
+        regular_files(&whole).keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(!whole.join(".supervision-staging").exists());
+    verify_ok(&whole);
+}
+
+/// Item 15: `build --force` over another dataset writes the new one beside it and
+/// removes the old only once the new one is whole; cut short, it resumes.
+#[test]
+fn a_forced_build_replaces_the_old_dataset_only_once_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let input = tree(t.path(), 2, 6);
+    let out = t.path().join("out");
+    build(&config(&input, &out, 2, Codec::Raw), &|_| {}).unwrap();
+    let old = regular_files(&out);
+    // other settings, forced, stopped part-way (too many rejects)
+    for i in 0..4 {
+        std::fs::write(input.join(format!("n00000001/zz_{i}.JPEG")), b"junk").unwrap();
+    }
+    let mut c = config(&input, &out, 2, Codec::Jpeg);
+    c.force = true;
+    c.max_reject_fraction = 0.1;
+    let err = build(&c, &|_| {}).unwrap_err();
+    assert!(
+        matches!(err, sv_build::BuildError::TooManyRejects { .. }),
+        "{err}"
+    );
+    assert_eq!(regular_files(&out), old, "the old dataset was changed");
+    verify_ok(&out);
+    // the same command, allowed: resumes beside the old dataset, then replaces it
+    c.max_reject_fraction = 1.0;
+    let s = build(&c, &|_| {}).unwrap();
+    assert_eq!(s.manifest.records, 12);
+    assert!(!out.join(".supervision-staging").exists());
+    let fresh = t.path().join("fresh");
+    build(&config(&input, &fresh, 2, Codec::Jpeg), &|_| {}).unwrap();
+    assert_eq!(records(&out), records(&fresh));
+    let (a, b) = (regular_files(&out), regular_files(&fresh));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert_eq!(a["manifest.json"], b["manifest.json"]);
+    verify_ok(&out);
+    assert!(
+        build(&config(&input, &out, 2, Codec::Jpeg), &|_| {})
+            .unwrap()
+            .up_to_date
+    );
+}

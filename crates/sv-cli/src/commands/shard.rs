@@ -122,7 +122,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FRACTION", default_value_t = sv_build::DEFAULT_MAX_REJECT_FRACTION,
           value_parser = parse_fraction)]
     max_reject_fraction: f64,
-    /// Replace a dataset in --output that was built from other inputs or settings.
+    /// Replace a dataset in --output that was built from other inputs or settings:
+    /// the new one is built beside it and moved into place once whole (so a failed
+    /// or full-disk build leaves the old one); cut short, the same command resumes.
     #[arg(long)]
     force: bool,
     /// Also record a CRC-32 of every input's content, not only its size and
@@ -140,7 +142,9 @@ pub struct MergeArgs {
     /// The dataset folder to write (created if missing; must hold no other files).
     #[arg(long)]
     output: PathBuf,
-    /// Replace a dataset in --output (only a build's own files are removed).
+    /// Replace a dataset in --output: the merged one is written beside it and moved
+    /// into place once whole, then the old one's files (only a build's own) are
+    /// removed.
     #[arg(long)]
     force: bool,
 }
@@ -342,6 +346,18 @@ fn merge(a: MergeArgs) -> anyhow::Result<i32> {
     })?;
     let m = &summary.manifest;
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    if summary.up_to_date {
+        sv_cli::outln!(
+            "{} is up to date: {} parts merged, {} records in {} shards ({}), {} rejected",
+            a.output.display(),
+            summary.parts,
+            m.records,
+            m.shards.len(),
+            human_bytes(bytes),
+            summary.rejects
+        );
+        return Ok(0);
+    }
     sv_cli::outln!(
         "merged {} parts into {}: {} records in {} shards ({}; {} linked, {} copied), {} rejected",
         summary.parts,
