@@ -21,6 +21,7 @@ mod archives;
 mod bench;
 #[cfg(feature = "train")]
 mod dist;
+mod hub;
 mod outputs;
 mod pca;
 mod reference;

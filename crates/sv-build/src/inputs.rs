@@ -76,6 +76,8 @@ pub struct Inputs {
     pub labels_file: Option<PathBuf>,
     /// The archive the images are read from, when the input is one.
     pub archive: Option<PathBuf>,
+    /// The WebDataset tars or parquet files read, when the input is those.
+    pub hub: Option<std::sync::Arc<crate::hub::HubFiles>>,
 }
 
 /// Where to look.
@@ -91,6 +93,9 @@ pub struct InputSpec {
     pub devkit: Vec<PathBuf>,
     /// Class list to use instead of the sorted wnids found.
     pub classes: Option<Vec<ClassInfo>>,
+    /// WebDataset tars or parquet files: more inputs, the format, where labels and
+    /// class names are (see [`crate::hub`]).
+    pub hub: crate::hub::HubOptions,
 }
 
 /// Names of the labels files looked for beside a flat folder.
@@ -170,6 +175,9 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Build
 /// List the split's images and labels. `output`, the build's own folder, is never
 /// read as input, even when it lies inside the input folder.
 pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, BuildError> {
+    if let Some(format) = crate::hub::detect(spec, &spec.hub)? {
+        return crate::hub::discover(spec, &spec.hub, format).map(Inputs::from);
+    }
     let input = &spec.input;
     let meta = std::fs::metadata(input).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -499,6 +507,7 @@ fn finish(
         ignored,
         labels_file,
         archive: None,
+        hub: None,
     }
 }
 

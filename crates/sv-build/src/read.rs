@@ -18,10 +18,15 @@ pub(crate) enum Source {
     Folder(std::path::PathBuf),
     /// Members of this archive, by offset.
     Archive(crate::archive::Archive),
+    /// WebDataset tars or parquet files (see [`crate::hub`]).
+    Hub(crate::hub::Reader),
 }
 
 impl Source {
     pub fn new(inputs: &crate::Inputs, input: &Path) -> Result<Source, crate::BuildError> {
+        if let Some(hub) = &inputs.hub {
+            return Ok(Source::Hub(crate::hub::Reader::new(hub.clone())));
+        }
         Ok(match &inputs.archive {
             Some(a) => Source::Archive(crate::archive::Archive::open(a)?),
             None => Source::Folder(input.to_path_buf()),
@@ -31,6 +36,7 @@ impl Source {
     /// The bytes of one input image.
     pub fn read(&self, img: &crate::inputs::InputImage) -> Result<Vec<u8>, String> {
         match (self, img.offset) {
+            (Source::Hub(r), _) => r.read(img),
             (Source::Archive(a), Some(offset)) => a.read(offset, img.size, MAX_INPUT_BYTES),
             (Source::Folder(root), _) => read_regular(&root.join(&img.path), MAX_INPUT_BYTES),
             (Source::Archive(a), None) => Err(format!(
@@ -51,7 +57,7 @@ impl Source {
 
     /// Whether one thread should read for all workers (an archive, read in order).
     pub fn sequential(&self) -> bool {
-        matches!(self, Source::Archive(_))
+        matches!(self, Source::Archive(_) | Source::Hub(_))
     }
 }
 

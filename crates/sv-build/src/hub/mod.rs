@@ -440,6 +440,20 @@ pub struct HubInputs {
     pub files: Arc<HubFiles>,
 }
 
+impl From<HubInputs> for crate::Inputs {
+    fn from(h: HubInputs) -> crate::Inputs {
+        crate::Inputs {
+            classes: h.classes,
+            images: h.images,
+            rejects: h.rejects,
+            ignored: h.ignored,
+            labels_file: None,
+            archive: None,
+            hub: Some(h.files),
+        }
+    }
+}
+
 /// One sample found while listing, before its label is checked against the classes.
 pub(crate) struct Sample {
     /// Path below the file's label (a member name, or a row number).

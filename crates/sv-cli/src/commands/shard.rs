@@ -70,8 +70,29 @@ pub enum SplitArg {
 pub struct BuildArgs {
     /// The split's images: a class-folder tree or a flat folder, or a tar archive of
     /// either (ILSVRC2012_img_train.tar, a tar of class tars, is read as its tree).
-    #[arg(long)]
-    input: PathBuf,
+    ///
+    /// Or ImageNet as the Hugging Face hub shares it: WebDataset tars (one or several
+    /// files, a folder of them, or a brace pattern such as
+    /// 'imagenet1k-train-{0000..1023}.tar') or parquet files (files, a folder, or a
+    /// glob such as 'train-*.parquet'), found from their content (see --input-format).
+    #[arg(long, required = true, num_args = 1.., value_name = "INPUT")]
+    input: Vec<PathBuf>,
+    /// What --input holds, instead of finding it from the content: folder, tar
+    /// (ILSVRC2012's tars), wds (WebDataset tars) or parquet.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_input_format)]
+    input_format: Option<sv_build::hub::InputFormat>,
+    /// WebDataset: the member extension, or the field of the sample's .json, that
+    /// holds the class index (default: cls).
+    #[arg(long, value_name = "KEY")]
+    label_key: Option<String>,
+    /// Parquet: the column that holds the class index (default: label).
+    #[arg(long, value_name = "COLUMN")]
+    label_column: Option<String>,
+    /// WebDataset and parquet: the class list, one `wnid name` line per class in
+    /// class-index order (else the parquet file's ClassLabel names, --classes-from,
+    /// --devkit, or LOC_synset_mapping.txt beside the input).
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
     /// The dataset folder to write (created if missing).
     #[arg(long)]
     output: PathBuf,
@@ -204,6 +225,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<i32> {
     }
 }
 
+fn parse_input_format(s: &str) -> Result<sv_build::hub::InputFormat, String> {
+    s.parse()
+}
+
 fn build(a: BuildArgs) -> anyhow::Result<i32> {
     if a.workers == Some(0) {
         bail!("--workers 0: the build needs at least 1 decoding thread");
@@ -218,10 +243,17 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
     };
     let config = BuildConfig {
         input: InputSpec {
-            input: a.input.clone(),
+            input: a.input[0].clone(),
             labels: a.labels.clone(),
             devkit: a.devkit.clone(),
             classes,
+            hub: sv_build::hub::HubOptions {
+                more_inputs: a.input[1..].to_vec(),
+                format: a.input_format,
+                label_key: a.label_key.clone(),
+                label_column: a.label_column.clone(),
+                class_names: a.class_names.clone(),
+            },
         },
         output: a.output.clone(),
         split: match a.split {

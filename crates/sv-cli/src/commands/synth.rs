@@ -51,14 +51,34 @@ pub struct Args {
     /// ILSVRC2012_devkit_t12.tar.gz (data/meta.mat and the validation ground truth).
     #[arg(long)]
     pub archives: bool,
+    /// Also write the same images as the Hugging Face hub shares ImageNet (may be
+    /// given twice): wds, WebDataset tars OUTPUT/wds/imagenet1k-{train,validation}-NNNN.tar
+    /// (KEY.jpg, KEY.cls, KEY.json); parquet, OUTPUT/parquet/{train,validation}-*.parquet
+    /// (image {bytes, path}, label, ClassLabel names in the huggingface metadata).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Vec<HubFormatArg>,
+    /// Samples per WebDataset tar or parquet file (--format).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = sv_cli::args::at_least_one::<usize>)]
+    pub samples_per_file: usize,
     /// Write into a non-empty OUTPUT: first delete what synth writes there (train/,
     /// val/, the label files and the archives); other files are kept.
     #[arg(long)]
     pub force: bool,
 }
 
+/// A hub layout for `--format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HubFormatArg {
+    /// WebDataset tars.
+    Wds,
+    /// Parquet files.
+    Parquet,
+}
+
 /// Names synth owns inside its output directory.
-const OWNED: [&str; 7] = [
+const OWNED: [&str; 9] = [
+    "wds",
+    "parquet",
     "train",
     "val",
     "LOC_val_solution.csv",
@@ -121,6 +141,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let summary = sv_synth::generate(&args.output, &config, |done, _| bar.set_position(done))
         .with_context(|| format!("synth into {}", args.output.display()))?;
     bar.finish_and_clear();
+    for f in &args.format {
+        let format = match f {
+            HubFormatArg::Wds => sv_synth::hub::HubFormat::Wds,
+            HubFormatArg::Parquet => sv_synth::hub::HubFormat::Parquet,
+        };
+        let hub = sv_synth::hub::write_hub(&args.output, format, args.samples_per_file)
+            .with_context(|| format!("synth --format into {}", args.output.display()))?;
+        sv_cli::outln!(
+            "synth: {} samples in {} {:?} files ({} ..)",
+            hub.samples,
+            hub.files.len(),
+            f,
+            hub.files.first().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
     let secs = start.elapsed().as_secs_f64();
     sv_cli::outln!(
         "synth: {} classes, {} train + {} val images ({:.1} MiB) in {:.1}s into {}; quirks: {} grayscale, {} CMYK, {} PNG named .JPEG",
