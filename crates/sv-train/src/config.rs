@@ -353,128 +353,128 @@ pub fn schedule_kind(s: &ScheduleConfig) -> &'static str {
     }
 }
 
+/// The differences found so far.
+#[derive(Default)]
+struct Diff(Vec<SpecChange>);
+
+impl Diff {
+    fn cmp(&mut self, setting: &'static str, saved: String, now: String) {
+        if saved != now {
+            self.0.push(SpecChange {
+                setting,
+                saved,
+                now,
+            });
+        }
+    }
+
+    /// The same setting of two values, as the configuration's JSON writes them.
+    fn value<T: Serialize>(&mut self, setting: &'static str, saved: &T, now: &T) {
+        self.cmp(setting, shown(saved), shown(now));
+    }
+
+    /// The schedules: their kind, then (of the same kind) each constant.
+    fn schedule(&mut self, a: &ScheduleConfig, b: &ScheduleConfig) {
+        use ScheduleConfig::{Plateau, Step};
+        match (a, b) {
+            (
+                Plateau {
+                    patience,
+                    threshold,
+                    factor,
+                    min_lr,
+                    max_drops,
+                },
+                Plateau {
+                    patience: p2,
+                    threshold: t2,
+                    factor: f2,
+                    min_lr: m2,
+                    max_drops: d2,
+                },
+            ) => {
+                self.value("schedule.patience", patience, p2);
+                self.value("schedule.threshold", threshold, t2);
+                self.value("schedule.factor", factor, f2);
+                self.value("schedule.min_lr", min_lr, m2);
+                self.value("schedule.max_drops", max_drops, d2);
+            }
+            (
+                Step {
+                    every,
+                    factor,
+                    max_drops,
+                },
+                Step {
+                    every: e2,
+                    factor: f2,
+                    max_drops: d2,
+                },
+            ) => {
+                self.value("schedule.every", every, e2);
+                self.value("schedule.factor", factor, f2);
+                self.value("schedule.max_drops", max_drops, d2);
+            }
+            _ => self.cmp("schedule", schedule_kind(a).into(), schedule_kind(b).into()),
+        }
+    }
+
+    /// What the batches are made of.
+    fn data(&mut self, a: &DataSettings, b: &DataSettings) {
+        self.value("data.side", &a.side, &b.side);
+        self.value("data.mirror", &a.mirror, &b.mirror);
+        self.value("data.loader", &a.loader, &b.loader);
+        let convention =
+            |d: &DataSettings| d.lighting.map_or("none".into(), |l| shown(&l.convention));
+        self.cmp("data.lighting", convention(a), convention(b));
+        if let (Some(la), Some(lb)) = (&a.lighting, &b.lighting) {
+            self.cmp(
+                "data.lighting.eigval",
+                format!("{:?}", la.eigval),
+                format!("{:?}", lb.eigval),
+            );
+            self.cmp(
+                "data.lighting.eigvec",
+                format!("{:?} std {}", la.eigvec, la.std),
+                format!("{:?} std {}", lb.eigvec, lb.std),
+            );
+        }
+        if let (Some(da), Some(db)) = (&a.dataset, &b.dataset) {
+            self.cmp("data.dataset", da.clone(), db.clone());
+        }
+    }
+}
+
 impl RunSpec {
     /// Every setting of `now` that differs from this run's: what a resumed run
     /// refuses (none: it may continue). A run whose data settings were not kept (an
     /// older checkpoint) is compared on the rest. This is the one place that decides
     /// which change is refused: the trainer and the CLI both ask it.
     pub fn refused_changes(&self, now: &RunSpec) -> Vec<SpecChange> {
-        let mut out = Vec::new();
-        let mut cmp = |setting: &'static str, saved: String, asked: String| {
-            if saved != asked {
-                out.push(SpecChange {
-                    setting,
-                    saved,
-                    now: asked,
-                });
-            }
-        };
-        cmp("model", self.model.clone(), now.model.clone());
-        cmp("init", shown(&self.init), shown(&now.init));
-        cmp(
-            "input_scale",
-            shown(&self.input_scale),
-            shown(&now.input_scale),
-        );
-        cmp("dropout", shown(&self.dropout), shown(&now.dropout));
-        cmp(
-            "batch_size",
-            shown(&self.batch_size),
-            shown(&now.batch_size),
-        );
-        cmp("lr", shown(&self.lr), shown(&now.lr));
-        cmp(
-            "sgd.momentum",
-            shown(&self.sgd.momentum),
-            shown(&now.sgd.momentum),
-        );
-        cmp(
+        let mut d = Diff::default();
+        d.value("model", &self.model, &now.model);
+        d.value("init", &self.init, &now.init);
+        d.value("input_scale", &self.input_scale, &now.input_scale);
+        d.value("dropout", &self.dropout, &now.dropout);
+        d.value("batch_size", &self.batch_size, &now.batch_size);
+        d.value("lr", &self.lr, &now.lr);
+        d.value("sgd.momentum", &self.sgd.momentum, &now.sgd.momentum);
+        d.value(
             "sgd.weight_decay",
-            shown(&self.sgd.weight_decay),
-            shown(&now.sgd.weight_decay),
+            &self.sgd.weight_decay,
+            &now.sgd.weight_decay,
         );
-        cmp(
+        d.value(
             "sgd.decay_biases",
-            shown(&self.sgd.decay_biases),
-            shown(&now.sgd.decay_biases),
+            &self.sgd.decay_biases,
+            &now.sgd.decay_biases,
         );
-        cmp("seed", shown(&self.seed), shown(&now.seed));
-        let (a, b) = (&self.schedule, &now.schedule);
-        if schedule_kind(a) != schedule_kind(b) {
-            cmp("schedule", schedule_kind(a).into(), schedule_kind(b).into());
-        } else {
-            match (a, b) {
-                (
-                    ScheduleConfig::Plateau {
-                        patience,
-                        threshold,
-                        factor,
-                        min_lr,
-                        max_drops,
-                    },
-                    ScheduleConfig::Plateau {
-                        patience: p2,
-                        threshold: t2,
-                        factor: f2,
-                        min_lr: m2,
-                        max_drops: d2,
-                    },
-                ) => {
-                    cmp("schedule.patience", shown(patience), shown(p2));
-                    cmp("schedule.threshold", shown(threshold), shown(t2));
-                    cmp("schedule.factor", shown(factor), shown(f2));
-                    cmp("schedule.min_lr", shown(min_lr), shown(m2));
-                    cmp("schedule.max_drops", shown(max_drops), shown(d2));
-                }
-                (
-                    ScheduleConfig::Step {
-                        every,
-                        factor,
-                        max_drops,
-                    },
-                    ScheduleConfig::Step {
-                        every: e2,
-                        factor: f2,
-                        max_drops: d2,
-                    },
-                ) => {
-                    cmp("schedule.every", shown(every), shown(e2));
-                    cmp("schedule.factor", shown(factor), shown(f2));
-                    cmp("schedule.max_drops", shown(max_drops), shown(d2));
-                }
-                _ => {}
-            }
-        }
+        d.value("seed", &self.seed, &now.seed);
+        d.schedule(&self.schedule, &now.schedule);
         if let (Some(a), Some(b)) = (&self.data, &now.data) {
-            cmp("data.side", shown(&a.side), shown(&b.side));
-            cmp("data.mirror", shown(&a.mirror), shown(&b.mirror));
-            cmp("data.loader", a.loader.clone(), b.loader.clone());
-            cmp(
-                "data.lighting",
-                a.lighting.map_or("none".into(), |l| shown(&l.convention)),
-                b.lighting.map_or("none".into(), |l| shown(&l.convention)),
-            );
-            if let (Some(la), Some(lb)) = (&a.lighting, &b.lighting)
-                && (la.eigval, la.eigvec, la.std) != (lb.eigval, lb.eigvec, lb.std)
-            {
-                cmp(
-                    "data.lighting.eigval",
-                    format!("{:?}", la.eigval),
-                    format!("{:?}", lb.eigval),
-                );
-                if la.eigval == lb.eigval {
-                    cmp(
-                        "data.lighting.eigvec",
-                        format!("{:?} std {}", la.eigvec, la.std),
-                        format!("{:?} std {}", lb.eigvec, lb.std),
-                    );
-                }
-            }
-            if let (Some(da), Some(db)) = (&a.dataset, &b.dataset) {
-                cmp("data.dataset", da.clone(), db.clone());
-            }
+            d.data(a, b);
         }
-        out
+        d.0
     }
 }
 

@@ -7,7 +7,16 @@
 //! periodic checkpoints), `validate`, `end_epoch` (schedule, epoch record, `last` and
 //! `best` checkpoints), and after the last epoch `final_evaluation`. A step is
 //! `compute_gradients`, `reduce_gradients` (where data-parallel training averages
-//! them), `apply_update`.
+//! them), `apply_update`. After every step the loop looks at its stop flag
+//! ([`crate::stop`]): a requested stop ends the run at that step, with its checkpoint.
+//!
+//! Shape: a [`Trainer`] holds what a step needs (model, optimiser, schedule, input
+//! normalisation, the device transfer), its [`Position`] (step, epoch, batch, best
+//! error, and what a checkpoint resumed from said) and its checkpoints (a small type
+//! around the background [`CheckpointWriter`]). [`Trainer::new`] and
+//! [`Trainer::resume`] each make the model and optimiser their way (seeded init; the
+//! checkpoint's tensors) and share one assembly. The compute-only benchmark
+//! ([`bench_compute`]) is a free function that drives the step from outside.
 //!
 //! Data parallelism ([`Trainer::distribute`], in `parallel`): each process is one rank
 //! of a job and trains on its own slice of every batch; the gradients are averaged
@@ -174,7 +183,83 @@ impl<'e> RunState<'e> {
     }
 }
 
-/// A model with its optimiser, schedule and position.
+/// Where a run stands: the steps taken, the epoch and batch to continue at, the best
+/// validation error so far, and what a checkpoint resumed from said of the epoch in
+/// progress and the job that wrote it. A new run starts at the default; a resumed
+/// one at [`Position::of`] its checkpoint's metadata.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Position {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Epoch to continue in (0-based).
+    pub epoch: u64,
+    /// Next batch index within `epoch`.
+    pub batch_in_epoch: u64,
+    /// Best validation top-1 error so far (decides when best.safetensors is written).
+    pub best_top1: Option<f64>,
+    /// The sums of the epoch in progress as the checkpoint had them (taken by the
+    /// first run of the loop).
+    pub epoch_sums: Option<Totals>,
+    /// The world size of the job that wrote the checkpoint (None: a new run).
+    pub saved_world: Option<usize>,
+}
+
+impl Position {
+    /// Where the run that wrote `meta` stood.
+    pub fn of(meta: &CheckpointMeta) -> Position {
+        Position {
+            step: meta.step,
+            epoch: meta.epoch,
+            batch_in_epoch: meta.batch_in_epoch,
+            best_top1: meta.best_top1,
+            epoch_sums: meta.epoch_sums.map(Totals::from),
+            saved_world: Some(meta.world_size),
+        }
+    }
+}
+
+/// A run's checkpoints: where they go, and the background writer that writes them in
+/// order ([`CheckpointWriter`]) while training goes on.
+struct Checkpoints {
+    dir: PathBuf,
+    writer: CheckpointWriter,
+}
+
+impl Checkpoints {
+    fn last(&self) -> PathBuf {
+        self.dir.join(LAST_CHECKPOINT)
+    }
+
+    fn best(&self) -> PathBuf {
+        self.dir.join(BEST_CHECKPOINT)
+    }
+
+    /// Queues `ck` for `path` (after the write in flight).
+    fn write(&mut self, path: &Path, ck: HostCheckpoint) -> Result<()> {
+        self.writer.write(path, ck)
+    }
+
+    /// With `keep` > 0: once `last` (just queued) is on disk, also keeps it as the
+    /// history checkpoint of `done` epochs and prunes older ones. Returns its path.
+    fn keep_history(&mut self, done: u64, keep: usize) -> Result<Option<PathBuf>> {
+        if keep == 0 {
+            return Ok(None);
+        }
+        let (dir, last) = (self.dir.clone(), self.last());
+        let kept = dir.join(checkpoint::epoch_checkpoint_name(done));
+        self.writer
+            .then(move || checkpoint::keep_epoch(&dir, &last, done, keep).map(drop))?;
+        Ok(Some(kept))
+    }
+
+    /// Waits for the checkpoint being written; its error if it failed.
+    fn finish(&mut self) -> Result<()> {
+        self.writer.finish()
+    }
+}
+
+/// A model with its optimiser, schedule and position: what a step needs, and the
+/// run's checkpoints.
 pub struct Trainer {
     config: TrainConfig,
     model: Model,
@@ -183,30 +268,34 @@ pub struct Trainer {
     norm: Normalization,
     dnorm: DeviceNorm,
     classes: Vec<ClassInfo>,
-    step: u64,
-    epoch: u64,
-    batch_in_epoch: u64,
-    best_top1: Option<f64>,
-    out_dir: PathBuf,
+    pos: Position,
     transfer: Box<dyn Transfer>,
-    writer: CheckpointWriter,
+    checkpoints: Checkpoints,
     /// The job this trainer is a rank of (None: a single process).
     parallel: Option<parallel::DataParallel>,
-    /// World size of the checkpoint this trainer resumed from.
-    saved_world: Option<usize>,
-    /// The sums of the epoch in progress as the checkpoint resumed from had them.
-    resumed_sums: Option<Totals>,
     /// What says that a stop was requested (by default: this process's signals).
     stop: StopFlag,
     /// The stop the run agreed on, once it has.
     stopping: Option<Stopped>,
 }
 
+/// What [`Trainer::new`] and [`Trainer::resume`] each make their own way; the rest of
+/// a trainer is assembled from it in one place ([`Trainer::assemble`]).
+struct Parts {
+    config: TrainConfig,
+    model: Model,
+    opt: PaperSgd,
+    schedule: Schedule,
+    norm: Normalization,
+    classes: Vec<ClassInfo>,
+    pos: Position,
+}
+
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
             .field("model", &self.config.model)
-            .field("step", &self.step)
+            .field("step", &self.pos.step)
             .finish()
     }
 }
@@ -264,31 +353,16 @@ impl Trainer {
             })?;
         }
         let schedule = Schedule::new(config.schedule.clone(), config.lr)?;
-        let dnorm = DeviceNorm::new(&norm, spec.input_scale, device)?
-            .channels_last(config.channels_last_on(device));
-        std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
-        let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
-        Ok(Trainer {
+        let parts = Parts {
             config,
             model,
             opt,
             schedule,
             norm,
-            dnorm,
             classes,
-            step: 0,
-            epoch: 0,
-            batch_in_epoch: 0,
-            best_top1: None,
-            out_dir: out_dir.into(),
-            transfer,
-            writer: CheckpointWriter::new(),
-            parallel: None,
-            saved_world: None,
-            resumed_sums: None,
-            stop: StopFlag::process(),
-            stopping: None,
-        })
+            pos: Position::default(),
+        };
+        Trainer::assemble(parts, device, out_dir)
     }
 
     /// Continues from a checkpoint. The model, classes, normalisation, schedule and
@@ -312,7 +386,32 @@ impl Trainer {
         if let Some(state) = ck.meta.loss_scale {
             opt.set_scaler_state(state)?;
         }
-        let dnorm = DeviceNorm::new(&ck.meta.normalization, ck.meta.model.input_scale, device)?
+        let pos = Position::of(&ck.meta);
+        let parts = Parts {
+            config,
+            model,
+            opt,
+            schedule: ck.meta.schedule,
+            norm: ck.meta.normalization,
+            classes: ck.meta.classes,
+            pos,
+        };
+        Trainer::assemble(parts, device, out_dir)
+    }
+
+    /// The one assembly of new and resumed trainers: the device's normalisation and
+    /// transfer, the output folder.
+    fn assemble(parts: Parts, device: Device, out_dir: &Path) -> Result<Trainer> {
+        let Parts {
+            config,
+            model,
+            opt,
+            schedule,
+            norm,
+            classes,
+            pos,
+        } = parts;
+        let dnorm = DeviceNorm::new(&norm, model.spec().input_scale, device)?
             .channels_last(config.channels_last_on(device));
         std::fs::create_dir_all(out_dir).map_err(crate::error::io_err(out_dir))?;
         let transfer = transfer_for(device, config.copy_stream.unwrap_or(true))?;
@@ -320,20 +419,17 @@ impl Trainer {
             config,
             model,
             opt,
-            schedule: ck.meta.schedule,
-            norm: ck.meta.normalization,
+            schedule,
+            norm,
             dnorm,
-            classes: ck.meta.classes,
-            step: ck.meta.step,
-            epoch: ck.meta.epoch,
-            batch_in_epoch: ck.meta.batch_in_epoch,
-            best_top1: ck.meta.best_top1,
-            out_dir: out_dir.into(),
+            classes,
+            pos,
             transfer,
-            writer: CheckpointWriter::new(),
+            checkpoints: Checkpoints {
+                dir: out_dir.into(),
+                writer: CheckpointWriter::new(),
+            },
             parallel: None,
-            saved_world: Some(ck.meta.world_size),
-            resumed_sums: ck.meta.epoch_sums.map(Totals::from),
             stop: StopFlag::process(),
             stopping: None,
         })
@@ -352,12 +448,12 @@ impl Trainer {
 
     /// Steps taken so far.
     pub fn step(&self) -> u64 {
-        self.step
+        self.pos.step
     }
 
     /// Current (epoch, batch within epoch).
     pub fn position(&self) -> (u64, u64) {
-        (self.epoch, self.batch_in_epoch)
+        (self.pos.epoch, self.pos.batch_in_epoch)
     }
 
     /// The schedule's state.
@@ -377,14 +473,14 @@ impl Trainer {
             model: self.model.spec().clone(),
             classes: self.classes.clone(),
             normalization: self.norm.clone(),
-            step: self.step,
-            epoch: self.epoch,
-            batch_in_epoch: self.batch_in_epoch,
+            step: self.pos.step,
+            epoch: self.pos.epoch,
+            batch_in_epoch: self.pos.batch_in_epoch,
             schedule: self.schedule.clone(),
             seed: self.config.seed,
             spec: self.config.spec(),
             limits: self.config.limits(),
-            best_top1: self.best_top1,
+            best_top1: self.pos.best_top1,
             loss_scale: self.opt.scaler().map(|s| s.state()).transpose()?,
             world_size: self.world_size(),
             epoch_sums: None,
@@ -399,7 +495,7 @@ impl Trainer {
     /// Writes the full state atomically to `path` (after any checkpoint still being
     /// written in the background).
     pub fn save_checkpoint(&mut self, path: &Path) -> Result<()> {
-        self.writer.finish()?;
+        self.checkpoints.finish()?;
         self.capture()?.write(path)
     }
 
@@ -414,7 +510,7 @@ impl Trainer {
         let (loss, misses) = self.compute_gradients(batch)?;
         let out = self.reduce_gradients(loss, misses)?;
         self.apply_update()?;
-        self.step += 1;
+        self.pos.step += 1;
         self.check_replicas_every()?;
         Ok(out)
     }
@@ -428,7 +524,7 @@ impl Trainer {
         self.opt
             .scale_loss(&loss)?
             .f_backward()
-            .ctx(|| format!("backward at step {}", self.step))?;
+            .ctx(|| format!("backward at step {}", self.pos.step))?;
         let misses = logits
             .f_detach()
             .and_then(|l| l.f_argmax(-1, false))
@@ -468,7 +564,7 @@ impl Trainer {
     }
 
     fn reached_max_steps(&self) -> bool {
-        self.config.max_steps.is_some_and(|m| self.step >= m)
+        self.config.max_steps.is_some_and(|m| self.pos.step >= m)
     }
 
     /// Trains until `config.epochs` epochs (or `max_steps` steps) are done, evaluating on
@@ -499,37 +595,15 @@ impl Trainer {
         if batches == 0 {
             return Err(TrainError::EmptyEpoch);
         }
-        // one writer per output folder; what dead writers left half-written goes
-        let lock = self
-            .writes_files()
-            .then(|| RunLock::acquire(&self.out_dir))
-            .transpose()?;
-        for path in lock.iter().flat_map(RunLock::removed) {
-            tracing::info!(
-                "removed {}, left by a run that died writing it",
-                path.display()
-            );
-        }
-        if self.writes_files() {
-            // lines past this position are from an invocation killed after its checkpoint
-            crate::metrics::drop_after(&self.out_dir.join(METRICS_FILE), self.step, self.epoch)?;
-        }
-        let mut run = RunState::open(&self.out_dir, self.writes_files(), self.step, on_event)?;
-        run.epoch = self.resumed_sums.take().unwrap_or_default();
-        while self.epoch < self.config.epochs && !self.reached_max_steps() {
-            if self.parallel.is_none()
-                && let Some(signal) = self.stop.requested()
-            {
-                // at an epoch boundary (its `last` is written) or before any step
-                self.stop_now(Some(signal), &mut run);
-                break;
-            }
-            if self.stopping.is_some() {
-                break;
-            }
+        let (_lock, mut run) = self.open_run(on_event)?;
+        run.epoch = self.pos.epoch_sums.take().unwrap_or_default();
+        while self.pos.epoch < self.config.epochs
+            && !self.reached_max_steps()
+            && !self.stops_between_epochs(&mut run)
+        {
             let totals = self.train_epoch(data, batches, &mut run)?;
             run.total.merge(&totals);
-            if self.batch_in_epoch < batches {
+            if self.pos.batch_in_epoch < batches {
                 // --max-steps or a stop ended the run inside the epoch; the checkpoint
                 // keeps its sums
                 run.epoch = totals;
@@ -544,10 +618,10 @@ impl Trainer {
             None => self.final_evaluation(val, &mut run)?,
             Some(_) => None,
         };
-        self.writer.finish()?;
+        self.checkpoints.finish()?;
         Ok(TrainOutcome {
-            steps: self.step,
-            epochs_done: self.epoch,
+            steps: self.pos.step,
+            epochs_done: self.pos.epoch,
             last_val: run.last_val,
             final_eval,
             images_per_s: run.total.images_per_s(),
@@ -557,10 +631,48 @@ impl Trainer {
         })
     }
 
+    /// What a run writes to, opened: the run lock (taken by the process that writes
+    /// the files; what dead writers left half-written goes), the metrics log without
+    /// the lines a killed invocation wrote past its checkpoint, and the loop's state.
+    fn open_run<'e>(
+        &mut self,
+        on_event: &'e mut dyn FnMut(Event<'_>),
+    ) -> Result<(Option<RunLock>, RunState<'e>)> {
+        let dir = self.checkpoints.dir.clone();
+        let lock = self
+            .writes_files()
+            .then(|| RunLock::acquire(&dir))
+            .transpose()?;
+        for path in lock.iter().flat_map(RunLock::removed) {
+            tracing::info!(
+                "removed {}, left by a run that died writing it",
+                path.display()
+            );
+        }
+        if lock.is_some() {
+            crate::metrics::drop_after(&dir.join(METRICS_FILE), self.pos.step, self.pos.epoch)?;
+        }
+        let run = RunState::open(&dir, self.writes_files(), self.pos.step, on_event)?;
+        Ok((lock, run))
+    }
+
+    /// Before an epoch: whether the run stops there. One process stops on a request
+    /// that came during the last epoch's end (its `last` is written) or before any
+    /// step; a job's ranks decide only after a step, together (see `check_stop`).
+    fn stops_between_epochs(&mut self, run: &mut RunState<'_>) -> bool {
+        if self.stopping.is_none()
+            && self.parallel.is_none()
+            && let Some(signal) = self.stop.requested()
+        {
+            self.stop_now(Some(signal), run);
+        }
+        self.stopping.is_some()
+    }
+
     /// Records that the run stops after the current step, and says so.
     fn stop_now(&mut self, signal: Option<i32>, run: &mut RunState<'_>) {
         let stopped = Stopped {
-            step: self.step,
+            step: self.pos.step,
             signal,
         };
         self.stopping = Some(stopped);
@@ -593,7 +705,7 @@ impl Trainer {
         run: &mut RunState<'_>,
     ) -> Result<Totals> {
         let memory = HostMemory::for_device(self.model.device());
-        let source = data.epoch(self.epoch, self.batch_in_epoch, memory)?;
+        let source = data.epoch(self.pos.epoch, self.pos.batch_in_epoch, memory)?;
         let mut pf = Prefetcher::spawn(source, self.config.prefetch_depth)?;
         let mut window = Window::new();
         let mut first_window = true;
@@ -603,10 +715,10 @@ impl Trainer {
             // every rank trains on a batch of the same size: the job's images
             let images = batch.labels.size()[0] as u64 * self.world_size() as u64;
             let (loss, misses) = self.train_step(&batch)?;
-            self.batch_in_epoch += 1;
+            self.pos.batch_in_epoch += 1;
             self.check_stop(run)?;
             let last = self.reached_max_steps()
-                || self.batch_in_epoch >= batches
+                || self.pos.batch_in_epoch >= batches
                 || self.stopping.is_some();
             if !last {
                 // Batch i+1 was staged by the thread during step i. On CUDA its copy
@@ -616,16 +728,16 @@ impl Trainer {
             }
             window.add(loss, misses, images);
             (run.on_event)(Event::Step {
-                step: self.step,
-                epoch: self.epoch,
-                index: self.batch_in_epoch - 1,
+                step: self.pos.step,
+                epoch: self.pos.epoch,
+                index: self.pos.batch_in_epoch - 1,
                 of: batches,
             });
             // a checkpoint closes the window too: the metrics up to its step are written
             // before it, and the epoch's sums in it are complete
             let checkpoint = !last
                 && self.config.checkpoint_every > 0
-                && self.step.is_multiple_of(self.config.checkpoint_every);
+                && self.pos.step.is_multiple_of(self.config.checkpoint_every);
             if window.steps() == self.config.log_every || last || checkpoint {
                 // The first window holds the warm-up, the last ends the epoch: waiting
                 // for the device there makes every window's wall time its own.
@@ -634,8 +746,8 @@ impl Trainer {
                 }
                 first_window = false;
                 let closed = window.close(WindowEnd {
-                    step: self.step,
-                    epoch: self.epoch,
+                    step: self.pos.step,
+                    epoch: self.pos.epoch,
                     lr: self.schedule.lr,
                     waited: pf.take_waited(),
                 })?;
@@ -647,10 +759,11 @@ impl Trainer {
             }
         }
         drop(pf);
-        if self.batch_in_epoch < batches && !self.reached_max_steps() && self.stopping.is_none() {
+        if self.pos.batch_in_epoch < batches && !self.reached_max_steps() && self.stopping.is_none()
+        {
             return Err(TrainError::ShortEpoch {
-                epoch: self.epoch,
-                got: self.batch_in_epoch,
+                epoch: self.pos.epoch,
+                got: self.pos.batch_in_epoch,
                 want: batches,
             });
         }
@@ -673,10 +786,10 @@ impl Trainer {
     }
 
     fn check_position(&self, batch: &DeviceBatch) -> Result<()> {
-        if batch.epoch != self.epoch || batch.index != self.batch_in_epoch {
+        if batch.epoch != self.pos.epoch || batch.index != self.pos.batch_in_epoch {
             return Err(TrainError::OutOfOrder {
-                want_epoch: self.epoch,
-                want_index: self.batch_in_epoch,
+                want_epoch: self.pos.epoch,
+                want_index: self.pos.batch_in_epoch,
                 epoch: batch.epoch,
                 index: batch.index,
             });
@@ -709,7 +822,7 @@ impl Trainer {
         totals: &Totals,
         run: &mut RunState<'_>,
     ) -> Result<()> {
-        let ended = self.epoch;
+        let ended = self.pos.epoch;
         if let Some(scaler) = self.opt.scaler() {
             // the device is idle after validation: reading the scaler costs nothing
             let st = scaler.state()?;
@@ -723,10 +836,10 @@ impl Trainer {
             );
         }
         self.schedule.end_epoch(ended, val.map(|r| r.top1_err));
-        self.epoch += 1;
-        self.batch_in_epoch = 0;
+        self.pos.epoch += 1;
+        self.pos.batch_in_epoch = 0;
         run.record(&MetricsRecord::Epoch {
-            step: self.step,
+            step: self.pos.step,
             epoch: ended,
             train_loss: totals.mean_loss(),
             val_top1_err: val.map(|r| r.top1_err),
@@ -737,11 +850,11 @@ impl Trainer {
         })?;
         let last = run.last.clone();
         self.save(&last, run)?;
-        self.keep_history(&last, run)?;
+        self.keep_history(run)?;
         if let Some(r) = val {
-            if self.best_top1.is_none_or(|b| r.top1_err < b) {
-                self.best_top1 = Some(r.top1_err);
-                let best = self.out_dir.join(BEST_CHECKPOINT);
+            if self.pos.best_top1.is_none_or(|b| r.top1_err < b) {
+                self.pos.best_top1 = Some(r.top1_err);
+                let best = self.checkpoints.best();
                 self.save(&best, run)?;
             }
             run.last_val = Some(r);
@@ -751,16 +864,13 @@ impl Trainer {
 
     /// With `keep_epochs`: once `last` (just queued) is on disk, the background writer
     /// also keeps it as this epoch's history checkpoint and prunes older ones.
-    fn keep_history(&mut self, last: &Path, run: &mut RunState<'_>) -> Result<()> {
-        let keep = self.config.keep_epochs;
-        if keep == 0 {
-            return Ok(());
+    fn keep_history(&mut self, run: &mut RunState<'_>) -> Result<()> {
+        let kept = self
+            .checkpoints
+            .keep_history(self.pos.epoch, self.config.keep_epochs)?;
+        if let Some(kept) = kept {
+            (run.on_event)(Event::Checkpoint(&kept));
         }
-        let (dir, done, last) = (self.out_dir.clone(), self.epoch, last.to_path_buf());
-        let kept = dir.join(checkpoint::epoch_checkpoint_name(done));
-        self.writer
-            .then(move || checkpoint::keep_epoch(&dir, &last, done, keep).map(drop))?;
-        (run.on_event)(Event::Checkpoint(&kept));
         Ok(())
     }
 
@@ -770,7 +880,7 @@ impl Trainer {
         val: Option<&Dataset>,
         run: &mut RunState<'_>,
     ) -> Result<Option<(EvalMode, EvalResult)>> {
-        let Some(v) = val.filter(|_| self.epoch >= self.config.epochs) else {
+        let Some(v) = val.filter(|_| self.pos.epoch >= self.config.epochs) else {
             return Ok(None);
         };
         let mode = if self.config.final_ten_crop {
@@ -783,7 +893,7 @@ impl Trainer {
         });
         let r = self.evaluate_job(v, mode, None)?;
         run.record(&MetricsRecord::Eval {
-            step: self.step,
+            step: self.pos.step,
             mode: mode.as_str().into(),
             images: r.images,
             top1_err: r.top1_err,
@@ -802,51 +912,52 @@ impl Trainer {
         }
         let mut ck = self.capture()?;
         ck.set_epoch_sums(&run.epoch);
-        self.writer.write(path, ck)?;
+        self.checkpoints.write(path, ck)?;
         (run.on_event)(Event::Checkpoint(path));
         Ok(())
     }
+}
 
-    /// The compute-only ceiling: `steps` training steps on one synthetic uint8 batch
-    /// that already sits on the device (no pipeline, no copies), after `warmup` steps.
-    /// Returns images per second. Changes the weights: use a throwaway trainer.
-    pub fn bench_compute(&mut self, steps: u64, warmup: u64) -> Result<f64> {
-        let device = self.model.device();
-        let bs = self.config.batch_size as i64;
-        let side = self.model.spec().input_side;
-        let classes = self.model.spec().classes;
-        tch::manual_seed(step_seed(self.config.seed, 1));
-        let images = Tensor::f_randint_low(0, 256, [bs, side, side, 3], (Kind::Uint8, device))
-            .ctx(|| "synthetic images".into())?;
-        let labels = Tensor::f_randint(classes, [bs], (Kind::Int64, device))
-            .ctx(|| "synthetic labels".into())?;
-        let flips =
-            Tensor::f_randint(2, [bs], (Kind::Int64, device)).ctx(|| "synthetic flips".into())?;
-        let lighting =
-            Tensor::f_randn([bs, 3], (Kind::Float, device)).ctx(|| "synthetic lighting".into())?;
-        // Windows at the origin (the mean image, if any, is at least the crop's size).
-        let windows =
-            Tensor::f_zeros([bs, 3], (Kind::Int64, device)).ctx(|| "synthetic windows".into())?;
-        let steps_of = |n: u64, this: &mut Trainer| -> Result<()> {
-            for _ in 0..n {
-                // The same on-device normalisation as the real loop.
-                let input =
-                    this.dnorm
-                        .apply(&images, Some(&flips), Some(&lighting), Some(&windows))?;
-                let batch = DeviceBatch {
-                    input,
-                    labels: labels.shallow_clone(),
-                    epoch: 0,
-                    index: 0,
-                };
-                let _ = this.train_step(&batch)?;
-            }
-            this.sync();
-            Ok(())
-        };
-        steps_of(warmup, self)?;
-        let t = Instant::now();
-        steps_of(steps, self)?;
-        Ok((steps as f64 * bs as f64) / t.elapsed().as_secs_f64().max(1e-9))
-    }
+/// The compute-only ceiling: `steps` training steps on one synthetic uint8 batch
+/// that already sits on the device (no pipeline, no copies), after `warmup` steps.
+/// Returns images per second. Changes the weights: use a throwaway trainer. (A free
+/// function: it drives the trainer's step from outside the loop, as a benchmark.)
+pub fn bench_compute(trainer: &mut Trainer, steps: u64, warmup: u64) -> Result<f64> {
+    let device = trainer.model.device();
+    let bs = trainer.config.batch_size as i64;
+    let side = trainer.model.spec().input_side;
+    let classes = trainer.model.spec().classes;
+    tch::manual_seed(step_seed(trainer.config.seed, 1));
+    let images = Tensor::f_randint_low(0, 256, [bs, side, side, 3], (Kind::Uint8, device))
+        .ctx(|| "synthetic images".into())?;
+    let labels = Tensor::f_randint(classes, [bs], (Kind::Int64, device))
+        .ctx(|| "synthetic labels".into())?;
+    let flips =
+        Tensor::f_randint(2, [bs], (Kind::Int64, device)).ctx(|| "synthetic flips".into())?;
+    let lighting =
+        Tensor::f_randn([bs, 3], (Kind::Float, device)).ctx(|| "synthetic lighting".into())?;
+    // Windows at the origin (the mean image, if any, is at least the crop's size).
+    let windows =
+        Tensor::f_zeros([bs, 3], (Kind::Int64, device)).ctx(|| "synthetic windows".into())?;
+    let steps_of = |n: u64, this: &mut Trainer| -> Result<()> {
+        for _ in 0..n {
+            // The same on-device normalisation as the real loop.
+            let input = this
+                .dnorm
+                .apply(&images, Some(&flips), Some(&lighting), Some(&windows))?;
+            let batch = DeviceBatch {
+                input,
+                labels: labels.shallow_clone(),
+                epoch: 0,
+                index: 0,
+            };
+            let _ = this.train_step(&batch)?;
+        }
+        this.sync();
+        Ok(())
+    };
+    steps_of(warmup, trainer)?;
+    let t = Instant::now();
+    steps_of(steps, trainer)?;
+    Ok((steps as f64 * bs as f64) / t.elapsed().as_secs_f64().max(1e-9))
 }

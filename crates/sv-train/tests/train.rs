@@ -298,7 +298,7 @@ fn bench_compute_runs_on_cpu() {
         tmp.path(),
     )
     .unwrap();
-    let ips = t.bench_compute(2, 1).unwrap();
+    let ips = sv_train::trainer::bench_compute(&mut t, 2, 1).unwrap();
     assert!(ips > 0.0);
     assert_eq!(t.step(), 3);
 }

@@ -326,7 +326,7 @@ fn ceiling(
     }
     let warmup = (steps / 10).clamp(1, 20);
     // the ranks step together: the job trains world x what one rank does
-    let ips = t.bench_compute(steps, warmup)? * t.world_size() as f64;
+    let ips = sv_train::trainer::bench_compute(&mut t, steps, warmup)? * t.world_size() as f64;
     t.finish_job()?;
     if t.rank() != 0 {
         return Ok(0);

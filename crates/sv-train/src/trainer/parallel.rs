@@ -132,12 +132,12 @@ impl Trainer {
             votes: None,
             previous_votes: None,
         };
-        if let Some(saved) = self.saved_world {
+        if let Some(saved) = self.pos.saved_world {
             collective::check_resume_world(saved, dp.coll.world_size())?;
         }
         let settings = serde_json::to_vec(&(&self.config, self.model.spec(), &self.classes))
             .map_err(|e| TrainError::Json {
-                path: self.out_dir.clone(),
+                path: self.checkpoints.dir.clone(),
                 source: e,
             })?;
         let facts = [
@@ -150,10 +150,10 @@ impl Trainer {
             (
                 "the step to start from (every rank must resume from rank 0's checkpoint: \
                  keep the output folder on storage that every node sees)",
-                self.step as i64,
+                self.pos.step as i64,
             ),
-            ("the epoch to start in", self.epoch as i64),
-            ("the batch to start at", self.batch_in_epoch as i64),
+            ("the epoch to start in", self.pos.epoch as i64),
+            ("the batch to start at", self.pos.batch_in_epoch as i64),
             (
                 "the learning rate, as bits",
                 self.schedule.lr.to_bits() as i64,
@@ -185,7 +185,7 @@ impl Trainer {
     /// for the checkpoint being written, then for every rank (the collective's orderly
     /// shutdown). Nothing to do for a single process beyond the checkpoint.
     pub fn finish_job(&mut self) -> Result<()> {
-        self.writer.finish()?;
+        self.checkpoints.finish()?;
         if let Some(p) = &mut self.parallel {
             p.coll.finish()?;
         }
@@ -202,14 +202,14 @@ impl Trainer {
     /// rank 0 and a single process, mixed with the rank for the others.
     pub(super) fn dropout_seed(&self) -> i64 {
         match self.rank() {
-            0 => step_seed(self.config.seed, self.step),
-            r => step_seed(self.config.seed ^ mix64(r as u64), self.step),
+            0 => step_seed(self.config.seed, self.pos.step),
+            r => step_seed(self.config.seed ^ mix64(r as u64), self.pos.step),
         }
     }
 
     /// Tells the collective's watchdog that this rank starts its next step.
     pub(super) fn announce_step(&mut self) {
-        let step = self.step + 1;
+        let step = self.pos.step + 1;
         if let Some(p) = &mut self.parallel {
             p.coll.progress(step);
         }
@@ -275,7 +275,7 @@ impl Trainer {
             self.model.store().master().shallow_clone(),
             self.opt.velocity().shallow_clone(),
         ];
-        let when = format!("after step {}", self.step);
+        let when = format!("after step {}", self.pos.step);
         collective::verify_identical(p.coll.as_mut(), &state, &when)?;
         Ok(())
     }
@@ -283,7 +283,7 @@ impl Trainer {
     /// [`Trainer::check_replicas`] when the configured interval says so.
     pub(super) fn check_replicas_every(&mut self) -> Result<()> {
         let every = self.parallel.as_ref().map_or(0, |p| p.config.check_every);
-        if every > 0 && self.step.is_multiple_of(every) {
+        if every > 0 && self.pos.step.is_multiple_of(every) {
             self.check_replicas()?;
         }
         Ok(())
@@ -332,7 +332,7 @@ impl Trainer {
 
     /// Refuses to continue a checkpoint of another world size.
     pub(super) fn check_world(&self) -> Result<()> {
-        match self.saved_world {
+        match self.pos.saved_world {
             Some(saved) => Ok(collective::check_resume_world(saved, self.world_size())?),
             None => Ok(()),
         }
