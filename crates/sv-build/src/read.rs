@@ -52,6 +52,7 @@ impl Source {
         match self {
             Source::Archive(a) => a.damaged().map(|why| (a.path.as_path(), why)),
             Source::Folder(_) => None,
+            Source::Hub(r) => r.damaged(),
         }
     }
 

@@ -784,6 +784,9 @@ fn classes_from_names(names: &[String]) -> Vec<ClassInfo> {
 pub(crate) struct Reader {
     hub: Arc<HubFiles>,
     state: Mutex<ReaderState>,
+    /// Set once a file is found shorter or longer than when it was listed (cut or
+    /// rewritten during the build): the build stops rather than reject the rest.
+    damage: std::sync::OnceLock<Damage>,
 }
 
 #[derive(Debug, Default)]
@@ -797,12 +800,24 @@ struct ReaderState {
     cursor: Option<pq::Cursor>,
 }
 
+/// A file that changed under the build: its path and what was found.
+type Damage = Option<(PathBuf, String)>;
+
 impl Reader {
     pub fn new(hub: Arc<HubFiles>) -> Reader {
         Reader {
             hub,
             state: Mutex::new(ReaderState::default()),
+            damage: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The file that changed under the build, and how, if one did.
+    pub fn damaged(&self) -> Option<(&Path, &str)> {
+        self.damage
+            .get()
+            .and_then(|d| d.as_ref())
+            .map(|(p, why)| (p.as_path(), why.as_str()))
     }
 
     /// The image bytes of one sample; `Err` is the reject reason.
@@ -823,6 +838,16 @@ impl Reader {
                 st.open = None;
                 let (file, _) =
                     open_regular(&f.path).map_err(|r| format!("{}: {r}", f.path.display()))?;
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if len != f.len {
+                    let why = format!(
+                        "it is {len} bytes, not the {} bytes it was when listed: it changed \
+                         during the build",
+                        f.len
+                    );
+                    let _ = self.damage.set(Some((f.path.clone(), why.clone())));
+                    return Err(why);
+                }
                 let file = Arc::new(file);
                 st.open = Some((at, Arc::clone(&file)));
                 file
