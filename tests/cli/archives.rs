@@ -219,7 +219,7 @@ fn bad_archive_members_are_rejects_and_damaged_archives_clear_errors() {
     });
     std::fs::write(&archive, &bytes).unwrap();
     let out = t.path().join("odd");
-    let summary = build(&archive, &out, &[]);
+    let summary = build(&archive, &out, &["--max-reject-fraction", "1"]);
     let rejects: BTreeMap<String, String> = std::fs::read_to_string(out.join("rejects.jsonl"))
         .unwrap()
         .lines()
@@ -350,7 +350,7 @@ fn a_bad_devkit_or_ground_truth_is_a_clear_error() {
         (kit(&[(gt, truth.as_bytes())]), "no data/meta.mat"),
         (
             kit(&[(mm, &meta), (gt, short.as_bytes())]),
-            "has 5 lines but the input holds 6",
+            "ILSVRC2012_val_00000006.JPEG has no line",
         ),
         (
             kit(&[(mm, &meta), (gt, unknown.as_bytes())]),
@@ -433,4 +433,83 @@ fn parts_of_a_tar_build_merge_into_the_single_build() {
         "3/3",
     ]);
     assert!(err.contains("0 to N-1"), "{err}");
+}
+
+/// Issue 26, item 20: a compressed archive is named as such, with no raw bytes in the
+/// message; item 18: a devkit without the ground truth says which file it lacks and
+/// never takes labels from a file beside the input.
+#[test]
+fn a_gzipped_tar_and_a_devkit_without_ground_truth_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 2, 3);
+    let gz = t.path().join("train.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::copy(
+        &mut std::fs::File::open(root.join(TRAIN_TAR)).unwrap(),
+        &mut enc,
+    )
+    .unwrap();
+    enc.finish().unwrap();
+    let err = build_fails(&gz, &t.path().join("o1"), &[]);
+    assert!(err.contains("looks like a gzip file"), "{err}");
+    assert!(
+        !err.contains('\u{fffd}') && !err.contains("<binary>"),
+        "{err}"
+    );
+    // a devkit of meta.mat alone, with Kaggle's csv beside the val folder
+    let real = {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(root.join(DEVKIT)).unwrap()),
+            &mut v,
+        )
+        .unwrap();
+        members_of(&v)
+    };
+    let meta = t.path().join("meta.mat");
+    std::fs::write(
+        &meta,
+        &real.iter().find(|m| m.0.ends_with("meta.mat")).unwrap().1,
+    )
+    .unwrap();
+    assert!(root.join("LOC_val_solution.csv").exists());
+    let out = t.path().join("o2");
+    let err = build_fails(
+        &root.join("val"),
+        &out,
+        &["--split", "val", "--devkit", s(&meta)],
+    );
+    assert!(
+        err.contains("ILSVRC2012_validation_ground_truth.txt") && err.contains("meta.mat"),
+        "{err}"
+    );
+    assert!(!out.join("manifest.json").exists());
+}
+
+/// Issue 26, item 17: `shard merge` run again says the output is up to date.
+#[test]
+fn a_merge_run_again_is_up_to_date() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 3, 2);
+    let parts: Vec<PathBuf> = (0..2).map(|k| t.path().join(format!("p{k}"))).collect();
+    for (k, p) in parts.iter().enumerate() {
+        build(&root.join("train"), p, &["--part", &format!("{k}/2")]);
+    }
+    let out = t.path().join("merged");
+    let merge = || {
+        ok(&[
+            "shard",
+            "merge",
+            s(&parts[0]),
+            s(&parts[1]),
+            "--output",
+            s(&out),
+        ])
+    };
+    assert!(merge().contains("merged 2 parts"));
+    let again = merge();
+    assert!(again.contains("is up to date"), "{again}");
 }

@@ -128,6 +128,8 @@ fn val_flat_folder_takes_train_classes() {
             s(&labels),
             "--classes-from",
             s(&train),
+            "--max-reject-fraction",
+            "1",
         ],
     );
     assert!(
@@ -209,7 +211,7 @@ fn bad_files_are_rejected_and_reported_never_fatal() {
     std::fs::write(class_dir.join("zz_tall.JPEG"), &tall).unwrap();
     write_png_bomb(&class_dir.join("zz_bomb.JPEG"));
     let out_dir = t.path().join("shards");
-    let out = build(&train, &out_dir, &[]);
+    let out = build(&train, &out_dir, &["--max-reject-fraction", "1"]);
     assert!(
         out.contains("6 records") && out.contains("6 of 12 files rejected"),
         "{out}"
@@ -449,10 +451,100 @@ fn zero_workers_is_refused_in_words() {
         "0",
     ]);
     assert!(
-        err.contains("--workers 0") && err.contains("at least 1"),
+        err.contains("--workers") && err.contains("at least 1"),
         "{err}"
     );
     assert!(!out.exists());
+}
+
+/// Issue 26, item 3: every count that sizes threads or memory has an upper bound,
+/// named with its flag; item 14: the reject bound is a fraction.
+#[test]
+fn counts_that_size_threads_or_memory_are_bounded_by_flag() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 2);
+    let out = t.path().join("shards");
+    let input = root.join("train");
+    for (flag, value, want) in [
+        ("--workers", "18446744073709551615", "at most 1024"),
+        ("--workers", "1025", "at most 1024"),
+        ("--max-shard-mib", "18446744073709551615", "at most 65536"),
+        ("--max-reject-fraction", "1.5", "between 0 and 1"),
+        ("--max-reject-fraction", "NaN", "between 0 and 1"),
+    ] {
+        let err = fails(&[
+            "shard",
+            "build",
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            flag,
+            value,
+        ]);
+        assert!(
+            err.contains(flag) && err.contains(want),
+            "{flag} {value}: {err}"
+        );
+        assert!(!out.exists());
+    }
+    build(&input, &out, &[]);
+    let err = fails(&["shard", "verify", s(&out), "--workers", "100000"]);
+    assert!(
+        err.contains("--workers") && err.contains("at most 1024"),
+        "{err}"
+    );
+}
+
+/// Issue 26, item 14: an input of which nothing can be used is an error, not an empty
+/// dataset; so is one mostly rejected (a wholesale mislabelling), with the flag named.
+#[test]
+fn an_empty_or_mislabelled_build_fails_with_the_reason() {
+    let t = tempfile::tempdir().unwrap();
+    let root = synth(t.path(), 2, 3);
+    let train = t.path().join("train-shards");
+    build(&root.join("train"), &train, &[]);
+    let csv = std::fs::read_to_string(root.join("LOC_val_solution.csv")).unwrap();
+    let val = root.join("val");
+    let val_build = |labels: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "shard",
+            "build",
+            "--input",
+            s(&val),
+            "--output",
+            s(out),
+            "--split",
+            "val",
+            "--labels",
+            s(labels),
+            "--classes-from",
+            s(&train),
+        ];
+        a.extend_from_slice(extra);
+        fails(&a)
+    };
+    // val labelled with upper-case wnids, all but the first line: most files have no
+    // class of the list
+    let mostly = t.path().join("mostly.csv");
+    let mut lines: Vec<String> = csv.lines().map(String::from).collect();
+    for l in lines.iter_mut().skip(2) {
+        *l = l.replace(",n", ",N");
+    }
+    std::fs::write(&mostly, lines.join("\n")).unwrap();
+    let out = t.path().join("val");
+    let err = val_build(&mostly, &out, &[]);
+    assert!(
+        err.contains("rejected") && err.contains("--max-reject-fraction"),
+        "{err}"
+    );
+    assert!(!out.join("manifest.json").exists());
+    // every one: not a dataset, whatever the bound
+    let all = t.path().join("all.csv");
+    std::fs::write(&all, csv.replace(",n", ",N")).unwrap();
+    let err = val_build(&all, &out, &["--max-reject-fraction", "1"]);
+    assert!(err.contains("no usable images"), "{err}");
+    assert!(!out.join("manifest.json").exists());
 }
 
 #[test]
