@@ -237,7 +237,7 @@ mod tests {
         std::fs::write(&dead, "torn").unwrap();
         std::fs::write(&other, "not the run's").unwrap();
         let lock = RunLock::acquire(d.path()).unwrap();
-        assert_eq!(lock.removed(), [dead.clone()]);
+        assert_eq!(lock.removed(), std::slice::from_ref(&dead));
         assert!(!dead.exists() && other.exists());
         let e = RunLock::acquire(d.path()).unwrap_err().to_string();
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
