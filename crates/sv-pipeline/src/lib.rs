@@ -320,7 +320,10 @@ impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
             batch_size: 128,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // every core, within the limit `Loader::new` enforces
+            workers: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS),
             prefetch: 2,
             hold: 2,
             seed: 0,
