@@ -182,6 +182,9 @@ pub fn build_shards<'py>(
             labels,
             devkit,
             classes,
+            // WebDataset/parquet inputs are found from the content; their extra
+            // settings (several inputs, label key or column) are not offered here yet
+            hub: Default::default(),
         },
         output: output.clone(),
         split,
