@@ -370,6 +370,34 @@ fn a_resumed_run_keeps_its_settings() {
     }
     assert!(!err.contains("--precision"), "precision may change: {err}");
     assert_words(&err);
+    // the schedule's parameters by their own flags (the divisor, not the factor the
+    // checkpoint keeps), a flag of another schedule kind, and a value the run already
+    // uses (alexnet-tiny's own init), which is no change
+    let err = fails(&d.train(
+        &split,
+        &[
+            "--resume",
+            "--lr-divisor",
+            "5",
+            "--step-every",
+            "3",
+            "--init",
+            "kaiming",
+            "--weight-decay",
+            "0.001",
+        ],
+    ));
+    for want in [
+        "--lr-divisor 5 (the checkpoint's run: 10)",
+        "--step-every (the checkpoint's run uses the plateau schedule)",
+        "--weight-decay 0.001 (the checkpoint's run: 0.0005)",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(
+        !err.contains("--init"),
+        "kaiming is the run's own init: {err}"
+    );
     assert_eq!(std::fs::read(split.join("metrics.jsonl")).unwrap(), metrics);
     // other statistics, another training set with the same classes
     let other = make_set(&d.path("other"), Split::Train, 4, 8, 7);

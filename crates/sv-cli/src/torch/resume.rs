@@ -4,10 +4,13 @@
 //! A checkpoint's run continues exactly as it would have without the interruption, so:
 //! - its labels must be the training set's (same wnids, same order) and its data the
 //!   same (the set's manifest checksum and image side);
-//! - settings that define the run (model, init, input scale, batch size, learning
-//!   rate, momentum, weight decay, schedule, seed, statistics, mean image, lighting,
-//!   reflections, loader) are the checkpoint's; typed with another value they are
-//!   refused, naming the flag, the checkpoint's value and the one given;
+//! - settings that define the run (its [`RunSpec`]: model, init, input scale, batch
+//!   size, learning rate, momentum, weight decay, schedule, seed, lighting, reflections,
+//!   loader; and the statistics and mean image) are the checkpoint's. The typed flags
+//!   make the spec this invocation asks for ([`asked_spec`]); sv-train's
+//!   [`RunSpec::refused_changes`], the one rule the trainer applies too, says which
+//!   differences are refused, each named here by its flag, the checkpoint's value and
+//!   the one given;
 //! - settings that can change between invocations (epochs, max steps, intervals,
 //!   validation limit, final ten-crop, precision, channels-last, copy stream) are the
 //!   checkpoint's unless typed; a typed change applies and is reported.
@@ -16,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sv_shard::Dataset;
 use sv_train::checkpoint::{CheckpointHeader, MEAN_IMAGE_TENSOR};
+use sv_train::config::{RunSpec, SpecChange, schedule_kind};
 use sv_train::data::DataSettings;
 use sv_train::input::Normalization;
 use sv_train::schedule::ScheduleConfig;
@@ -47,14 +51,6 @@ fn flag_value<T: Serialize>(v: &T) -> String {
         Ok(serde_json::Value::Null) => "the default".into(),
         Ok(other) => other.to_string(),
         Err(_) => "?".into(),
-    }
-}
-
-fn schedule_kind(s: &ScheduleConfig) -> &'static str {
-    match s {
-        ScheduleConfig::Plateau { .. } => "plateau",
-        ScheduleConfig::Step { .. } => "step",
-        ScheduleConfig::Constant => "constant",
     }
 }
 
@@ -109,58 +105,205 @@ impl Compare<'_> {
     }
 }
 
-/// The schedule flags against the checkpoint's schedule.
-fn compare_schedule(
-    c: &mut Compare<'_>,
-    args: &Args,
-    saved: &ScheduleConfig,
-    now: &ScheduleConfig,
-) {
+/// Schedule flags typed for a kind of schedule the checkpoint's run does not use.
+fn misplaced_schedule_flags(c: &mut Compare<'_>, saved: &ScheduleConfig) {
     let kind = schedule_kind(saved);
-    c.fixed("schedule", &kind, &schedule_kind(now), |k| k.to_string());
-    let factor = 1.0 / args.lr_divisor;
-    let lr_divisor = |f: &f64| format!("{}", 1.0 / f);
-    match *saved {
-        ScheduleConfig::Plateau {
-            patience,
-            threshold,
-            factor: saved_factor,
-            max_drops,
-            ..
-        } => {
-            c.fixed("patience", &patience, &args.patience, u32::to_string);
-            c.fixed("threshold", &threshold, &args.threshold, f64::to_string);
-            c.fixed("lr_divisor", &saved_factor, &factor, lr_divisor);
-            c.fixed("max_drops", &max_drops, &args.max_drops, u32::to_string);
-            c.misplaced(
-                "step_every",
-                format!("the checkpoint's run uses the {kind} schedule"),
-            );
+    let unused: &[&str] = match saved {
+        ScheduleConfig::Plateau { .. } => &["step_every"],
+        ScheduleConfig::Step { .. } => &["patience", "threshold"],
+        ScheduleConfig::Constant => &[
+            "patience",
+            "threshold",
+            "lr_divisor",
+            "max_drops",
+            "step_every",
+        ],
+    };
+    for id in unused {
+        c.misplaced(id, format!("the checkpoint's run uses the {kind} schedule"));
+    }
+}
+
+/// The schedule this invocation asks for: another kind if `--schedule` names one,
+/// else the checkpoint's with each typed parameter in place.
+fn asked_schedule(saved: &ScheduleConfig, now: &ScheduleConfig, g: &Given) -> ScheduleConfig {
+    if g.has("schedule") && schedule_kind(saved) != schedule_kind(now) {
+        return now.clone();
+    }
+    let mut s = saved.clone();
+    match (&mut s, now) {
+        (
+            ScheduleConfig::Plateau {
+                patience,
+                threshold,
+                factor,
+                max_drops,
+                ..
+            },
+            ScheduleConfig::Plateau {
+                patience: p,
+                threshold: t,
+                factor: f,
+                max_drops: d,
+                ..
+            },
+        ) => {
+            set(g, "patience", patience, p);
+            set(g, "threshold", threshold, t);
+            set(g, "lr_divisor", factor, f);
+            set(g, "max_drops", max_drops, d);
         }
-        ScheduleConfig::Step {
-            every,
-            factor: saved_factor,
-            max_drops,
-        } => {
-            c.fixed("step_every", &every, &args.step_every, u32::to_string);
-            c.fixed("lr_divisor", &saved_factor, &factor, lr_divisor);
-            c.fixed("max_drops", &max_drops, &args.max_drops, u32::to_string);
-            for id in ["patience", "threshold"] {
-                c.misplaced(id, format!("the checkpoint's run uses the {kind} schedule"));
-            }
+        (
+            ScheduleConfig::Step {
+                every,
+                factor,
+                max_drops,
+            },
+            ScheduleConfig::Step {
+                every: e,
+                factor: f,
+                max_drops: d,
+            },
+        ) => {
+            set(g, "step_every", every, e);
+            set(g, "lr_divisor", factor, f);
+            set(g, "max_drops", max_drops, d);
         }
-        ScheduleConfig::Constant => {
-            for id in [
-                "patience",
-                "threshold",
-                "lr_divisor",
-                "max_drops",
-                "step_every",
-            ] {
-                c.misplaced(id, format!("the checkpoint's run uses the {kind} schedule"));
+        // the flags' schedule is of the other kind (a default): its parameters, typed,
+        // are taken where the checkpoint's kind has them
+        (
+            ScheduleConfig::Plateau {
+                factor, max_drops, ..
             }
+            | ScheduleConfig::Step {
+                factor, max_drops, ..
+            },
+            ScheduleConfig::Plateau {
+                factor: f,
+                max_drops: d,
+                ..
+            }
+            | ScheduleConfig::Step {
+                factor: f,
+                max_drops: d,
+                ..
+            },
+        ) => {
+            set(g, "lr_divisor", factor, f);
+            set(g, "max_drops", max_drops, d);
+        }
+        _ => {}
+    }
+    s
+}
+
+/// `*slot = *now` if the flag `id` was typed.
+fn set<T: Clone>(g: &Given, id: &str, slot: &mut T, now: &T) {
+    if g.has(id) {
+        *slot = now.clone();
+    }
+}
+
+/// What this invocation asks the run to be: the checkpoint's spec with the value of
+/// every typed flag in its place. The checkpoint's init and input scale are its
+/// model's resolved ones, so typing the value it already uses is no change.
+fn asked_spec(
+    saved: &RunSpec,
+    inv: &Invocation<'_>,
+    header: &CheckpointHeader,
+) -> (RunSpec, RunSpec) {
+    let g = inv.given;
+    let now = &inv.config;
+    let mut saved = saved.clone();
+    saved.init = Some(header.meta.model.init);
+    saved.input_scale = Some(header.meta.model.input_scale);
+    let mut s = saved.clone();
+    set(g, "model", &mut s.model, &now.model);
+    if g.has("init") {
+        s.init = now.init;
+    }
+    if g.has("input_scale") {
+        s.input_scale = now.input_scale;
+    }
+    set(g, "batch_size", &mut s.batch_size, &now.batch_size);
+    set(g, "lr", &mut s.lr, &now.lr);
+    set(g, "momentum", &mut s.sgd.momentum, &now.sgd.momentum);
+    set(
+        g,
+        "weight_decay",
+        &mut s.sgd.weight_decay,
+        &now.sgd.weight_decay,
+    );
+    set(
+        g,
+        "bias_decay",
+        &mut s.sgd.decay_biases,
+        &now.sgd.decay_biases,
+    );
+    set(g, "seed", &mut s.seed, &now.seed);
+    s.schedule = asked_schedule(&saved.schedule, &now.schedule, g);
+    if let Some(d) = &mut s.data {
+        let n = &inv.data;
+        set(g, "no_mirror", &mut d.mirror, &n.mirror);
+        set(g, "loader", &mut d.loader, &n.loader);
+        if g.has("lighting") {
+            d.lighting = match (inv.args.lighting.convention(), d.lighting) {
+                (None, _) => None,
+                (Some(c), Some(l)) => Some(Lighting { convention: c, ..l }),
+                (Some(_), None) => n.lighting,
+            };
+        }
+        // --stats: the lighting's numbers, where both runs have lighting
+        if g.has("stats")
+            && let (Some(l), Some(nl)) = (&mut d.lighting, &n.lighting)
+        {
+            (l.eigval, l.eigvec, l.std) = (nl.eigval, nl.eigvec, nl.std);
         }
     }
+    (saved, s)
+}
+
+/// A refused change named by the flag that asked for it, with both values as the
+/// flag writes them: `--momentum 0.5 (the checkpoint's run: 0.9)`.
+fn as_flag(change: &SpecChange) -> String {
+    let same = |v: &str| v.to_string();
+    let (flag, show): (&str, &dyn Fn(&str) -> String) = match change.setting {
+        "model" => ("--model", &same),
+        "init" => ("--init", &same),
+        "input_scale" => ("--input-scale", &same),
+        "batch_size" => ("--batch-size", &same),
+        "lr" => ("--lr", &same),
+        "sgd.momentum" => ("--momentum", &same),
+        "sgd.weight_decay" => ("--weight-decay", &same),
+        "sgd.decay_biases" => ("--bias-decay", &same),
+        "seed" => ("--seed", &same),
+        "schedule" => ("--schedule", &same),
+        "schedule.patience" => ("--patience", &same),
+        "schedule.threshold" => ("--threshold", &same),
+        "schedule.max_drops" => ("--max-drops", &same),
+        "schedule.every" => ("--step-every", &same),
+        // the schedule keeps the factor, the flag its inverse
+        "schedule.factor" => ("--lr-divisor", &|v: &str| {
+            v.parse::<f64>()
+                .map_or(v.to_string(), |f| (1.0 / f).to_string())
+        }),
+        // the spec keeps whether to mirror, the flag whether not to
+        "data.mirror" => ("--no-mirror", &|v: &str| match v {
+            "true" => "false".into(),
+            "false" => "true".into(),
+            v => v.into(),
+        }),
+        "data.loader" => ("--loader", &same),
+        "data.lighting" => ("--lighting", &same),
+        "data.lighting.eigval" => ("--stats", &|v: &str| format!("lighting eigenvalues {v}")),
+        "data.lighting.eigvec" => ("--stats", &|v: &str| format!("lighting eigenvectors {v}")),
+        other => (other, &same),
+    };
+    format!(
+        "{flag} {} (the checkpoint's run: {})",
+        show(&change.now),
+        show(&change.saved)
+    )
 }
 
 /// The data flags against the checkpoint's data settings.
@@ -194,19 +337,7 @@ fn compare_data(
                 train_dir.display()
             );
         }
-        c.fixed("no_mirror", &!saved.mirror, &!now.mirror, |v| v.to_string());
-        c.fixed("loader", &saved.loader, &now.loader, String::clone);
-        // --lighting: the convention (or none); --stats: the numbers, where both have any
-        let convention = saved
-            .lighting
-            .map_or("none".to_string(), |l| flag_value(&l.convention));
-        let lighting = inv.args.lighting.as_str().to_string();
-        c.fixed("lighting", &convention, &lighting, String::clone);
-        if let (Some(s), Some(n)) = (&saved.lighting, &now.lighting) {
-            let numbers = |l: &Lighting| (l.eigval, l.eigvec, l.std);
-            let show = |l: &(_, _, _)| format!("lighting eigenvalues {:?}", l.0);
-            c.fixed("stats", &numbers(s), &numbers(n), show);
-        }
+        // mirror, loader, lighting: compared with the rest of the spec
     } else {
         eprintln!(
             "resuming: the checkpoint does not record its data settings (written before they \
@@ -278,48 +409,15 @@ pub fn settings(inv: &Invocation<'_>, header: &CheckpointHeader) -> Result<Train
     .context("a resumed run's labels must mean what they meant")?;
     let saved = saved_config(meta)?;
     let now = &inv.config;
-    let args = inv.args;
     let mut c = Compare {
         given: inv.given,
         conflicts: Vec::new(),
         changes: Vec::new(),
     };
-    let num = |v: &f64| v.to_string();
-    c.fixed(
-        "model",
-        &meta.model.name,
-        &args.model.as_str().to_string(),
-        String::clone,
-    );
-    c.fixed("init", &Some(meta.model.init), &now.init, flag_value);
-    c.fixed(
-        "input_scale",
-        &Some(meta.model.input_scale),
-        &now.input_scale,
-        flag_value,
-    );
-    c.fixed(
-        "batch_size",
-        &saved.batch_size,
-        &now.batch_size,
-        usize::to_string,
-    );
-    c.fixed("lr", &saved.lr, &now.lr, num);
-    c.fixed("momentum", &saved.sgd.momentum, &now.sgd.momentum, num);
-    c.fixed(
-        "weight_decay",
-        &saved.sgd.weight_decay,
-        &now.sgd.weight_decay,
-        num,
-    );
-    c.fixed(
-        "bias_decay",
-        &saved.sgd.decay_biases,
-        &now.sgd.decay_biases,
-        bool::to_string,
-    );
-    c.fixed("seed", &saved.seed, &now.seed, u64::to_string);
-    compare_schedule(&mut c, args, &saved.schedule, &now.schedule);
+    let (saved_spec, asked) = asked_spec(&saved.spec(), inv, header);
+    c.conflicts
+        .extend(saved_spec.refused_changes(&asked).iter().map(as_flag));
+    misplaced_schedule_flags(&mut c, &saved.schedule);
     compare_data(&mut c, inv, header)?;
     let opt = |v: &Option<u64>| v.map_or("none".into(), |v| v.to_string());
     let resumed = TrainConfig {
