@@ -61,8 +61,11 @@ fn class_names(dir: &Path, classes: usize) -> PathBuf {
     p
 }
 
-/// A WebDataset tar of `samples` (key, ext -> bytes), members in the order given.
-fn wds_tar(path: &Path, samples: &[(String, Vec<(&str, Vec<u8>)>)]) {
+/// One WebDataset sample: its key and its members (extension, bytes).
+type WdsSample<'a> = (String, Vec<(&'a str, Vec<u8>)>);
+
+/// A WebDataset tar of `samples`, members in the order given.
+fn wds_tar(path: &Path, samples: &[WdsSample<'_>]) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
     for (key, members) in samples {
         for (ext, data) in members {

@@ -22,7 +22,7 @@ const ROW_BYTES: usize = 2 << 20;
 /// One row in 16 a small JPEG (so the build has records to write); the others 2 MiB of
 /// bytes that differ row to row (not an image: each is a reject, read whole).
 fn blob(i: usize) -> Vec<u8> {
-    if i % 16 == 0 {
+    if i.is_multiple_of(16) {
         let img = image::RgbImage::from_fn(48, 40, |x, y| {
             image::Rgb([x as u8 * 5, y as u8 * 6, i as u8])
         });

@@ -104,7 +104,7 @@ fn items(out: &Path, classes: &[ClassInfo]) -> Result<(Vec<Item>, Vec<Item>), Sy
         }
     }
     // The folder build's order: the bytes of `wnid/file`.
-    train.sort_by(|a, b| rel(a).cmp(&rel(b)));
+    train.sort_by_key(rel);
     let csv_path = out.join("LOC_val_solution.csv");
     let csv = fs::read_to_string(&csv_path).map_err(io(&csv_path))?;
     let mut labels = std::collections::HashMap::new();

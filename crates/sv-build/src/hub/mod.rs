@@ -797,7 +797,7 @@ struct ReaderState {
     /// The file the last sample came from.
     last: usize,
     /// The parquet cursor.
-    cursor: Option<pq::Cursor>,
+    cursor: Option<Box<pq::Cursor>>,
 }
 
 /// A file that changed under the build: its path and what was found.
@@ -859,7 +859,7 @@ impl Reader {
                 let st = &mut *st;
                 let reuse = st.cursor.as_ref().is_some_and(|c| c.file == at);
                 if !reuse {
-                    st.cursor = Some(pq::Cursor::open(at, f, file, column)?);
+                    st.cursor = Some(Box::new(pq::Cursor::open(at, f, file, column)?));
                 }
                 let cursor = st.cursor.as_mut().expect("just set");
                 cursor.read_row(offset)

@@ -10,7 +10,6 @@
 //! without its end-of-archive block is an error naming the file and the member.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -337,6 +336,3 @@ mod tests {
         assert!(parse_label("").is_none());
     }
 }
-
-#[allow(dead_code)]
-fn _file_is_used(_: &File) {}
