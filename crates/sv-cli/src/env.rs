@@ -31,6 +31,33 @@ pub const TORCH: &str = "SUPERVISION_TORCH";
 /// The log filter of `tracing-subscriber` ([`crate::init_tracing`]).
 pub const RUST_LOG: &str = "RUST_LOG";
 
+/// Set by `supervision` on the command it forwards to `supervision-torch`: its own
+/// process id, which exec keeps (see `forward.rs`). [`start`] takes it out of the
+/// environment, so that only the process it was set for sees it, never a process that
+/// one starts later.
+pub const FORWARDED_BY: &str = "SUPERVISION_FORWARDED_BY";
+
+static FORWARDED_BY_AT_START: std::sync::OnceLock<Option<OsString>> = std::sync::OnceLock::new();
+
+/// [`FORWARDED_BY`] as this process found it at [`start`].
+pub fn forwarded_by() -> Option<&'static OsString> {
+    FORWARDED_BY_AT_START.get().and_then(Option::as_ref)
+}
+
+/// Reads [`FORWARDED_BY`] and removes it from the environment. Call it first thing in
+/// `main`, before any thread starts ([`crate::start`] does).
+pub fn start() {
+    FORWARDED_BY_AT_START.get_or_init(|| {
+        let value = std::env::var_os(FORWARDED_BY);
+        if value.is_some() {
+            // SAFETY: called at the top of `main`, before this program starts a thread,
+            // so nothing reads the environment concurrently.
+            unsafe { std::env::remove_var(FORWARDED_BY) };
+        }
+        value
+    });
+}
+
 /// Longest progress interval: a day (a longer one is a mistake, and
 /// `Duration::from_secs_f64` panics past `u64::MAX` seconds).
 pub const MAX_PROGRESS_SECS: f64 = 86_400.0;

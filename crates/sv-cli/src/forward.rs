@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+// Set on the forwarded command: the id of the `supervision` process that forwarded (see
+// the module header). Both binaries take it out of their environment at start
+// (`sv_cli::env::forwarded_by`), so no process they start inherits it.
+use sv_cli::env::FORWARDED_BY;
 
 /// The libtorch half's file name.
 pub const TORCH_BINARY: &str = "supervision-torch";
-
-/// Set on the forwarded command: the id of the `supervision` process that forwarded
-/// (see the module header). Only `supervision` reads it.
-pub const FORWARDED_BY: &str = "SUPERVISION_FORWARDED_BY";
 
 const TORCH_COMMANDS: [&str; 3] = ["train", "eval", "predict"];
 
@@ -81,7 +81,7 @@ enum Found {
 /// This process was started by its own forwarding (through a link, copy or script
 /// that [`refuse_self`] could not see through).
 fn refuse_a_loop() -> Result<()> {
-    let Some(by) = std::env::var_os(FORWARDED_BY) else {
+    let Some(by) = sv_cli::env::forwarded_by() else {
         return Ok(());
     };
     let by = by.to_string_lossy();

@@ -28,6 +28,7 @@ pub const DEFAULT_LOG_FILTER: &str = "warn,sv_cli::progress=info";
 /// 2, as a bad flag does.
 pub fn start() {
     ignore_file_size_signal();
+    env::start();
     if let Err(e) = env::check() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
