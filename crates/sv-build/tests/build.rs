@@ -1017,8 +1017,8 @@ fn merge_verifies_resumes_and_replaces_only_once_whole() {
     let t = tempfile::tempdir().unwrap();
     let input = tree(t.path(), 2, 6);
     let parts: Vec<PathBuf> = (0..2).map(|k| t.path().join(format!("part{k}"))).collect();
-    for k in 0..2 {
-        build(&part_config(&input, &parts[k], k, 2), &|_| {}).unwrap();
+    for (k, part) in parts.iter().enumerate() {
+        build(&part_config(&input, part, k, 2), &|_| {}).unwrap();
     }
     let merged = t.path().join("merged");
     let first = merge_into(&parts, &merged, false).unwrap();
