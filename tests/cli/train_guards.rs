@@ -208,7 +208,7 @@ fn a_checkpoint_meets_only_datasets_with_its_classes() {
     );
 }
 
-/// The CRC a checkpoint keeps over its metadata (the README's recipe).
+/// The CRC a checkpoint keeps over its metadata (the recipe in docs/training.md).
 fn crc_of(meta: &str, tensors: &str) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(meta.as_bytes());

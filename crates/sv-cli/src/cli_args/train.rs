@@ -184,7 +184,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "plateau")]
     pub schedule: Schedule,
     /// Plateau: evaluations without improvement before dividing (4 keeps a noisy
-    /// --val-limit subset from cutting the rate early; see the README).
+    /// --val-limit subset from cutting the rate early; see docs/training.md).
     #[arg(long, default_value_t = PAPER_PATIENCE, allow_negative_numbers = true)]
     pub patience: u32,
     /// Plateau: decrease of the top-1 error (fraction, 0 or more, below 1) that counts
@@ -261,7 +261,7 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     /// Do not check each training record's CRC-32 as it is read (checked by default:
     /// a damaged record stops training naming its shard and record; the cost is in
-    /// the README). Validation records are always checked.
+    /// docs/benchmarks.md). Validation records are always checked.
     #[arg(long)]
     pub no_verify: bool,
     /// Pipeline: unmap each training record's pages once used, so resident memory
