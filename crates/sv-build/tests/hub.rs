@@ -720,7 +720,7 @@ fn an_interrupted_build_resumes_mid_file() {
     for (input, hub) in [(&wds, with_names(&names)), (&pq, HubOptions::default())] {
         let out = t
             .path()
-            .join(format!("out-{}", input.display().to_string().len()));
+            .join(format!("out-{}", input.extension().unwrap().display()));
         let cfg = config(input, &out, 2, hub);
         let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             build(&cfg, &|p| {
