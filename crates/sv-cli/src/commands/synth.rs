@@ -149,11 +149,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let hub = sv_synth::hub::write_hub(&args.output, format, args.samples_per_file)
             .with_context(|| format!("synth --format into {}", args.output.display()))?;
         sv_cli::outln!(
-            "synth: {} samples in {} {:?} files ({} ..)",
+            "synth: {} samples in {} {} files ({} ..)",
             hub.samples,
             hub.files.len(),
-            f,
-            hub.files.first().map(|p| p.display().to_string()).unwrap_or_default()
+            match f {
+                HubFormatArg::Wds => "WebDataset",
+                HubFormatArg::Parquet => "parquet",
+            },
+            hub.files
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
     }
     let secs = start.elapsed().as_secs_f64();
