@@ -208,7 +208,7 @@ pub fn build(
     let done_shards = kept.iter().filter_map(|s| s.shard.clone()).collect();
     let writer = DatasetWriter::resume(job.out(), job.writer.clone(), done_shards)?;
     let mut segments = kept.clone();
-    let (writer, tail) = job.run(writer, start, &mut segments, &mut journal, progress)?;
+    let Written { writer, tail } = job.run(writer, start, &mut segments, &mut journal, progress)?;
     let before = writer.completed().len();
     let manifest = job.finish(writer, tail, &mut segments)?;
     if manifest.shards.len() > before {
@@ -572,15 +572,15 @@ impl<'a> Job<'a> {
     }
 
     /// Decode on `workers` threads, write in order; returns the writer and the
-    /// digest and rejects of the unfinished last segment.
+    /// unfinished last segment.
     fn run(
         &self,
-        mut writer: DatasetWriter,
+        writer: DatasetWriter,
         start: usize,
         segments: &mut Vec<Segment>,
         journal: &mut std::fs::File,
         progress: &(dyn Fn(Progress) + Sync),
-    ) -> Result<(DatasetWriter, (SegmentDigest, Vec<Reject>)), BuildError> {
+    ) -> Result<Written, BuildError> {
         let config = self.config;
         let images = &self.inputs.images;
         let end = self.range.end;
@@ -594,10 +594,21 @@ impl<'a> Job<'a> {
         let (feed_tx, feed_rx) = mpsc::channel::<(usize, Result<Vec<u8>, String>)>();
         let feed_rx = Mutex::new(feed_rx);
         let sequential = self.source.sequential();
-        let hash = config.hash_inputs;
-        let mut digest = SegmentDigest::new(hash);
-        let mut pending: Vec<Reject> = Vec::new();
-        let mut rejected = self.all_rejects(segments).len();
+        let mut back = WriteBack {
+            job: self,
+            writer,
+            tail: Tail {
+                digest: SegmentDigest::new(config.hash_inputs),
+                pending: Vec::new(),
+            },
+            rejected: self.all_rejects(segments).len(),
+            next: start,
+            ready: BTreeMap::new(),
+            segments,
+            journal,
+            gate: &gate,
+            progress,
+        };
 
         std::thread::scope(|scope| -> Result<(), BuildError> {
             if sequential {
@@ -634,93 +645,27 @@ impl<'a> Job<'a> {
                 });
             }
             drop(tx);
-            let outcome = (|| -> Result<(), BuildError> {
-                let mut ready: BTreeMap<usize, Prepared> = BTreeMap::new();
-                let mut next = start;
-                while next < end {
-                    let Ok(p) = rx.recv() else {
-                        return Err(BuildError::Input(
-                            "a decoding worker stopped unexpectedly".into(),
-                        ));
-                    };
-                    ready.insert(p.index, p);
-                    while let Some(p) = ready.remove(&next) {
-                        let img = &images[next];
-                        let content = p.crc.flatten();
-                        match p.result {
-                            Ok(payload) => {
-                                if let Some(closed) = writer.push_encoded(img.label, &payload)? {
-                                    // `img` did not fit: it is the closed segment's boundary.
-                                    digest.eat_image(img, content);
-                                    let (inputs, content) =
-                                        std::mem::replace(&mut digest, SegmentDigest::new(hash))
-                                            .finish();
-                                    let seg = Segment {
-                                        shard: Some(closed),
-                                        next_image: next,
-                                        rejects: std::mem::take(&mut pending),
-                                        inputs,
-                                        content,
-                                    };
-                                    journal_append(journal, self.out(), &seg)?;
-                                    segments.push(seg);
-                                    progress(Progress::Shard {
-                                        shards: writer.completed().len(),
-                                    });
-                                }
-                                digest.eat_image(img, content);
-                            }
-                            Err(reason) => {
-                                if let Some((path, why)) = self.source.damaged() {
-                                    return Err(BuildError::Damaged {
-                                        path: path.to_path_buf(),
-                                        member: img.rel.clone(),
-                                        reason: why.to_string(),
-                                    });
-                                }
-                                if config.strict {
-                                    return Err(BuildError::Rejected {
-                                        path: config.input.input.join(&img.path),
-                                        reason,
-                                    });
-                                }
-                                tracing::debug!(path = %img.rel, %reason, "rejected");
-                                digest.eat_image(img, content);
-                                pending.push(Reject {
-                                    path: img.rel.clone(),
-                                    reason,
-                                });
-                                rejected += 1;
-                                if self.too_many(rejected) || rejected == self.total() {
-                                    let all = self.all_rejects(segments);
-                                    let first = all.first().or(pending.first());
-                                    self.check_rejects(rejected, first)?;
-                                    return Err(BuildError::Empty {
-                                        input: config.input.input.clone(),
-                                        rejects: rejected,
-                                        ignored: self.ignored.len(),
-                                        first: first.map(|r| format!("{}: {}", r.path, r.reason)),
-                                    });
-                                }
-                            }
-                        }
-                        next += 1;
-                        gate.advance(next);
-                        progress(Progress::Image {
-                            done: next - self.range.start,
-                            rejected,
-                        });
-                    }
-                }
-                Ok(())
-            })();
-            stop.store(true, Ordering::Relaxed);
-            gate.wake_all();
-            budget.wake_all();
-            drop(rx);
-            outcome
+            // However the writer ends, the reader and workers stop with it.
+            let guard = StopGuard {
+                stop: &stop,
+                gate: &gate,
+                budget: &budget,
+                rx,
+            };
+            while back.next < end {
+                let Ok(p) = guard.rx.recv() else {
+                    return Err(BuildError::Input(
+                        "a decoding worker stopped unexpectedly".into(),
+                    ));
+                };
+                back.accept(p)?;
+            }
+            Ok(())
         })?;
-        Ok((writer, (digest, pending)))
+        Ok(Written {
+            writer: back.writer,
+            tail: back.tail,
+        })
     }
 
     /// One decoding thread: take the next input and its bytes, decode, encode, send.
@@ -790,11 +735,13 @@ impl<'a> Job<'a> {
     fn finish(
         &self,
         writer: DatasetWriter,
-        (digest, pending): (SegmentDigest, Vec<Reject>),
+        Tail {
+            mut digest,
+            pending,
+        }: Tail,
         segments: &mut Vec<Segment>,
     ) -> Result<Manifest, BuildError> {
         let (last, manifest) = writer.finish_with_last()?;
-        let mut digest = digest;
         digest.eat_end();
         let at_end = segments
             .last()
@@ -856,6 +803,140 @@ impl<'a> Job<'a> {
             rebuilt_because,
             up_to_date,
         }
+    }
+}
+
+/// What [`Job::run`] leaves for [`Job::finish`].
+struct Written {
+    /// The writer, its last shard still open.
+    writer: DatasetWriter,
+    /// The segment that shard belongs to.
+    tail: Tail,
+}
+
+/// The unfinished last segment: the digest of its images so far and its rejects.
+struct Tail {
+    digest: SegmentDigest,
+    pending: Vec<Reject>,
+}
+
+/// The writer's side of a build: takes the workers' results as they come and writes
+/// them strictly in input order, journalling each shard it closes.
+struct WriteBack<'w, 'a> {
+    job: &'w Job<'a>,
+    writer: DatasetWriter,
+    tail: Tail,
+    /// Rejects so far, with those of kept segments and those found listing.
+    rejected: usize,
+    /// The next input index to write.
+    next: usize,
+    /// Results that came before their turn.
+    ready: BTreeMap<usize, Prepared>,
+    segments: &'w mut Vec<Segment>,
+    journal: &'w mut std::fs::File,
+    gate: &'w Gate,
+    progress: &'w (dyn Fn(Progress) + Sync),
+}
+
+impl WriteBack<'_, '_> {
+    /// Take one worker's result, then write every result that is now in turn.
+    fn accept(&mut self, p: Prepared) -> Result<(), BuildError> {
+        self.ready.insert(p.index, p);
+        while let Some(p) = self.ready.remove(&self.next) {
+            self.take(p)?;
+            self.next += 1;
+            self.gate.advance(self.next);
+            (self.progress)(Progress::Image {
+                done: self.next - self.job.range.start,
+                rejected: self.rejected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Write (or reject) input `self.next`.
+    fn take(&mut self, p: Prepared) -> Result<(), BuildError> {
+        let job = self.job;
+        let config = job.config;
+        let img = &job.inputs.images[self.next];
+        let content = p.crc.flatten();
+        match p.result {
+            Ok(payload) => {
+                if let Some(closed) = self.writer.push_encoded(img.label, &payload)? {
+                    // `img` did not fit: it is the closed segment's boundary.
+                    self.tail.digest.eat_image(img, content);
+                    let fresh = SegmentDigest::new(config.hash_inputs);
+                    let (inputs, content) =
+                        std::mem::replace(&mut self.tail.digest, fresh).finish();
+                    let seg = Segment {
+                        shard: Some(closed),
+                        next_image: self.next,
+                        rejects: std::mem::take(&mut self.tail.pending),
+                        inputs,
+                        content,
+                    };
+                    journal_append(self.journal, job.out(), &seg)?;
+                    self.segments.push(seg);
+                    (self.progress)(Progress::Shard {
+                        shards: self.writer.completed().len(),
+                    });
+                }
+                self.tail.digest.eat_image(img, content);
+            }
+            Err(reason) => {
+                if let Some((path, why)) = job.source.damaged() {
+                    return Err(BuildError::Damaged {
+                        path: path.to_path_buf(),
+                        member: img.rel.clone(),
+                        reason: why.to_string(),
+                    });
+                }
+                if config.strict {
+                    return Err(BuildError::Rejected {
+                        path: config.input.input.join(&img.path),
+                        reason,
+                    });
+                }
+                tracing::debug!(path = %img.rel, %reason, "rejected");
+                self.tail.digest.eat_image(img, content);
+                self.tail.pending.push(Reject {
+                    path: img.rel.clone(),
+                    reason,
+                });
+                self.rejected += 1;
+                if job.too_many(self.rejected) || self.rejected == job.total() {
+                    let all = job.all_rejects(self.segments);
+                    let first = all.first().or(self.tail.pending.first());
+                    job.check_rejects(self.rejected, first)?;
+                    return Err(BuildError::Empty {
+                        input: config.input.input.clone(),
+                        rejects: self.rejected,
+                        ignored: job.ignored.len(),
+                        first: first.map(|r| format!("{}: {}", r.path, r.reason)),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops the archive reader and the workers when the writer's loop ends, however it
+/// ends (finished, or an error): a worker waiting at the gate or the reader waiting
+/// for budget is woken to see the stop, and a worker sending finds the channel shut.
+struct StopGuard<'s> {
+    stop: &'s AtomicBool,
+    gate: &'s Gate,
+    budget: &'s Budget,
+    rx: mpsc::Receiver<Prepared>,
+}
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.gate.wake_all();
+        self.budget.wake_all();
+        // `rx` is dropped after this, shutting the channel
     }
 }
 
