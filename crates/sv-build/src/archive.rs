@@ -158,11 +158,7 @@ pub(crate) fn list(path: &Path) -> Result<Listing, BuildError> {
     let len = archive
         .file
         .metadata()
-        .map_err(|source| BuildError::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source,
-        })?
+        .map_err(BuildError::io(path, "read"))?
         .len();
     let whole = Window {
         file: &archive.file,

@@ -155,11 +155,7 @@ pub fn build(
             crate::read::kind_of(m.file_type())
         )));
     }
-    std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
-        path: out.clone(),
-        op: "create the output folder",
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(BuildError::io(out, "create the output folder"))?;
     if same_folder(&config.input.input, out) {
         return Err(BuildError::Input(format!(
             "the output folder {} is the input folder",

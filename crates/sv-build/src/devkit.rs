@@ -180,7 +180,7 @@ fn gather(p: &Path) -> Result<(Option<(String, Vec<u8>)>, Option<(String, String
         let (mut f, _) =
             open_regular(p).map_err(|r| BuildError::Input(format!("{}: {r}", p.display())))?;
         let mut h = vec![0u8; 512];
-        let n = read_up_to(&mut f, &mut h).map_err(|e| io_error(p, &e))?;
+        let n = read_up_to(&mut f, &mut h).map_err(BuildError::io(p, "read"))?;
         h.truncate(n);
         h
     };
@@ -212,10 +212,6 @@ fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-fn io_error(p: &Path, e: &std::io::Error) -> BuildError {
-    BuildError::Input(format!("{}: {}", p.display(), io_words(e)))
 }
 
 fn read_bytes(p: &Path) -> Result<Vec<u8>, BuildError> {

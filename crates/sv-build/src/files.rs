@@ -49,21 +49,13 @@ pub(crate) fn owned(name: &str) -> Option<Owned> {
 }
 
 pub(crate) fn remove(p: &Path) -> Result<(), BuildError> {
-    std::fs::remove_file(p).map_err(|source| BuildError::Io {
-        path: p.to_path_buf(),
-        op: "remove",
-        source,
-    })
+    std::fs::remove_file(p).map_err(BuildError::io(p, "remove"))
 }
 
 /// Everything in the output folder but its lock file.
 pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
     Ok(std::fs::read_dir(out)
-        .map_err(|source| BuildError::Io {
-            path: out.to_path_buf(),
-            op: "list",
-            source,
-        })?
+        .map_err(BuildError::io(out, "list"))?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name() != LOCK_FILE && e.file_name() != STAGING_DIR)
         .map(|e| e.path())
@@ -72,11 +64,7 @@ pub(crate) fn entries(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
 
 /// Files a build writes (and may remove): nothing else is touched.
 pub(crate) fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
-    let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
-        path: out.to_path_buf(),
-        op: "list",
-        source,
-    })?;
+    let rd = std::fs::read_dir(out).map_err(BuildError::io(out, "list"))?;
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -94,11 +82,7 @@ pub(crate) fn list_our_files(out: &Path) -> Result<Vec<PathBuf>, BuildError> {
 pub(crate) fn not_ours_in_the_way(
     out: &Path,
 ) -> Result<Option<(PathBuf, &'static str)>, BuildError> {
-    let rd = std::fs::read_dir(out).map_err(|source| BuildError::Io {
-        path: out.to_path_buf(),
-        op: "list",
-        source,
-    })?;
+    let rd = std::fs::read_dir(out).map_err(BuildError::io(out, "list"))?;
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         // a temporary's name is chosen fresh by its writer: nothing is in its way
@@ -129,13 +113,9 @@ pub(crate) fn read_own_file(path: &Path) -> Result<Option<Vec<u8>>, BuildError> 
 
 pub(crate) fn write_journal(out: &Path, body: &[u8]) -> Result<std::fs::File, BuildError> {
     let path = out.join(JOURNAL_FILE);
-    let io = |op| {
-        let path = path.clone();
-        move |source| BuildError::Io { path, op, source }
-    };
-    let mut f = std::fs::File::create(&path).map_err(io("create"))?;
-    f.write_all(body).map_err(io("write"))?;
-    f.sync_all().map_err(io("sync"))?;
+    let mut f = std::fs::File::create(&path).map_err(BuildError::io(&path, "create"))?;
+    f.write_all(body).map_err(BuildError::io(&path, "write"))?;
+    f.sync_all().map_err(BuildError::io(&path, "sync"))?;
     Ok(f)
 }
 
@@ -147,11 +127,7 @@ pub(crate) fn journal_append(
     let text = line(entry)?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_data())
-        .map_err(|source| BuildError::Io {
-            path: out.join(JOURNAL_FILE),
-            op: "write",
-            source,
-        })
+        .map_err(BuildError::io(&out.join(JOURNAL_FILE), "write"))
 }
 
 pub(crate) fn write_rejects(out: &Path, rejects: &[Reject]) -> Result<(), BuildError> {
@@ -197,11 +173,7 @@ pub(crate) fn write_atomic(out: &Path, name: &str, bytes: &[u8]) -> Result<(), B
 pub(crate) fn fresh_staging(out: &Path) -> Result<PathBuf, BuildError> {
     let stage = out.join(STAGING_DIR);
     remove_staging(out)?;
-    std::fs::create_dir(&stage).map_err(|source| BuildError::Io {
-        path: stage.clone(),
-        op: "create",
-        source,
-    })?;
+    std::fs::create_dir(&stage).map_err(BuildError::io(&stage, "create"))?;
     Ok(stage)
 }
 
@@ -223,11 +195,7 @@ pub(crate) fn remove_staging(out: &Path) -> Result<(), BuildError> {
     for p in list_our_files(&stage)? {
         remove(&p)?;
     }
-    std::fs::remove_dir(&stage).map_err(|source| BuildError::Io {
-        path: stage,
-        op: "remove",
-        source,
-    })
+    std::fs::remove_dir(&stage).map_err(BuildError::io(&stage, "remove"))
 }
 
 /// Move the finished dataset in `stage` into `out`, replacing the one there: its
@@ -252,11 +220,7 @@ pub(crate) fn promote(stage: &Path, out: &Path) -> Result<(), BuildError> {
     let mut order = new.clone();
     order.sort_by_key(rank);
     let mv = |p: &Path| {
-        std::fs::rename(p, out.join(name(p))).map_err(|source| BuildError::Io {
-            path: p.to_path_buf(),
-            op: "move into place",
-            source,
-        })
+        std::fs::rename(p, out.join(name(p))).map_err(BuildError::io(p, "move into place"))
     };
     let (shards, records): (Vec<&PathBuf>, Vec<&PathBuf>) =
         order.iter().partition(|p| rank(p) == 0);

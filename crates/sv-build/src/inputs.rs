@@ -167,11 +167,6 @@ fn is_hidden(name: &OsStr) -> bool {
     path_bytes(Path::new(name)).first() == Some(&b'.')
 }
 
-fn io_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
-    let path = path.to_path_buf();
-    move |source| BuildError::Io { path, op, source }
-}
-
 /// List the split's images and labels. `output`, the build's own folder, is never
 /// read as input, even when it lies inside the input folder.
 pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, BuildError> {
@@ -183,11 +178,7 @@ pub fn discover(spec: &InputSpec, output: Option<&Path>) -> Result<Inputs, Build
         std::io::ErrorKind::NotFound => {
             BuildError::Input(format!("the input {} does not exist", input.display()))
         }
-        _ => BuildError::Io {
-            path: input.clone(),
-            op: "read",
-            source: e,
-        },
+        _ => BuildError::io(input, "read")(e),
     })?;
     let flat_wanted = spec.labels.is_some();
     let (listing, archive) = if meta.is_dir() {
@@ -241,7 +232,7 @@ fn list_folder(
     };
     let top = walker
         .entries(Path::new(""))
-        .map_err(io_err(root, "list"))?;
+        .map_err(BuildError::io(root, "list"))?;
     let mut dirs = Vec::new();
     for (rel, meta) in top {
         match meta {

@@ -218,6 +218,18 @@ pub enum BuildError {
     Shard(#[from] sv_shard::ShardError),
 }
 
+impl BuildError {
+    /// The one way an I/O error on a file or folder becomes a [`BuildError`]:
+    /// `.map_err(BuildError::io(path, "read"))`.
+    pub(crate) fn io(
+        path: &std::path::Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> BuildError + use<> {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, op, source }
+    }
+}
+
 /// What an output folder holds that keeps a build from writing there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Occupant {

@@ -30,10 +30,7 @@ impl OutputLock {
     /// Lock `dir` (which must exist), or fail at once naming the current holder.
     pub fn acquire(dir: &Path) -> Result<OutputLock, BuildError> {
         let path = dir.join(LOCK_FILE);
-        let io = |op: &'static str| {
-            let path = path.clone();
-            move |source| BuildError::Io { path, op, source }
-        };
+        let io = |op: &'static str| BuildError::io(&path, op);
         for _ in 0..16 {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)

@@ -101,11 +101,7 @@ pub fn merge(config: &MergeConfig) -> Result<MergeSummary, BuildError> {
             p.dir.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|source| BuildError::Io {
-        path: out.clone(),
-        op: "create the output folder",
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(BuildError::io(out, "create the output folder"))?;
     let _lock = OutputLock::acquire(out)?;
     let plan = Plan::new(&parts)?;
     let summary = |linked, copied, up_to_date| MergeSummary {
@@ -410,11 +406,7 @@ fn check_parts(parts: &mut [PartIn]) -> Result<(), BuildError> {
 /// written after the last shard.
 fn place(src: &Path, dst: &Path, entry: &ShardEntry) -> Result<bool, BuildError> {
     let mut from = sv_core::fs::open_regular(src).map_err(sv_shard::ShardError::from)?;
-    let read_err = |source| BuildError::Io {
-        path: src.to_path_buf(),
-        op: "read",
-        source,
-    };
+    let read_err = BuildError::io(src, "read");
     // a file of this merge's, cut short by an earlier run, is replaced
     let _ = std::fs::remove_file(dst);
     let linked = std::fs::hard_link(src, dst).is_ok();
@@ -436,11 +428,8 @@ fn place(src: &Path, dst: &Path, entry: &ShardEntry) -> Result<bool, BuildError>
         hasher.update(&buf[..n]);
         len += n as u64;
         if let Some(to) = &mut to {
-            to.write_all(&buf[..n]).map_err(|source| BuildError::Io {
-                path: dst.to_path_buf(),
-                op: "copy",
-                source,
-            })?;
+            to.write_all(&buf[..n])
+                .map_err(BuildError::io(dst, "copy"))?;
         }
     }
     let crc = format!("{:08x}", hasher.finalize());
