@@ -16,6 +16,13 @@ use std::str::FromStr;
 /// thread costs a stack and, in the loader, a batch buffer.
 pub const MAX_WORKERS: usize = sv_pipeline::MAX_WORKERS;
 
+/// The worker count a command uses when `--workers` is not given: one per core, held
+/// within [`MAX_WORKERS`] so that a machine with more cores never trips the limit the
+/// flag itself enforces.
+pub fn default_workers() -> usize {
+    num_cpus::get().clamp(1, MAX_WORKERS)
+}
+
 /// Most batches the loader may queue beyond one per worker (`--prefetch`), or let the
 /// consumer hold: each is one batch buffer.
 pub const MAX_PREFETCH: usize = sv_pipeline::MAX_PREFETCH;

@@ -228,5 +228,7 @@ impl Dataset {
 
 /// All cores, as the CLI's default.
 pub(crate) fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(sv_pipeline::MAX_WORKERS)
 }

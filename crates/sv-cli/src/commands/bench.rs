@@ -252,10 +252,7 @@ fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             None => Normalize::imagenet(),
         }),
     };
-    // A machine with more cores than the loader's limit gets the limit.
-    let workers = args
-        .workers
-        .unwrap_or_else(|| num_cpus::get().min(MAX_WORKERS));
+    let workers = args.workers.unwrap_or_else(sv_cli::args::default_workers);
     let config = LoaderConfig {
         batch_size: args.batch_size,
         workers,

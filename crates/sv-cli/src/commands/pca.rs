@@ -74,7 +74,7 @@ fn compute(args: ComputeArgs) -> anyhow::Result<i32> {
         );
     }
     let config = ComputeConfig {
-        workers: args.workers.unwrap_or_else(num_cpus::get),
+        workers: args.workers.unwrap_or_else(sv_cli::args::default_workers),
         sample: args.sample,
         seed: args.seed,
         verify: !args.no_verify,

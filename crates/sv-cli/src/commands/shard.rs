@@ -272,7 +272,7 @@ fn build(a: BuildArgs) -> anyhow::Result<i32> {
         side: a.size,
         workers: a
             .workers
-            .unwrap_or_else(num_cpus::get)
+            .unwrap_or_else(sv_cli::args::default_workers)
             .clamp(1, sv_build::MAX_WORKERS),
         max_shard_bytes: a.max_shard_mib.saturating_mul(1 << 20),
         strict: a.strict,
@@ -460,10 +460,11 @@ fn verify(a: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = sv_shard::Manifest::load(&a.dir)?;
     let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
     let bar = progress::bar("shard verify", total, "bytes");
-    let report =
-        sv_shard::verify::verify_dataset(&a.dir, a.workers.unwrap_or_else(num_cpus::get), &|b| {
-            bar.inc(b)
-        })?;
+    let report = sv_shard::verify::verify_dataset(
+        &a.dir,
+        a.workers.unwrap_or_else(sv_cli::args::default_workers),
+        &|b| bar.inc(b),
+    )?;
     bar.finish_and_clear();
     for p in &report.leftovers {
         eprintln!(

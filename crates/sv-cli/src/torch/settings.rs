@@ -263,7 +263,7 @@ impl TrainSettings {
             resume_from,
             loader: LoaderSettings {
                 kind,
-                workers: args.workers.unwrap_or_else(num_cpus::get),
+                workers: args.workers.unwrap_or_else(sv_cli::args::default_workers),
                 verify: !args.no_verify,
                 release_pages: args.release_pages,
             },
