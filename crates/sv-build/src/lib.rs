@@ -202,6 +202,14 @@ pub enum BuildError {
         /// What failed.
         reason: String,
     },
+    /// The folders given to a merge are not each part of one finished build, once.
+    #[error("{message}")]
+    Parts {
+        /// Which condition, for callers that tell them apart.
+        problem: PartProblem,
+        /// In words, naming the folders.
+        message: String,
+    },
     /// A shard's bytes are not what its manifest says (found while merging).
     #[error(
         "{path}: {reason}: the shard is damaged (`shard verify` names the record); rebuild \
@@ -228,6 +236,23 @@ impl BuildError {
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, op, source }
     }
+}
+
+/// Why the folders given to a merge cannot be merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartProblem {
+    /// A folder, or a part number, is given twice.
+    GivenTwice,
+    /// A part of the build is not among those given.
+    Missing,
+    /// A part was built from other inputs, settings or part count than the first.
+    OtherBuild,
+    /// A folder is not a finished part build (no part number, no build record).
+    NotAPart,
+    /// A part's build is unfinished.
+    Unfinished,
+    /// A part's slice does not start where the one before it ends.
+    Misplaced,
 }
 
 /// What an output folder holds that keeps a build from writing there.

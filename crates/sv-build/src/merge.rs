@@ -24,7 +24,7 @@ use crate::files::{
 };
 use crate::journal::{BuildRecord, Digest, JournalHead, LAYOUT, line, parse_journal, parse_record};
 use crate::lock::OutputLock;
-use crate::{BuildError, Occupant, PartRecord, Reject, read_rejects};
+use crate::{BuildError, Occupant, PartProblem, PartRecord, Reject, read_rejects};
 use sv_core::fs::AtomicFile;
 
 /// What to merge.
@@ -76,12 +76,15 @@ pub fn merge(config: &MergeConfig) -> Result<MergeSummary, BuildError> {
         .collect();
     for (i, c) in canon.iter().enumerate() {
         if let Some(j) = canon[..i].iter().position(|d| d == c) {
-            return Err(BuildError::Input(format!(
-                "{} is given twice (as {} and {})",
-                c.display(),
-                config.parts[j].display(),
-                config.parts[i].display()
-            )));
+            return Err(BuildError::Parts {
+                problem: PartProblem::GivenTwice,
+                message: format!(
+                    "{} is given twice (as {} and {})",
+                    c.display(),
+                    config.parts[j].display(),
+                    config.parts[i].display()
+                ),
+            });
         }
     }
     let mut parts = config
@@ -297,13 +300,18 @@ fn occupied(out: &Path, holds: Occupant) -> BuildError {
 
 /// A finished part build, locked so no build changes it while it is merged.
 fn open_part(dir: &Path) -> Result<PartIn, BuildError> {
-    let bad = |what: String| BuildError::Input(format!("{}: {what}", dir.display()));
+    let part_err = |problem, what: String| BuildError::Parts {
+        problem,
+        message: format!("{}: {what}", dir.display()),
+    };
+    let bad = |what: String| part_err(PartProblem::NotAPart, what);
     if !dir.is_dir() {
         return Err(bad("not a folder".into()));
     }
     let lock = OutputLock::acquire(dir)?;
     if dir.join(JOURNAL_FILE).exists() {
-        return Err(bad(
+        return Err(part_err(
+            PartProblem::Unfinished,
             "an unfinished build (run its command again to finish it, then merge)".into(),
         ));
     }
@@ -355,41 +363,53 @@ fn check_parts(parts: &mut [PartIn]) -> Result<(), BuildError> {
             || p.part.count != first.part.count
             || p.part.total_images != first.part.total_images
         {
-            return Err(BuildError::Input(format!(
-                "{} was built from other inputs or settings than {}",
-                name(p),
-                name(first)
-            )));
+            return Err(BuildError::Parts {
+                problem: PartProblem::OtherBuild,
+                message: format!(
+                    "{} was built from other inputs or settings than {}",
+                    name(p),
+                    name(first)
+                ),
+            });
         }
     }
     for w in parts.windows(2) {
         if w[0].part.index == w[1].part.index {
-            return Err(BuildError::Input(format!(
-                "part {}/{} is given twice: {} and {}",
-                w[0].part.index,
-                w[0].part.count,
-                w[0].dir.display(),
-                w[1].dir.display()
-            )));
+            return Err(BuildError::Parts {
+                problem: PartProblem::GivenTwice,
+                message: format!(
+                    "part {}/{} is given twice: {} and {}",
+                    w[0].part.index,
+                    w[0].part.count,
+                    w[0].dir.display(),
+                    w[1].dir.display()
+                ),
+            });
         }
     }
     let count = first.part.count;
     let have: Vec<usize> = parts.iter().map(|p| p.part.index).collect();
     if let Some(missing) = (0..count).find(|k| !have.contains(k)) {
-        return Err(BuildError::Input(format!(
-            "part {missing}/{count} is missing: {} of {count} parts given ({})",
-            parts.len(),
-            parts.iter().map(name).collect::<Vec<_>>().join(", ")
-        )));
+        return Err(BuildError::Parts {
+            problem: PartProblem::Missing,
+            message: format!(
+                "part {missing}/{count} is missing: {} of {count} parts given ({})",
+                parts.len(),
+                parts.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+        });
     }
     let mut next = 0;
     for p in parts.iter() {
         if p.part.first_image != next {
-            return Err(BuildError::Input(format!(
-                "{} starts at image {}, not {next} where the part before it ends",
-                name(p),
-                p.part.first_image
-            )));
+            return Err(BuildError::Parts {
+                problem: PartProblem::Misplaced,
+                message: format!(
+                    "{} starts at image {}, not {next} where the part before it ends",
+                    name(p),
+                    p.part.first_image
+                ),
+            });
         }
         next += p.part.images;
     }

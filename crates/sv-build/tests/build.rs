@@ -728,16 +728,22 @@ fn three_parts_merged_equal_one_build() {
         assert_eq!(first.ino(), src.ino(), "no pixel copied");
     }
 
-    let refuse = |given: Vec<PathBuf>, out: &str| {
-        sv_build::merge(&sv_build::MergeConfig {
+    use sv_build::PartProblem::*;
+    // The condition is told by its variant; the words name the folders.
+    let refuse = |given: Vec<PathBuf>, out: &str, want: sv_build::PartProblem| {
+        let err = sv_build::merge(&sv_build::MergeConfig {
             parts: given,
             output: t.path().join(out),
             force: false,
         })
-        .unwrap_err()
-        .to_string()
+        .unwrap_err();
+        assert!(
+            matches!(err, sv_build::BuildError::Parts { problem, .. } if problem == want),
+            "want {want:?}: {err}"
+        );
+        err.to_string()
     };
-    let err = refuse(vec![parts[0].clone(), parts[2].clone()], "m1");
+    let err = refuse(vec![parts[0].clone(), parts[2].clone()], "m1", Missing);
     assert!(err.contains("part 1/3 is missing"), "{err}");
     let err = refuse(
         vec![
@@ -747,6 +753,7 @@ fn three_parts_merged_equal_one_build() {
             parts[2].clone(),
         ],
         "m2",
+        GivenTwice,
     );
     assert!(err.contains("part1 is given twice"), "{err}");
     let copy = t.path().join("part1-copy");
@@ -757,6 +764,7 @@ fn three_parts_merged_equal_one_build() {
     let err = refuse(
         vec![parts[0].clone(), parts[1].clone(), copy, parts[2].clone()],
         "m2b",
+        GivenTwice,
     );
     assert!(err.contains("part 1/3 is given twice"), "{err}");
     // Other settings (JPEG quality), other inputs (one more image), another count.
@@ -767,6 +775,7 @@ fn three_parts_merged_equal_one_build() {
     let err = refuse(
         vec![parts[0].clone(), other.clone(), parts[2].clone()],
         "m3",
+        OtherBuild,
     );
     assert!(
         err.contains("other-quality") && err.contains("other inputs or settings"),
@@ -774,7 +783,11 @@ fn three_parts_merged_equal_one_build() {
     );
     let four = t.path().join("of-four");
     build(&part_config(&input, &four, 1, 4), &|_| {}).unwrap();
-    let err = refuse(vec![parts[0].clone(), four, parts[2].clone()], "m4");
+    let err = refuse(
+        vec![parts[0].clone(), four, parts[2].clone()],
+        "m4",
+        OtherBuild,
+    );
     assert!(err.contains("of-four"), "{err}");
     std::fs::write(
         input.join("n00000002/img_999.JPEG"),
@@ -783,13 +796,17 @@ fn three_parts_merged_equal_one_build() {
     .unwrap();
     let grown = t.path().join("grown");
     build(&part_config(&input, &grown, 1, 3), &|_| {}).unwrap();
-    let err = refuse(vec![parts[0].clone(), grown, parts[2].clone()], "m5");
+    let err = refuse(
+        vec![parts[0].clone(), grown, parts[2].clone()],
+        "m5",
+        OtherBuild,
+    );
     assert!(
         err.contains("grown") && err.contains("other inputs"),
         "{err}"
     );
     // A whole build is not a part; an unfinished part is named as such.
-    let err = refuse(vec![whole.clone()], "m6");
+    let err = refuse(vec![whole.clone()], "m6", NotAPart);
     assert!(err.contains("not a part"), "{err}");
 }
 
