@@ -40,12 +40,7 @@ use crate::lock::OutputLock;
 use crate::read::Source;
 use crate::{BuildError, Occupant, Part, PartRecord, Reject};
 
-/// Name of the rejects report.
-pub const REJECTS_FILE: &str = "rejects.jsonl";
-/// Name of the build record.
-pub const BUILD_FILE: &str = "build.json";
-/// Name of the journal of an unfinished build.
-pub const JOURNAL_FILE: &str = ".build-journal.jsonl";
+pub use crate::files::{BUILD_FILE, JOURNAL_FILE, REJECTS_FILE};
 
 /// The most decoding threads a build starts (each holds a decoder and an image).
 pub const MAX_WORKERS: usize = 1024;

@@ -15,10 +15,16 @@ use std::path::{Path, PathBuf};
 
 use sv_shard::MANIFEST_FILE;
 
-use crate::build::{BUILD_FILE, JOURNAL_FILE, REJECTS_FILE};
 use crate::journal::{Segment, line};
 use crate::lock::LOCK_FILE;
 use crate::{BuildError, Reject};
+
+/// Name of the rejects report.
+pub const REJECTS_FILE: &str = "rejects.jsonl";
+/// Name of the build record.
+pub const BUILD_FILE: &str = "build.json";
+/// Name of the journal of an unfinished build.
+pub const JOURNAL_FILE: &str = ".build-journal.jsonl";
 
 /// The folder inside an output folder where a dataset that replaces another is
 /// written before it is moved into place.
