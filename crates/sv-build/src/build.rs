@@ -222,41 +222,51 @@ pub fn build(
 
 fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     if config.workers == 0 {
-        return Err(BuildError::Input(
-            "the number of workers must be at least 1".into(),
-        ));
+        return Err(BuildError::Setting {
+            setting: "workers",
+            problem: "the number of workers must be at least 1".into(),
+        });
     }
     if config.workers > MAX_WORKERS {
-        return Err(BuildError::Input(format!(
-            "{} workers: at most {MAX_WORKERS} decoding threads are started",
-            config.workers
-        )));
+        return Err(BuildError::Setting {
+            setting: "workers",
+            problem: format!(
+                "{} workers: at most {MAX_WORKERS} decoding threads are started",
+                config.workers
+            ),
+        });
     }
     if config.max_shard_bytes > MAX_SHARD_BYTES {
-        return Err(BuildError::Input(format!(
-            "a shard size bound of {} bytes is more than the largest allowed, {MAX_SHARD_BYTES} \
+        return Err(BuildError::Setting {
+            setting: "max_shard_bytes",
+            problem: format!(
+                "a shard size bound of {} bytes is more than the largest allowed, {MAX_SHARD_BYTES} \
              bytes ({} MiB)",
-            config.max_shard_bytes,
-            MAX_SHARD_BYTES >> 20
-        )));
+                config.max_shard_bytes,
+                MAX_SHARD_BYTES >> 20
+            ),
+        });
     }
     if !(0.0..=1.0).contains(&config.max_reject_fraction) {
-        return Err(BuildError::Input(format!(
-            "a largest reject fraction of {} is not between 0 and 1",
-            config.max_reject_fraction
-        )));
+        return Err(BuildError::Setting {
+            setting: "max_reject_fraction",
+            problem: format!(
+                "a largest reject fraction of {} is not between 0 and 1",
+                config.max_reject_fraction
+            ),
+        });
     }
     if !(1..=100).contains(&config.jpeg_quality) {
-        return Err(BuildError::Input(format!(
-            "JPEG quality {} is outside 1..=100",
-            config.jpeg_quality
-        )));
+        return Err(BuildError::Setting {
+            setting: "jpeg_quality",
+            problem: format!("JPEG quality {} is outside 1..=100", config.jpeg_quality),
+        });
     }
     if !(16..=4096).contains(&config.side) {
-        return Err(BuildError::Input(format!(
-            "size {} is outside 16..=4096",
-            config.side
-        )));
+        return Err(BuildError::Setting {
+            setting: "side",
+            problem: format!("size {} is outside 16..=4096", config.side),
+        });
     }
     if let Some(p) = &config.part {
         p.check()?;
@@ -264,15 +274,18 @@ fn check_config(config: &BuildConfig) -> Result<(), BuildError> {
     // A raw record has a fixed size: a bound it cannot fit under is refused up front.
     let raw = Geometry { side: config.side }.image_bytes() as u64;
     if config.codec == Codec::Raw && raw > max_payload(config.max_shard_bytes) {
-        return Err(BuildError::Input(format!(
-            "a raw {side}x{side} record is {raw} bytes ({:.1} MiB): a shard holding one is \
+        return Err(BuildError::Setting {
+            setting: "max_shard_bytes",
+            problem: format!(
+                "a raw {side}x{side} record is {raw} bytes ({:.1} MiB): a shard holding one is \
              {} bytes, more than the shard size bound of {} bytes ({:.1} MiB)",
-            mib(raw),
-            raw + DATA_OFFSET + INDEX_ENTRY_SIZE as u64,
-            config.max_shard_bytes,
-            mib(config.max_shard_bytes),
-            side = config.side,
-        )));
+                mib(raw),
+                raw + DATA_OFFSET + INDEX_ENTRY_SIZE as u64,
+                config.max_shard_bytes,
+                mib(config.max_shard_bytes),
+                side = config.side,
+            ),
+        });
     }
     Ok(())
 }

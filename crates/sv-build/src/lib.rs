@@ -145,9 +145,19 @@ pub enum BuildError {
         /// What it holds.
         holds: Occupant,
     },
-    /// The inputs or settings cannot be used as given.
+    /// The inputs cannot be used as given.
     #[error("{0}")]
     Input(String),
+    /// A setting of [`BuildConfig`] is outside what a build accepts (a limit, not bad
+    /// input): the CLI maps `setting` to its flag.
+    #[error("{problem}")]
+    Setting {
+        /// The [`BuildConfig`] field: `workers`, `max_shard_bytes`,
+        /// `max_reject_fraction`, `jpeg_quality` or `side`.
+        setting: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
     /// `--strict`: an input file could not be used.
     #[error("{path}: rejected (strict mode): {reason}")]
     Rejected {

@@ -987,17 +987,22 @@ fn worker_count_shard_bound_and_fraction_are_bounded() {
     let t = tempfile::tempdir().unwrap();
     let input = tree(t.path(), 1, 1);
     let out = t.path().join("out");
+    let refused = |c: &sv_build::BuildConfig, want: &str, text: &str| {
+        let err = build(c, &|_| {}).unwrap_err();
+        assert!(
+            matches!(&err, sv_build::BuildError::Setting { setting, .. } if *setting == want),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(text), "{err}");
+    };
     let mut c = config(&input, &out, usize::MAX, Codec::Raw);
-    let err = build(&c, &|_| {}).unwrap_err().to_string();
-    assert!(err.contains("at most 1024"), "{err}");
+    refused(&c, "workers", "at most 1024");
     c.workers = 1;
     c.max_shard_bytes = u64::MAX;
-    let err = build(&c, &|_| {}).unwrap_err().to_string();
-    assert!(err.contains("65536 MiB"), "{err}");
+    refused(&c, "max_shard_bytes", "65536 MiB");
     c.max_shard_bytes = 1 << 20;
     c.max_reject_fraction = f64::NAN;
-    let err = build(&c, &|_| {}).unwrap_err().to_string();
-    assert!(err.contains("between 0 and 1"), "{err}");
+    refused(&c, "max_reject_fraction", "between 0 and 1");
     assert!(!out.join("manifest.json").exists());
 }
 

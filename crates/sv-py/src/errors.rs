@@ -150,7 +150,7 @@ pub fn build(e: &sv_build::BuildError) -> PyErr {
         return err;
     }
     match e {
-        B::Input(_) => PyValueError::new_err(msg),
+        B::Input(_) | B::Setting { .. } => PyValueError::new_err(msg),
         B::Io { .. } | B::Rejected { .. } => PyOSError::new_err(msg),
         B::Occupied { .. } => pyo3::exceptions::PyFileExistsError::new_err(msg),
         _ => PyRuntimeError::new_err(msg),
