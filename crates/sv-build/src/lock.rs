@@ -1,18 +1,11 @@
-//! An exclusive lock on an output folder for the whole of a build or merge.
-//!
-//! `OUTPUT/.build.lock` is locked with `flock(LOCK_EX | LOCK_NB)`: the kernel releases
-//! the lock when the holder exits, however it dies (`kill -9` included), so a stale
-//! lock never blocks a later build. The file holds who took the lock (pid, host,
-//! start time, command line), so a second build fails at once naming the holder.
-//!
-//! The file is removed by its holder at the end while still locked. A process that
-//! opened it just before the removal could then lock a file that no longer has a
-//! name, while a third creates and locks a new one; so after locking, the holder
-//! checks that the path still names the file it locked, and tries again if not.
+//! An exclusive lock on an output folder for the whole of a build or merge:
+//! `OUTPUT/.build.lock`, taken with sv-core's [`FolderLock`] (flock, released by the
+//! kernel however the holder dies; the file names the holder, so a second build fails
+//! at once naming the first).
 
-use std::fs::File;
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use sv_core::lock::{FolderLock, LockError};
 
 use crate::BuildError;
 
@@ -22,139 +15,23 @@ pub const LOCK_FILE: &str = ".build.lock";
 /// Held for the whole of a build; released (and the file removed) when dropped.
 #[derive(Debug)]
 pub struct OutputLock {
-    path: PathBuf,
-    file: Option<File>,
+    _lock: FolderLock,
 }
 
 impl OutputLock {
     /// Lock `dir` (which must exist), or fail at once naming the current holder.
     pub fn acquire(dir: &Path) -> Result<OutputLock, BuildError> {
-        let path = dir.join(LOCK_FILE);
-        let io = |op: &'static str| BuildError::io(&path, op);
-        for _ in 0..16 {
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io("open the lock file"))?;
-            if !try_lock(&file).map_err(io("lock"))? {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                return Err(BuildError::Locked {
+        FolderLock::acquire(dir, LOCK_FILE)
+            .map(|lock| OutputLock { _lock: lock })
+            .map_err(|e| match e {
+                LockError::Held { holder } => BuildError::Locked {
                     dir: dir.to_path_buf(),
-                    holder: describe_holder(&holder),
-                });
-            }
-            if !same_file(&file, &path) {
-                continue; // removed by its last holder after we opened it: retry
-            }
-            file.set_len(0).map_err(io("write"))?;
-            file.rewind().map_err(io("write"))?;
-            file.write_all(holder_text().as_bytes())
-                .and_then(|()| file.flush())
-                .map_err(io("write"))?;
-            return Ok(OutputLock {
-                path,
-                file: Some(file),
-            });
-        }
-        Err(BuildError::Input(format!(
-            "{}: could not take the lock: the lock file keeps being replaced",
-            path.display()
-        )))
+                    holder,
+                },
+                LockError::Io { path, op, source } => BuildError::io(&path, op)(source),
+                e @ LockError::Replaced(_) => BuildError::Input(e.to_string()),
+            })
     }
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        // Removed while still held (see the module header), then released by closing.
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file.take());
-    }
-}
-
-fn holder_text() -> String {
-    let cmdline: Vec<String> = std::env::args().collect();
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!(
-        "pid {}\nhost {}\nstarted {started}\ncommand {}\n",
-        std::process::id(),
-        hostname(),
-        cmdline.join(" ")
-    )
-}
-
-/// "pid 123 on host x (supervision shard build ...)" from the lock file's text.
-fn describe_holder(text: &str) -> String {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    match field("pid") {
-        Some(pid) => {
-            let mut s = format!("pid {pid}");
-            if let Some(host) = field("host") {
-                s.push_str(&format!(" on {host}"));
-            }
-            if let Some(cmd) = field("command") {
-                s.push_str(&format!(", running `{cmd}`"));
-            }
-            s
-        }
-        // The holder has locked the file but not yet written who it is.
-        None => "a process that is just starting".into(),
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "this host".into())
-}
-
-#[cfg(unix)]
-fn try_lock(file: &File) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-#[cfg(unix)]
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-// Elsewhere the folder is not locked: only Unix builds are supported for concurrent use.
-#[cfg(not(unix))]
-fn try_lock(_file: &File) -> std::io::Result<bool> {
-    Ok(true)
-}
-
-#[cfg(not(unix))]
-fn same_file(_file: &File, _path: &Path) -> bool {
-    true
 }
 
 #[cfg(test)]
@@ -187,14 +64,5 @@ mod tests {
             "{text}"
         );
         drop(lock);
-    }
-
-    #[test]
-    fn holder_description_reads_in_words() {
-        assert_eq!(
-            describe_holder("pid 12\nhost h\nstarted 1\ncommand supervision shard build\n"),
-            "pid 12 on h, running `supervision shard build`"
-        );
-        assert_eq!(describe_holder(""), "a process that is just starting");
     }
 }

@@ -10,6 +10,7 @@
 
 mod classes;
 pub mod fs;
+pub mod lock;
 
 pub use classes::{ClassListMismatch, FirstDifference, compare_classes};
 

@@ -13,12 +13,11 @@
 //! found by a process that has just taken it were left by a process that died while
 //! writing: [`RunLock::acquire`] removes them. Files of other names are never touched.
 //!
-//! As with sv-build's lock, the file is removed by its holder at the end while still
-//! locked; a process that opened it just before then retries on the new file.
+//! The locking itself is sv-core's [`FolderLock`], as for `shard build`'s lock.
 
-use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+use sv_core::lock::{FolderLock, LockError};
 
 use crate::error::{Result, TrainError, io_err};
 
@@ -38,8 +37,7 @@ const RUN_FILE_PREFIXES: [&str; 4] = [
 /// when dropped.
 #[derive(Debug)]
 pub struct RunLock {
-    path: PathBuf,
-    file: Option<File>,
+    _lock: FolderLock,
     removed: Vec<PathBuf>,
 }
 
@@ -49,56 +47,23 @@ impl RunLock {
     /// writers left (see the module header).
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let path = dir.join(LOCK_FILE);
-        for _ in 0..16 {
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            if !try_lock(&file).map_err(io_err(&path))? {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                return Err(TrainError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder: describe_holder(&holder),
-                });
-            }
-            if !same_file(&file, &path) {
-                continue; // removed by its last holder after we opened it: retry
-            }
-            file.set_len(0)
-                .and_then(|()| file.rewind())
-                .and_then(|()| file.write_all(holder_text().as_bytes()))
-                .and_then(|()| file.flush())
-                .map_err(io_err(&path))?;
-            let mut lock = RunLock {
-                path,
-                file: Some(file),
-                removed: Vec::new(),
-            };
-            lock.removed = remove_dead_temporaries(dir)?;
-            return Ok(lock);
-        }
-        Err(TrainError::Config(format!(
-            "{}: could not take the lock: the lock file keeps being replaced",
-            path.display()
-        )))
+        let lock = FolderLock::acquire(dir, LOCK_FILE).map_err(|e| match e {
+            LockError::Held { holder } => TrainError::Locked {
+                dir: dir.to_path_buf(),
+                holder,
+            },
+            LockError::Io { path, source, .. } => io_err(path)(source),
+            e @ LockError::Replaced(_) => TrainError::Config(e.to_string()),
+        })?;
+        Ok(RunLock {
+            _lock: lock,
+            removed: remove_dead_temporaries(dir)?,
+        })
     }
 
     /// The temporary files of dead writers that [`RunLock::acquire`] removed.
     pub fn removed(&self) -> &[PathBuf] {
         &self.removed
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        // Removed while still held (see the module header), then released by closing.
-        let _ = std::fs::remove_file(&self.path);
-        drop(self.file.take());
     }
 }
 
@@ -133,73 +98,6 @@ fn remove_dead_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     removed.sort();
     Ok(removed)
-}
-
-fn holder_text() -> String {
-    let cmdline: Vec<String> = std::env::args().collect();
-    format!(
-        "pid {}\nhost {}\ncommand {}\n",
-        std::process::id(),
-        hostname(),
-        cmdline.join(" ")
-    )
-}
-
-/// "pid 123 on host x, running `supervision train ...`" from the lock file's text.
-fn describe_holder(text: &str) -> String {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    match field("pid") {
-        Some(pid) => {
-            let mut s = format!("pid {pid}");
-            if let Some(host) = field("host") {
-                s.push_str(&format!(" on {host}"));
-            }
-            if let Some(cmd) = field("command") {
-                s.push_str(&format!(", running `{cmd}`"));
-            }
-            s
-        }
-        // The holder has locked the file but not yet written who it is.
-        None => "a process that is just starting".into(),
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "this host".into())
-}
-
-fn try_lock(file: &File) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor this function borrows; no memory is shared.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-/// Whether `path` still names the open `file` (same device and inode).
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
