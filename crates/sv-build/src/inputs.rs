@@ -398,7 +398,8 @@ fn file_id(_m: &std::fs::Metadata) -> (u64, u64) {
     (0, 0)
 }
 
-fn mtime(m: &std::fs::Metadata) -> (i64, u32) {
+/// A file's modification time (seconds, nanoseconds), as listings record it.
+pub(crate) fn mtime(m: &std::fs::Metadata) -> (i64, u32) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

@@ -559,7 +559,7 @@ pub fn discover(
     let mut keys: HashMap<String, usize> = HashMap::new();
     for (at, (f, l)) in files.iter().zip(listings).enumerate() {
         let mtime = std::fs::metadata(&f.path)
-            .map(|m| mtime_of(&m))
+            .map(|m| crate::inputs::mtime(&m))
             .unwrap_or((0, 0));
         let file_shown = display_path(&f.label);
         image_column = image_column.or(l.image_column);
@@ -648,23 +648,6 @@ pub fn discover(
         ignored,
         files: Arc::new(hub),
     })
-}
-
-fn mtime_of(m: &std::fs::Metadata) -> (i64, u32) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32)
-    }
-    #[cfg(not(unix))]
-    match m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-    {
-        Some(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        None => (0, 0),
-    }
 }
 
 /// Classes given outright: `--classes-from` (already in `spec.classes`), then
