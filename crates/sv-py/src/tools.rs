@@ -94,33 +94,30 @@ pub fn build_shards<'py>(
     force: bool,
     hash_inputs: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let split = match split {
-        "train" => sv_core::Split::Train,
-        "val" => sv_core::Split::Val,
-        s => {
-            return Err(errors::value(format!(
-                "split={s:?} is not \"train\" or \"val\""
-            )));
-        }
-    };
-    let codec = match codec {
-        "raw" => sv_shard::Codec::Raw,
-        "jpeg" => sv_shard::Codec::Jpeg,
-        c => {
-            return Err(errors::value(format!(
-                "codec={c:?} is not \"raw\" or \"jpeg\""
-            )));
-        }
-    };
-    let jpeg_subsampling = match subsampling {
-        "4:2:0" => sv_shard::Subsampling::S420,
-        "4:4:4" => sv_shard::Subsampling::S444,
-        s => {
-            return Err(errors::value(format!(
-                "subsampling={s:?} is not \"4:2:0\" or \"4:4:4\""
-            )));
-        }
-    };
+    let split = one_of(
+        "split",
+        split,
+        &[
+            ("train", sv_core::Split::Train),
+            ("val", sv_core::Split::Val),
+        ],
+    )?;
+    let codec = one_of(
+        "codec",
+        codec,
+        &[
+            ("raw", sv_shard::Codec::Raw),
+            ("jpeg", sv_shard::Codec::Jpeg),
+        ],
+    )?;
+    let jpeg_subsampling = one_of(
+        "subsampling",
+        subsampling,
+        &[
+            ("4:2:0", sv_shard::Subsampling::S420),
+            ("4:4:4", sv_shard::Subsampling::S444),
+        ],
+    )?;
     if !(1..=100).contains(&quality) {
         return Err(errors::value(format!(
             "quality must be 1 to 100, not {quality}"
@@ -342,4 +339,17 @@ pub fn compute_stats<'py>(
 enum PyErrLater {
     Shard(sv_shard::ShardError),
     Stats(sv_stats::StatsError),
+}
+
+/// The value named `given` among `choices`, or a ValueError naming the argument and
+/// the accepted names (`codec="png" is not "raw" or "jpeg"`).
+fn one_of<T: Copy>(arg: &str, given: &str, choices: &[(&str, T)]) -> PyResult<T> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == given)
+        .map(|&(_, v)| v)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            errors::value(format!("{arg}={given:?} is not {}", names.join(" or ")))
+        })
 }
